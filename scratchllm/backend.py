@@ -1,0 +1,197 @@
+"""Backend selection: NumPy on the CPU, CuPy on a GPU, one source for both.
+
+This is the ONLY module (besides ``kernels/``) that imports cupy. Ops get their array module from the
+arrays they are given (``xp = get_xp(x)``) and call the helpers below for the few things NumPy and CuPy
+spell differently (scatter-add, erf, copying to the host, waiting for the device).
+
+Backend names: ``"auto"`` (CuPy when it imports AND a device really works, otherwise NumPy, with one log
+line saying why), ``"numpy"``, ``"cupy"`` (an error when no usable GPU is present; never a silent
+fallback). The environment variable ``SCRATCHLLM_BACKEND`` gives the default for ``backend=None``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+
+import numpy as np
+
+log = logging.getLogger("scratchllm")
+
+BACKENDS = ("auto", "numpy", "cupy")
+ENV_VAR = "SCRATCHLLM_BACKEND"
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used here."""
+
+
+def _is_cupy_array(a) -> bool:
+    # Look at the type's module instead of importing cupy: keeps NumPy-only callers fast and cupy-free.
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(*arrays):
+    """Return the array module (``cupy`` or ``numpy``) for the given arrays.
+
+    ``cupy`` if any argument is a CuPy array, else ``numpy``; ``None`` arguments are ignored.
+    """
+    for a in arrays:
+        if a is not None and _is_cupy_array(a):
+            import cupy
+
+            return cupy
+    return np
+
+
+@functools.lru_cache(maxsize=1)
+def cupy_status() -> tuple[bool, str]:
+    """``(usable, reason)``: whether CuPy imports AND a device really computes.
+
+    ``cupy.cuda.is_available()`` alone is not enough: on some machines cupy imports and reports a device
+    count, then fails on the first allocation or kernel launch (no driver, no libcuda, no nvrtc).
+    So we allocate, launch a kernel and synchronize, and report the first error.
+    """
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken install raising something else
+        return False, f"cupy is not importable ({type(e).__name__}: {e})".strip()
+    try:
+        if not cupy.cuda.is_available():
+            return False, "cupy imports but reports no CUDA device"
+        a = cupy.arange(4, dtype=cupy.float32)
+        total = float((a * 2).sum())  # allocation + elementwise kernel + reduction + device-to-host copy
+        cupy.cuda.Device().synchronize()
+        if total != 12.0:
+            return False, f"cupy computed a wrong result on the device ({total} != 12.0)"
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        return False, f"cupy imports but the GPU is not usable ({type(e).__name__}: {first})"
+    return True, "a CUDA device is usable"
+
+
+def cupy_usable() -> bool:
+    """True when CuPy imports and a CUDA device really works."""
+    return cupy_status()[0]
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """Turn ``"auto" | "numpy" | "cupy" | None`` into ``"numpy"`` or ``"cupy"``.
+
+    ``None`` reads ``SCRATCHLLM_BACKEND`` (default ``"auto"``). Raises ``ValueError`` for an unknown
+    name and ``BackendError`` when ``"cupy"`` is asked for without a usable GPU.
+    """
+    source = "backend"
+    if backend is None:
+        backend, source = os.environ.get(ENV_VAR, "auto") or "auto", ENV_VAR
+    if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    backend = backend.lower()
+    if backend == "numpy":
+        return "numpy"
+    usable, reason = cupy_status()
+    if backend == "cupy":
+        if not usable:
+            raise BackendError(f"{source}='cupy' was requested but {reason}")
+        return "cupy"
+    if not usable:
+        _log_auto_fallback(reason)
+        return "numpy"
+    return "cupy"
+
+
+@functools.lru_cache(maxsize=1)
+def _log_auto_fallback(reason: str) -> None:
+    log.info("backend auto: using numpy because %s", reason)  # once per process
+
+
+def xp_for(backend: str | None = None):
+    """The array module for a backend name (see ``resolve_backend``)."""
+    if resolve_backend(backend) == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def asarray(a, backend: str | None = None, dtype=None):
+    """Put ``a`` on the given backend (a host-to-device copy for cupy), optionally casting."""
+    return xp_for(backend).asarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    """Return ``a`` as a NumPy array (a device-to-host copy for CuPy; NumPy arrays pass through)."""
+    if _is_cupy_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def synchronize(*arrays) -> None:
+    """Wait until the device has finished all queued work (a no-op for NumPy).
+
+    Needed before reading a wall clock around GPU work. With no arguments, synchronizes the current
+    CuPy device if CuPy is usable.
+    """
+    if arrays and get_xp(*arrays) is np:
+        return
+    if not arrays and not cupy_usable():
+        return
+    import cupy
+
+    cupy.cuda.get_current_stream().synchronize()
+
+
+def scatter_add(target, indices, values) -> None:
+    """``target[indices] += values`` with repeated indices accumulated (in place, on ``target``).
+
+    NumPy's fancy ``+=`` keeps only the last write for a repeated index; ``np.add.at`` accumulates.
+    CuPy spells it ``cupyx.scatter_add``. ``indices`` index the first axis of ``target``.
+    """
+    xp = get_xp(target)
+    if xp is np:
+        np.add.at(target, indices, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(target, indices, values)
+
+
+def erf(x):
+    """Elementwise error function, dtype preserved.
+
+    NumPy has no erf: we use SciPy's when it is installed, otherwise the standard library's
+    ``math.erf`` element by element (exact, slower). CuPy has its own.
+    """
+    xp = get_xp(x)
+    if xp is not np:
+        import cupyx.scipy.special
+
+        return cupyx.scipy.special.erf(x)
+    try:
+        from scipy.special import erf as _erf
+    except ImportError:  # pragma: no cover - depends on the environment
+        _erf = np.frompyfunc(math.erf, 1, 1)
+    return np.asarray(_erf(x), dtype=x.dtype)
+
+
+def device_info() -> dict:
+    """A small dict describing the GPU (empty when none is usable)."""
+    if not cupy_usable():
+        return {}
+    import cupy
+
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    free, total = cupy.cuda.runtime.memGetInfo()
+    return {
+        "name": name,
+        "id": dev.id,
+        "compute_capability": dev.compute_capability,
+        "memory_total_gib": round(total / 2**30, 2),
+        "memory_free_gib": round(free / 2**30, 2),
+        "cupy": cupy.__version__,
+        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+    }

@@ -1,0 +1,118 @@
+"""Hand-written ops: ``<op>_forward(*inputs) -> (out, cache)`` and ``<op>_backward(dout, cache) -> grads``.
+
+``OPS`` is the one registry that the gradcheck CLI, the tests and the benchmarks iterate: a plain dict from
+name to an ``Op`` (forward, backward, and ``make_inputs`` to build example inputs at given sizes).
+A new op is one file plus one entry below.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .attention import attention_backward, attention_forward
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .embedding import embedding_backward, embedding_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import linear_backward, linear_forward
+from .softmax import softmax_backward, softmax_forward
+
+
+@dataclass(frozen=True)
+class Op:
+    """One registry entry.
+
+    ``forward(*inputs)`` and ``backward(dout, cache)`` follow the op contract (options such as
+    ``approximate`` or ``causal`` are already bound). ``make_inputs(sizes=None, dtype=..., seed=...,
+    xp=numpy)`` returns a tuple of example inputs; ``sizes`` overrides entries of ``default_sizes`` (the
+    letters B, T, C, H, D, V, N). ``input_names`` name the forward's positional inputs.
+    """
+
+    name: str
+    forward: Callable
+    backward: Callable
+    build: Callable  # build(rng, dtype, **sizes) -> tuple of NumPy arrays
+    default_sizes: dict = field(default_factory=dict)
+    input_names: tuple = ()
+    doc: str = ""
+
+    def make_inputs(self, sizes=None, dtype="float64", seed=0, xp=np):
+        unknown = set(sizes or {}) - set(self.default_sizes)
+        if unknown:
+            raise ValueError(f"op {self.name!r} takes sizes {sorted(self.default_sizes)}; got {sorted(unknown)}")
+        s = {**self.default_sizes, **(sizes or {})}
+        rng = np.random.default_rng(seed)
+        arrays = self.build(rng, np.dtype(dtype), **s)
+        return tuple(xp.asarray(a) for a in arrays)
+
+
+def _normal(rng, shape, dtype, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def _linear_inputs(rng, dtype, N, Cin, Cout):
+    return _normal(rng, (N, Cin), dtype), _normal(rng, (Cin, Cout), dtype, 0.5), _normal(rng, (Cout,), dtype)
+
+
+def _embedding_inputs(rng, dtype, B, T, V, C):
+    idx = rng.integers(0, V, size=(B, T))  # V < B*T in the defaults, so some ids repeat
+    return idx, _normal(rng, (V, C), dtype)
+
+
+def _layernorm_inputs(rng, dtype, N, C):
+    x = _normal(rng, (N, C), dtype, 2.0) + rng.standard_normal((N, 1)).astype(dtype)  # varied row means
+    return x, (1.0 + _normal(rng, (C,), dtype, 0.3)).astype(dtype), _normal(rng, (C,), dtype)
+
+
+def _elementwise_inputs(rng, dtype, N, C):
+    return (_normal(rng, (N, C), dtype, 2.0),)
+
+
+def _softmax_inputs(rng, dtype, B, T, C):
+    return (_normal(rng, (B, T, C), dtype, 2.0),)
+
+
+def _attention_inputs(rng, dtype, B, H, T, D):
+    return tuple(_normal(rng, (B, H, T, D), dtype) for _ in range(3))
+
+
+def _cross_entropy_inputs(rng, dtype, B, T, V):
+    logits = _normal(rng, (B, T, V), dtype, 2.0)
+    targets = rng.integers(0, V, size=(B, T))
+    targets[0, 0] = -1  # one ignored position (ignore_index=-1)
+    return logits, targets
+
+
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (
+        Op("linear", linear_forward, linear_backward, _linear_inputs, dict(N=6, Cin=5, Cout=4), ("x", "w", "b")),
+        Op("embedding", embedding_forward, embedding_backward, _embedding_inputs,
+           dict(B=2, T=5, V=4, C=3), ("idx", "table")),
+        Op("layernorm", layernorm_forward, layernorm_backward, _layernorm_inputs, dict(N=4, C=6), ("x", "w", "b")),
+        Op("gelu", gelu_forward, gelu_backward, _elementwise_inputs, dict(N=4, C=6), ("x",), "tanh approximation"),
+        Op("gelu_erf", functools.partial(gelu_forward, approximate="none"), gelu_backward, _elementwise_inputs,
+           dict(N=4, C=6), ("x",), "exact (erf)"),
+        Op("softmax", softmax_forward, softmax_backward, _softmax_inputs, dict(B=2, T=3, C=5), ("x",)),
+        Op("softmax_axis1", functools.partial(softmax_forward, axis=1), softmax_backward, _softmax_inputs,
+           dict(B=2, T=3, C=5), ("x",), "softmax over a middle axis"),
+        Op("attention", attention_forward, attention_backward, _attention_inputs,
+           dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal"),
+        Op("attention_full", functools.partial(attention_forward, causal=False), attention_backward,
+           _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "not causal"),
+        Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,
+           dict(B=2, T=4, V=5), ("logits", "targets"), "ignore_index=-1"),
+    )
+}
+
+__all__ = [
+    "OPS", "Op",
+    "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
+    "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
+    "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",
+    "cross_entropy_forward", "cross_entropy_backward",
+]

@@ -1,0 +1,80 @@
+"""Scaled dot-product attention over heads, causal or not: ``softmax(q k^T / sqrt(D)) v``."""
+
+from __future__ import annotations
+
+import math
+
+from ..backend import get_xp
+from ._checks import check_dout, check_float, check_same_dtype
+from .softmax import softmax_backward, softmax_forward
+
+
+def causal_mask(Tq, Tk, xp):
+    """Boolean (Tq, Tk) mask, True where query i may NOT look at key j.
+
+    Query i sits at absolute position i + (Tk - Tq) (the queries are the last Tq of the Tk positions,
+    which is what incremental decoding with a KV cache needs); it sees keys j <= that position.
+    """
+    i = xp.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, 1)
+    j = xp.arange(Tk)[None, :]  # (1, Tk)
+    return j > i  # (Tq, Tk)
+
+
+def attention_forward(q, k, v, causal=True):
+    """Multi-head scaled dot-product attention.
+
+    Shapes:
+        q (B, H, T, D), k (B, H, Tk, D), v (B, H, Tk, D)  ->  out (B, H, T, D)
+        (Tk = T for self-attention; Tk > T when the queries are the last T of Tk positions)
+
+    Math:
+        att = q @ k^T / sqrt(D)                     (B, H, T, Tk)
+        att[..., i, j] = -inf where j is in the future of i   (causal only)
+        p   = softmax(att, axis=-1)
+        out = p @ v
+    """
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        check_float(name, a, ndim=4)
+    check_same_dtype(q=q, k=k, v=v)
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    if k.shape != (B, H, Tk, D) or v.shape != k.shape:
+        raise ValueError(f"k and v must have shape (B, H, Tk, D) = ({B}, {H}, Tk, {D}); got k {k.shape}, v {v.shape}")
+    if causal and Tk < T:
+        raise ValueError(f"causal attention needs at least as many keys as queries; got T={T} queries, Tk={Tk} keys")
+    xp = get_xp(q, k, v)
+    scale = 1.0 / math.sqrt(D)  # a Python float: keeps float32 inputs float32
+    att = (q @ k.swapaxes(-1, -2)) * scale  # (B, H, T, Tk)
+    if causal:
+        att = xp.where(causal_mask(T, Tk, xp), -xp.inf, att)  # (B, H, T, Tk); the diagonal always stays
+    p, p_cache = softmax_forward(att, axis=-1)  # (B, H, T, Tk); masked entries are exactly 0
+    out = p @ v  # (B, H, T, D)
+    cache = (q, k, v, p_cache, scale)
+    return out, cache
+
+
+def attention_backward(dout, cache):
+    """Gradients of ``attention_forward``.
+
+    Shapes:
+        dout (B, H, T, D)  ->  dq (B, H, T, D), dk (B, H, Tk, D), dv (B, H, Tk, D)
+
+    Math (the forward in reverse):
+        dv   = p^T @ dout
+        dp   = dout @ v^T
+        datt = p * (dp - sum(dp * p, axis=-1))     (softmax backward; 0 wherever p is 0, so masked
+                                                    entries get no gradient and never NaN)
+        dq   = datt @ k / sqrt(D)
+        dk   = datt^T @ q / sqrt(D)
+    """
+    q, k, v, p_cache, scale = cache
+    check_dout(dout, q.shape)
+    dout = dout.astype(q.dtype, copy=False)
+    p = p_cache[0]  # (B, H, T, Tk)
+    dv = p.swapaxes(-1, -2) @ dout  # (B, H, Tk, D)
+    dp = dout @ v.swapaxes(-1, -2)  # (B, H, T, Tk)
+    (datt,) = softmax_backward(dp, p_cache)  # (B, H, T, Tk)
+    datt = datt * scale  # (B, H, T, Tk); the scale of att = q k^T * scale
+    dq = datt @ k  # (B, H, T, D)
+    dk = datt.swapaxes(-1, -2) @ q  # (B, H, Tk, D)
+    return dq, dk, dv

@@ -1,0 +1,48 @@
+"""Embedding lookup: ``out[b, t] = table[idx[b, t]]``."""
+
+from __future__ import annotations
+
+from ..backend import get_xp, scatter_add
+from ._checks import check_dout, check_float, check_int
+
+
+def embedding_forward(idx, table):
+    """Look up one row of ``table`` per token id.
+
+    Shapes:
+        idx int (B, T) (any shape works), table (V, C)  ->  out (B, T, C)
+
+    Math:
+        out[b, t, :] = table[idx[b, t], :]
+    """
+    check_int("idx", idx)
+    check_float("table", table, ndim=2)
+    V = table.shape[0]
+    if idx.size:
+        xp = get_xp(idx, table)
+        lo, hi = int(xp.min(idx)), int(xp.max(idx))  # one host sync; worth it for a clear error
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"idx holds token id {bad}, outside [0, {V}) for a table of shape {table.shape}")
+    out = table[idx]  # (B, T, C)
+    cache = (idx, table.shape, table.dtype)
+    return out, cache
+
+
+def embedding_backward(dout, cache):
+    """Gradient of ``embedding_forward`` with respect to the table (token ids get ``None``).
+
+    Shapes:
+        dout (B, T, C)  ->  (None, dtable (V, C))
+
+    Math:
+        dtable[v, :] = sum over (b, t) with idx[b, t] == v of dout[b, t, :]
+        A token id that appears several times ACCUMULATES its rows (scatter-add, not assignment).
+    """
+    idx, table_shape, dtype = cache
+    V, C = table_shape
+    check_dout(dout, idx.shape + (C,))
+    xp = get_xp(dout)
+    dtable = xp.zeros((V, C), dtype=dtype)  # (V, C)
+    scatter_add(dtable, idx.reshape(-1), dout.reshape(-1, C).astype(dtype, copy=False))  # rows of dout -> ids
+    return None, dtable
