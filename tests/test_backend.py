@@ -1,0 +1,125 @@
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from scratchllm import backend
+from scratchllm.backend import BackendError, get_xp, resolve_backend, scatter_add, to_numpy
+
+
+def test_get_xp_is_numpy_for_numpy_arrays_and_none():
+    assert get_xp(np.zeros(2)) is np and get_xp(None, np.zeros(1)) is np and get_xp() is np
+
+
+def test_resolve_backend_names_and_env(monkeypatch):
+    assert resolve_backend("numpy") == "numpy"
+    monkeypatch.setenv("SCRATCHLLM_BACKEND", "numpy")
+    assert resolve_backend(None) == "numpy"
+    monkeypatch.setenv("SCRATCHLLM_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="SCRATCHLLM_BACKEND must be one of auto, numpy, cupy; got 'tpu'"):
+        resolve_backend(None)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("torch")
+
+
+def fake_cupy(monkeypatch, available=True, alloc_error=None):
+    """A cupy module that imports, and then reports or fails like a machine without a real GPU."""
+    cupy = types.ModuleType("cupy")
+    cupy.float32 = np.float32
+    cupy.cuda = types.SimpleNamespace(is_available=lambda: available,
+                                      Device=lambda: types.SimpleNamespace(synchronize=lambda: None))
+
+    def arange(*a, **k):
+        if alloc_error:
+            raise alloc_error
+        return np.arange(*a, **k)
+
+    cupy.arange = arange
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    backend.cupy_status.cache_clear()
+    monkeypatch.setattr(backend, "_log_auto_fallback", lambda reason: None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_status():
+    backend.cupy_status.cache_clear()
+    yield
+    backend.cupy_status.cache_clear()
+
+
+def test_cupy_that_imports_but_fails_on_first_allocation_is_not_usable(monkeypatch):
+    fake_cupy(monkeypatch, available=True, alloc_error=RuntimeError("cudaErrorInsufficientDriver: no driver"))
+    usable, reason = backend.cupy_status()
+    assert not usable and "not usable" in reason and "cudaErrorInsufficientDriver" in reason
+    assert resolve_backend("auto") == "numpy"
+    with pytest.raises(BackendError, match="'cupy' was requested but cupy imports but the GPU is not usable"):
+        resolve_backend("cupy")
+
+
+def test_cupy_without_device_is_not_usable(monkeypatch):
+    fake_cupy(monkeypatch, available=False)
+    assert backend.cupy_status() == (False, "cupy imports but reports no CUDA device")
+
+
+def test_working_device_is_usable(monkeypatch):
+    fake_cupy(monkeypatch, available=True)
+    assert backend.cupy_status()[0]
+    assert resolve_backend("auto") == "cupy"
+
+
+def test_auto_without_cupy_logs_why_once(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    backend._log_auto_fallback.cache_clear()
+    with caplog.at_level("INFO", logger="scratchllm"):
+        assert resolve_backend("auto") == "numpy"
+        assert resolve_backend("auto") == "numpy"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "using numpy because cupy is not importable" in lines[0]
+    backend._log_auto_fallback.cache_clear()
+
+
+def test_scatter_add_accumulates_repeated_indices():
+    target = np.zeros((3, 2))
+    scatter_add(target, np.array([2, 0, 2, 2]), np.arange(8.0).reshape(4, 2))
+    np.testing.assert_array_equal(target, [[2, 3], [0, 0], [0 + 4 + 6, 1 + 5 + 7]])
+
+
+def test_to_numpy_erf_and_synchronize():
+    a = np.arange(3.0)
+    assert to_numpy(a) is a or np.array_equal(to_numpy(a), a)
+    x = np.linspace(-3, 3, 13, dtype=np.float32)
+    y = backend.erf(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, [math.erf(v) for v in x], rtol=1e-6)
+    backend.synchronize(a)  # a no-op for NumPy
+
+
+@pytest.mark.gpu
+def test_ops_on_cupy_match_numpy():
+    import cupy  # noqa: F401  (only reached when a GPU is usable)
+
+    from scratchllm.ops import OPS
+
+    for name, op in OPS.items():
+        host = op.make_inputs(dtype="float32", seed=0)
+        dev = op.make_inputs(dtype="float32", seed=0, xp=cupy)
+        out_h, cache_h = op.forward(*host)
+        out_d, cache_d = op.forward(*dev)
+        np.testing.assert_allclose(to_numpy(out_d), out_h, rtol=1e-5, atol=1e-6, err_msg=name)
+        dout = np.random.default_rng(1).standard_normal(out_h.shape).astype(np.float32)
+        for gh, gd in zip(op.backward(dout, cache_h), op.backward(cupy.asarray(dout), cache_d)):
+            if gh is not None:
+                np.testing.assert_allclose(to_numpy(gd), gh, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.gpu
+def test_gradcheck_on_cupy_directional():
+    import cupy
+
+    from scratchllm.gradcheck import gradcheck
+    from scratchllm.ops import OPS
+
+    for name, op in OPS.items():
+        assert gradcheck(op.forward, op.backward, op.make_inputs(xp=cupy), mode="directional").ok, name
