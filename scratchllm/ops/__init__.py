@@ -15,6 +15,7 @@ import numpy as np
 
 from .attention import attention_backward, attention_forward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
@@ -104,6 +105,10 @@ OPS: dict[str, Op] = {
            dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal"),
         Op("attention_full", functools.partial(attention_forward, causal=False), attention_backward,
            _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "not causal"),
+        Op("dropout", functools.partial(dropout_forward, p=0.25, rng=1234), dropout_backward, _elementwise_inputs,
+           dict(N=4, C=6), ("x",), "p=0.25, a fixed seeded mask"),
+        Op("attention_dropout", functools.partial(attention_forward, dropout=0.2, rng=99), attention_backward,
+           _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal, dropout 0.2 on the weights"),
         Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,
            dict(B=2, T=4, V=5), ("logits", "targets"), "ignore_index=-1"),
     )
@@ -114,5 +119,5 @@ __all__ = [
     "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
     "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
     "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",
-    "cross_entropy_forward", "cross_entropy_backward",
+    "cross_entropy_forward", "cross_entropy_backward", "dropout_forward", "dropout_backward",
 ]

@@ -6,6 +6,7 @@ import math
 
 from ..backend import get_xp
 from ._checks import check_dout, check_float, check_same_dtype
+from .dropout import dropout_backward, dropout_forward
 from .softmax import softmax_backward, softmax_forward
 
 
@@ -20,8 +21,8 @@ def causal_mask(Tq, Tk, xp):
     return j > i  # (Tq, Tk)
 
 
-def attention_forward(q, k, v, causal=True):
-    """Multi-head scaled dot-product attention.
+def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
+    """Multi-head scaled dot-product attention, with optional dropout on the attention weights.
 
     Shapes:
         q (B, H, T, D), k (B, H, Tk, D), v (B, H, Tk, D)  ->  out (B, H, T, D)
@@ -31,7 +32,8 @@ def attention_forward(q, k, v, causal=True):
         att = q @ k^T / sqrt(D)                     (B, H, T, Tk)
         att[..., i, j] = -inf where j is in the future of i   (causal only)
         p   = softmax(att, axis=-1)
-        out = p @ v
+        pd  = dropout(p, dropout, rng)              (the identity when dropout = 0)
+        out = pd @ v
     """
     for name, a in (("q", q), ("k", k), ("v", v)):
         check_float(name, a, ndim=4)
@@ -48,8 +50,9 @@ def attention_forward(q, k, v, causal=True):
     if causal:
         att = xp.where(causal_mask(T, Tk, xp), -xp.inf, att)  # (B, H, T, Tk); the diagonal always stays
     p, p_cache = softmax_forward(att, axis=-1)  # (B, H, T, Tk); masked entries are exactly 0
-    out = p @ v  # (B, H, T, D)
-    cache = (q, k, v, p_cache, scale)
+    pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, T, Tk)
+    out = pd @ v  # (B, H, T, D)
+    cache = (q, k, v, p_cache, drop_cache, scale)  # pd is not kept: backward rebuilds it from p and the mask
     return out, cache
 
 
@@ -60,19 +63,21 @@ def attention_backward(dout, cache):
         dout (B, H, T, D)  ->  dq (B, H, T, D), dk (B, H, Tk, D), dv (B, H, Tk, D)
 
     Math (the forward in reverse):
-        dv   = p^T @ dout
-        dp   = dout @ v^T
+        dv   = pd^T @ dout
+        dpd  = dout @ v^T
+        dp   = dropout_backward(dpd)                (the same mask and scale; dp = dpd without dropout)
         datt = p * (dp - sum(dp * p, axis=-1))     (softmax backward; 0 wherever p is 0, so masked
                                                     entries get no gradient and never NaN)
         dq   = datt @ k / sqrt(D)
         dk   = datt^T @ q / sqrt(D)
     """
-    q, k, v, p_cache, scale = cache
+    q, k, v, p_cache, drop_cache, scale = cache
     check_dout(dout, q.shape)
     dout = dout.astype(q.dtype, copy=False)
-    p = p_cache[0]  # (B, H, T, Tk)
-    dv = p.swapaxes(-1, -2) @ dout  # (B, H, Tk, D)
-    dp = dout @ v.swapaxes(-1, -2)  # (B, H, T, Tk)
+    (pd,) = dropout_backward(p_cache[0], drop_cache)  # (B, H, T, Tk) recomputed: p * mask / (1 - dropout)
+    dv = pd.swapaxes(-1, -2) @ dout  # (B, H, Tk, D)
+    dpd = dout @ v.swapaxes(-1, -2)  # (B, H, T, Tk)
+    (dp,) = dropout_backward(dpd, drop_cache)  # (B, H, T, Tk)
     (datt,) = softmax_backward(dp, p_cache)  # (B, H, T, Tk)
     datt = datt * scale  # (B, H, T, Tk); the scale of att = q k^T * scale
     dq = datt @ k  # (B, H, T, D)

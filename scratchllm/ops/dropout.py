@@ -1,0 +1,52 @@
+"""Inverted dropout: zero each entry with probability p, scale the survivors by 1 / (1 - p)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_xp
+from ._checks import check_dout, check_float
+
+
+def dropout_forward(x, p=0.0, rng=None):
+    """Training-time dropout with a seeded mask.
+
+    Shapes:
+        x (...)  ->  out (...)
+
+    Math:
+        mask ~ Bernoulli(1 - p) per entry   (drawn on the host from ``rng``: a numpy Generator or an int seed)
+        out  = x * mask / (1 - p)
+    ``p = 0`` is the identity (no mask is drawn). An int seed gives the same mask at every call, which is
+    what a finite-difference check needs; the model passes its own Generator so masks differ per step.
+    """
+    check_float("x", x)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be in [0, 1); got {p!r}")
+    if p == 0.0:
+        return x, (None, 1.0, x.shape)
+    if rng is None:
+        raise ValueError("rng must be a numpy.random.Generator or an int seed when p > 0")
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    xp = get_xp(x)
+    mask = xp.asarray(rng.random(x.shape) >= p)  # (...) bool: 1 byte per entry instead of a float scale
+    scale = 1.0 / (1.0 - p)  # a Python float keeps float32 float32
+    out = x * mask * scale  # (...)
+    return out, (mask, scale, x.shape)
+
+
+def dropout_backward(dout, cache):
+    """Gradient of ``dropout_forward``: the same mask and scale.
+
+    Shapes:
+        dout (...)  ->  (dx (...),)
+
+    Math:
+        dx = dout * mask / (1 - p)
+    """
+    mask, scale, shape = cache
+    check_dout(dout, shape)
+    if mask is None:
+        return (dout,)
+    return (dout * mask * scale,)

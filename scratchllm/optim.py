@@ -1,0 +1,407 @@
+"""Optimizers, gradient clipping and nanoGPT's learning-rate schedule, with torch.optim's names and numbers.
+
+``SGD``, ``Adam``, ``AdamW`` and ``Adagrad`` take the same hyper-parameters (names, defaults, checks) and apply
+the same update rules as ``torch.optim`` (its single-tensor path); each class docstring states its rule.
+
+Parameters are a dict ``name -> array`` (NumPy or CuPy, float32 or float64), or a list of param groups
+``[{"params": {name: array, ...}, "weight_decay": 0.1, ...}, ...]`` whose entries override the constructor's
+values for that group (``decay_groups`` builds nanoGPT's decay / no-decay split). ``opt.step(grads)`` takes a
+dict with the same names and updates the arrays IN PLACE: they keep their identity and dtype, ``grads`` is never
+modified, and a name that is missing or maps to ``None`` is skipped (torch's ``p.grad is None``). The optimizer
+holds the arrays, not the dict: to load new values into a parameter, write into it (``p[...] = new``).
+
+``state_dict()`` returns (and ``load_state_dict`` takes) a plain dict; everything but ``"state"`` is JSON-able
+and ``"state"`` is a flat ``str -> array`` mapping (copies, on the parameters' backend), ready for
+safetensors after ``to_numpy``::
+
+    {"optimizer": "AdamW",                                     # class name, checked on load
+     "param_groups": [{"params": ["wte.weight", ...], "lr": 6e-4, "betas": [0.9, 0.95], ...}, ...],
+     "step": {"wte.weight": 12, "ln_f.bias": 12, ...},         # per-parameter step counts (ints)
+     "state": {"exp_avg.wte.weight": array, "exp_avg_sq.wte.weight": array, ...}}   # "<buffer>.<name>"
+
+Hyper-parameters are kept as Python floats, so float32 arrays stay float32 under NumPy 2's promotion rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from .backend import get_xp, to_numpy
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip_grad_norm", "get_lr"]
+
+
+def _number(name, value, lo=0.0, hi=None):
+    """``value`` as a Python float with ``lo <= value`` (and ``value < hi``); otherwise ValueError naming it."""
+    try:
+        if isinstance(value, (bool, np.bool_, str, bytes)):
+            raise TypeError
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if math.isnan(v) or (lo is not None and v < lo) or (hi is not None and v >= hi):
+        bounds = f"in [{lo}, {hi})" if hi is not None else f">= {lo}" if lo is not None else "not NaN"
+        raise ValueError(f"Invalid {name}: {value!r} (must be {bounds})")
+    return v
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_, int)) or value not in (0, 1):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _buffer(st, key, p, fill=0.0):
+    """The state array ``st[key]``, created as ``full_like(p, fill)`` (same backend and dtype) on first use."""
+    if key not in st:
+        st[key] = get_xp(p).full_like(p, fill)
+    return st[key]
+
+
+class Optimizer:
+    """Base class: param groups, validation, per-parameter state and the step loop.
+
+    A subclass sets ``_buffers`` (its state array names), ``_check_hyper`` (validates one group's
+    hyper-parameters, returns them as Python scalars), ``_needed`` (buffers a stepped parameter must have)
+    and ``_update(p, g, state, step, hyper)`` (one parameter's in-place update; ``g`` may not be modified).
+    """
+
+    _buffers: tuple = ()
+
+    def __init__(self, params, defaults):
+        self.defaults = self._check_hyper(defaults)
+        groups = [{"params": params}] if isinstance(params, Mapping) else list(params)
+        self.param_groups, self.state, self.steps, ids = [], {}, {}, set()
+        for i, group in enumerate(groups):
+            if not isinstance(group, Mapping) or not isinstance(group.get("params"), Mapping):
+                raise ValueError(f"params: group {i} must be a dict with a 'params' dict of name -> array")
+            unknown = sorted(set(group) - set(self.defaults) - {"params"})
+            if unknown:
+                raise ValueError(f"params: group {i} has unknown option(s) {unknown}; known: {sorted(self.defaults)}")
+            hyper = self._check_hyper({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
+            for name, p in group["params"].items():
+                if not isinstance(name, str) or name in self.steps:
+                    raise ValueError(f"params: parameter names must be unique strings, got {name!r} twice or non-str")
+                if getattr(getattr(p, "dtype", None), "kind", None) != "f" or id(p) in ids:
+                    raise ValueError(f"params: {name!r} must be a floating-point array not given twice")
+                ids.add(id(p))
+                self.steps[name], self.state[name] = 0, {}
+            self.param_groups.append({"params": dict(group["params"]), **hyper})
+        if not self.steps:
+            raise ValueError("params: the optimizer got an empty parameter list")
+
+    def _check_hyper(self, h):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _needed(self, h):
+        return self._buffers
+
+    def _update(self, p, g, st, step, h):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def lr(self):
+        """The learning rate shared by all groups (ValueError if the groups differ); setting it sets every group's."""
+        lrs = {g["lr"] for g in self.param_groups}
+        if len(lrs) != 1:
+            raise ValueError(f"the param groups have different lr {sorted(lrs)}; read opt.param_groups[i]['lr']")
+        return lrs.pop()
+
+    @lr.setter
+    def lr(self, value):
+        value = _number("lr", value)
+        for g in self.param_groups:
+            g["lr"] = value
+
+    def step(self, grads):
+        """Update every parameter that has a gradient in ``grads`` (a dict name -> array or None), in place.
+
+        All gradients are checked (known name, same shape, same backend) before any parameter changes.
+        A gradient of another float dtype is cast to the parameter's dtype.
+        """
+        if not isinstance(grads, Mapping):
+            raise ValueError(f"grads must be a dict name -> array, got {type(grads).__name__}")
+        unknown = sorted(set(grads) - set(self.steps))
+        if unknown:
+            raise ValueError(f"grads has {len(unknown)} name(s) that are not parameters: {unknown[:5]}")
+        work = []
+        for h in self.param_groups:
+            for name, p in h["params"].items():
+                g = grads.get(name)
+                if g is None:
+                    continue
+                if tuple(getattr(g, "shape", (None,))) != tuple(p.shape) or get_xp(g) is not get_xp(p):
+                    raise ValueError(f"grads[{name!r}]: expected an array of shape {tuple(p.shape)} on the "
+                                     f"parameter's backend, got {type(g).__name__} {getattr(g, 'shape', '')}")
+                work.append((h, name, p, g.astype(p.dtype, copy=False)))
+        for h, name, p, g in work:
+            self.steps[name] += 1
+            self._update(p, g, self.state[name], self.steps[name], h)
+
+    def state_dict(self):
+        """A copy of the optimizer's state; layout in the module docstring."""
+        groups = [{k: list(v) if isinstance(v, (tuple, dict)) else v for k, v in h.items()} for h in self.param_groups]
+        state = {f"{buf}.{name}": a.copy() for name, st in self.state.items() for buf, a in st.items()}
+        return {"optimizer": type(self).__name__, "param_groups": groups, "step": dict(self.steps), "state": state}
+
+    def load_state_dict(self, sd):
+        """Replace hyper-parameters, step counts and buffers with those of ``sd`` (copied, cast to the params'
+        dtype and backend). Names, shapes and consistency are checked first; on ValueError nothing changes."""
+        keys = {"optimizer", "param_groups", "step", "state"}
+        if not isinstance(sd, Mapping) or set(sd) != keys:
+            raise ValueError(f"state dict must have exactly the keys {sorted(keys)}")
+        if sd["optimizer"] != type(self).__name__:
+            raise ValueError(f"state dict is for {sd['optimizer']!r}, this optimizer is {type(self).__name__!r}")
+        if len(sd["param_groups"]) != len(self.param_groups):
+            raise ValueError(f"state dict has {len(sd['param_groups'])} param groups, the optimizer has "
+                             f"{len(self.param_groups)}")
+        hypers = []
+        for i, (saved, mine) in enumerate(zip(sd["param_groups"], self.param_groups)):
+            missing, extra = set(mine["params"]) - set(saved["params"]), set(saved["params"]) - set(mine["params"])
+            if missing or extra:
+                raise ValueError(f"param group {i}: state dict names differ: missing {sorted(missing)[:5]}, "
+                                 f"unexpected {sorted(extra)[:5]}")
+            if set(saved) - set(mine):
+                raise ValueError(f"param group {i}: unknown option(s) {sorted(set(saved) - set(mine))}")
+            hypers.append(self._check_hyper({**mine, **saved}))
+        steps = dict(sd["step"])
+        if set(steps) != set(self.steps) or not all(isinstance(s, (int, np.integer)) and s >= 0
+                                                    for s in steps.values()):
+            raise ValueError("state dict 'step' must map every parameter name (and no other) to an int >= 0")
+        params = {name: p for h in self.param_groups for name, p in h["params"].items()}
+        state = {name: {} for name in params}
+        for key, a in sd["state"].items():
+            buf, _, name = key.partition(".")
+            if buf not in self._buffers or name not in params:
+                raise ValueError(f"state dict entry {key!r} is not '<buffer>.<parameter>' with a buffer in "
+                                 f"{list(self._buffers)} and a known parameter")
+            p = params[name]
+            if tuple(getattr(a, "shape", (None,))) != tuple(p.shape):
+                raise ValueError(f"state dict entry {key!r} has shape {getattr(a, 'shape', None)}, "
+                                 f"parameter {name!r} has {tuple(p.shape)}")
+            xp = get_xp(p)
+            state[name][buf] = xp.array(to_numpy(a) if xp is np else a, dtype=p.dtype)
+        for h, mine in zip(hypers, self.param_groups):
+            for name in mine["params"]:
+                lost = set(self._needed(h)) - set(state[name]) if steps[name] else set()
+                if lost:
+                    raise ValueError(f"state dict lacks {sorted(lost)} for {name!r}, which has taken steps")
+        for h, mine in zip(hypers, self.param_groups):
+            mine.update(h)
+        self.state, self.steps = state, {k: int(v) for k, v in steps.items()}
+
+    def __repr__(self):
+        hyper = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return f"{type(self).__name__}({len(self.steps)} params, {len(self.param_groups)} group(s), {hyper})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, like ``torch.optim.SGD``.
+
+    For each parameter p with gradient g (b: momentum buffer, t: its step count)::
+
+        g = -g                                 if maximize
+        g = g + weight_decay * p               if weight_decay != 0
+        if momentum != 0:
+            b = g                              if t == 1 (no dampening on the first step)
+            b = momentum * b + (1 - dampening) * g   otherwise
+            g = g + momentum * b               if nesterov, else g = b
+        p = p - lr * g
+
+    Nesterov requires momentum > 0 and dampening == 0.
+    """
+
+    _buffers = ("momentum_buffer",)
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize))
+
+    def _check_hyper(self, h):
+        h = dict(lr=_number("lr", h["lr"]), momentum=_number("momentum", h["momentum"]),
+                 dampening=_number("dampening", h["dampening"], lo=None),
+                 weight_decay=_number("weight_decay", h["weight_decay"]),
+                 nesterov=_flag("nesterov", h["nesterov"]), maximize=_flag("maximize", h["maximize"]))
+        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening == 0")
+        return h
+
+    def _needed(self, h):
+        return self._buffers if h["momentum"] != 0 else ()
+
+    def _update(self, p, g, st, step, h):
+        if h["maximize"]:
+            g = -g
+        if h["weight_decay"] != 0:
+            g = g + h["weight_decay"] * p
+        momentum = h["momentum"]
+        if momentum != 0:
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = get_xp(p).array(g, dtype=p.dtype)  # a copy: grads stay untouched
+            else:
+                buf *= momentum
+                buf += (1 - h["dampening"]) * g
+            g = g + momentum * buf if h["nesterov"] else buf
+        p -= h["lr"] * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), like ``torch.optim.Adam``; weight decay is L2 added to the gradient.
+
+    For each parameter p with gradient g at its step t = 1, 2, ... (m, v, v_max start at 0)::
+
+        g = -g                                        if maximize
+        g = g + weight_decay * p                      if weight_decay != 0   (AdamW: p = p * (1 - lr * weight_decay))
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        v_max = max(v_max, v); v = v_max              if amsgrad
+        denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+        p = p - lr / (1 - beta1^t) * m / denom
+    """
+
+    _buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize))
+
+    def _check_hyper(self, h):
+        betas = h["betas"]
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        return dict(lr=_number("lr", h["lr"]),
+                    betas=(_number("betas[0]", betas[0], 0.0, 1.0), _number("betas[1]", betas[1], 0.0, 1.0)),
+                    eps=_number("eps", h["eps"]), weight_decay=_number("weight_decay", h["weight_decay"]),
+                    amsgrad=_flag("amsgrad", h["amsgrad"]), maximize=_flag("maximize", h["maximize"]))
+
+    def _needed(self, h):
+        return self._buffers if h["amsgrad"] else self._buffers[:2]
+
+    def _update(self, p, g, st, step, h):
+        lr, wd, (beta1, beta2) = h["lr"], h["weight_decay"], h["betas"]
+        if h["maximize"]:
+            g = -g
+        if wd != 0:
+            if self._decoupled:
+                p *= 1 - lr * wd
+            else:
+                g = g + wd * p
+        m, v = _buffer(st, "exp_avg", p), _buffer(st, "exp_avg_sq", p)
+        m += (1 - beta1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+        v *= beta2
+        v += (1 - beta2) * (g * g)
+        if h["amsgrad"]:
+            v = get_xp(p).maximum(_buffer(st, "max_exp_avg_sq", p), v, out=st["max_exp_avg_sq"])
+        denom = get_xp(p).sqrt(v) / math.sqrt(1 - beta2**step) + h["eps"]
+        p -= (lr / (1 - beta1**step)) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), like ``torch.optim.AdamW``.
+
+    The rule of ``Adam`` except that weight decay shrinks the parameter before the moment updates,
+    ``p = p * (1 - lr * weight_decay)``, instead of being added to the gradient. Default weight_decay 1e-2.
+    """
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                 maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         maximize=maximize)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al.), like ``torch.optim.Adagrad``.
+
+    For each parameter p with gradient g at its step t = 1, 2, ... (s starts at initial_accumulator_value)::
+
+        g = -g                                 if maximize
+        g = g + weight_decay * p               if weight_decay != 0
+        clr = lr / (1 + (t - 1) * lr_decay)
+        s = s + g * g
+        p = p - clr * g / (sqrt(s) + eps)
+    """
+
+    _buffers = ("sum",)
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps,
+                                      maximize=maximize))
+
+    def _check_hyper(self, h):
+        names = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+        return {**{k: _number(k, h[k]) for k in names}, "maximize": _flag("maximize", h["maximize"])}
+
+    def _update(self, p, g, st, step, h):
+        if h["maximize"]:
+            g = -g
+        if h["weight_decay"] != 0:
+            g = g + h["weight_decay"] * p
+        clr = h["lr"] / (1 + (step - 1) * h["lr_decay"])
+        s = _buffer(st, "sum", p, h["initial_accumulator_value"])
+        s += g * g
+        p -= clr * (g / (get_xp(p).sqrt(s) + h["eps"]))
+
+
+def decay_groups(params, weight_decay):
+    """nanoGPT's split: ``[{"params": {>= 2-D arrays}, "weight_decay": weight_decay},
+    {"params": {0-D and 1-D arrays: biases, LayerNorm}, "weight_decay": 0.0}]`` (both groups always present)."""
+    weight_decay = _number("weight_decay", weight_decay)
+    return [{"params": {n: p for n, p in params.items() if p.ndim >= 2}, "weight_decay": weight_decay},
+            {"params": {n: p for n, p in params.items() if p.ndim < 2}, "weight_decay": 0.0}]
+
+
+def clip_grad_norm(grads, max_norm, eps=1e-6):
+    """Scale the gradients in place so their global L2 norm is at most ``max_norm``, like
+    ``torch.nn.utils.clip_grad_norm_`` (norm_type=2). ``grads``: a dict (or sequence) of arrays; None skipped::
+
+        total_norm = || (||g_1||_2, ||g_2||_2, ...) ||_2        (in the gradients' dtype)
+        clip_coef  = max_norm / (total_norm + eps)
+        g = g * min(clip_coef, 1)                               for every g
+
+    Returns ``total_norm`` (before clipping) as a Python float; 0.0 when there are no gradients. Unlike torch,
+    a non-finite total norm leaves the gradients untouched (the caller should skip that step).
+    """
+    max_norm, eps = _number("max_norm", max_norm), _number("eps", eps)
+    arrays = [g for g in (grads.values() if isinstance(grads, Mapping) else grads) if g is not None]
+    if not arrays:
+        return 0.0
+    xp = get_xp(*arrays)
+    total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
+    norm = float(total)
+    if math.isfinite(norm) and norm > 0:
+        coef = max_norm / (total + eps)  # in the norms' dtype, as torch
+        if float(coef) < 1:
+            for g in arrays:
+                g *= coef.astype(g.dtype)
+    return norm
+
+
+def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+    """nanoGPT's schedule (train.py ``get_lr``) for iteration ``it`` = 0, 1, ...::
+
+        it < warmup_iters:                  learning_rate * (it + 1) / (warmup_iters + 1)
+        it > lr_decay_iters:                min_lr
+        otherwise:   ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+                     min_lr + 0.5 * (1 + cos(pi * ratio)) * (learning_rate - min_lr)
+
+    When ``lr_decay_iters == warmup_iters`` (where nanoGPT divides by zero) ``it == warmup_iters`` gives min_lr.
+    """
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    if lr_decay_iters == warmup_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (learning_rate - min_lr)
