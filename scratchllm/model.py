@@ -1,0 +1,270 @@
+"""GPT: a GPT-2-style Transformer composed explicitly from the ops, with a hand-written backward.
+
+The forward keeps one small cache per op; the backward walks those caches in reverse (llm.c's
+``gpt2_backward`` is the model), so it reads as the forward told backwards. Parameter names and shapes are
+Hugging Face GPT-2's ``transformer.`` state dict without the prefix; weights are stored (in, out) like
+GPT-2's Conv1D, and the output head is tied to ``wte.weight``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .backend import resolve_backend, to_numpy, xp_for
+from .ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
+                  dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward,
+                  gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class GPTConfig:
+    """Model hyper-parameters (nanoGPT's names). GPT-2 small is V50257 T1024 L12 H12 C768."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int; got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be a float in [0, 1); got {self.dropout!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def param_shapes(cfg: GPTConfig) -> dict:
+    """Every parameter's name and shape, in Hugging Face GPT-2 order."""
+    V, T, C = cfg.vocab_size, cfg.block_size, cfg.n_embd
+    shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+    for i in range(cfg.n_layer):
+        h = f"h.{i}."
+        shapes.update({
+            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
+            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
+            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
+            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
+            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    return shapes
+
+
+def init_params(cfg: GPTConfig, seed: int = 0) -> dict:
+    """GPT-2 initialisation on the host in float64: N(0, 0.02) for weights and embeddings, residual
+    projections (``c_proj``) N(0, 0.02 / sqrt(2 * n_layer)), zero biases, LayerNorm ones/zeros."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            params[name] = np.ones(shape)
+        elif name.endswith(".bias"):
+            params[name] = np.zeros(shape)
+        elif name.endswith("c_proj.weight"):
+            params[name] = rng.normal(0.0, 0.02 / math.sqrt(2 * cfg.n_layer), shape)
+        else:
+            params[name] = rng.normal(0.0, 0.02, shape)
+    return params
+
+
+class GPT:
+    """A GPT-2 language model. ``logits, loss, cache = model.forward(idx, targets)``;
+    ``grads = model.backward(cache)`` (a dict keyed like ``model.params``)."""
+
+    def __init__(self, cfg: GPTConfig, seed: int = 0, dtype: str = "float32", backend: str = "auto"):
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"cfg must be a GPTConfig; got {type(cfg).__name__}")
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        self.cfg = cfg
+        self.dtype = np.dtype(str(dtype))
+        self.backend = resolve_backend(backend)
+        self.xp = xp_for(self.backend)
+        self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
+        self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
+        self.training = True
+
+    def train(self, mode: bool = True) -> "GPT":
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "GPT":
+        return self.train(False)
+
+    def num_params(self) -> int:
+        """Parameter count; the tied head is counted once (as Hugging Face and nanoGPT do)."""
+        return sum(int(p.size) for p in self.params.values())
+
+    # ---------------------------------------------------------------------------------------------
+    def _check_ids(self, name, a, allow_ignore=False):
+        xp = self.xp
+        if not hasattr(a, "dtype") or a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be an integer array of shape (B, T); got {type(a).__name__} "
+                            f"{getattr(a, 'dtype', '')}".rstrip())
+        if a.ndim != 2:
+            raise ValueError(f"{name} must have shape (B, T); got {tuple(a.shape)}")
+        if a.size:
+            lo, hi = int(xp.min(a)), int(xp.max(a))
+            if hi >= self.cfg.vocab_size or lo < (-1 if allow_ignore else 0):
+                bad = hi if hi >= self.cfg.vocab_size else lo
+                allowed = f"[0, {self.cfg.vocab_size})" + (" or -1 (ignored)" if allow_ignore else "")
+                raise ValueError(f"{name} holds {bad}, outside {allowed}")
+
+    def forward(self, idx, targets=None):
+        """Logits for every position, and the mean cross-entropy when ``targets`` are given.
+
+        Shapes:
+            idx int (B, T), targets int (B, T) already shifted (-1 = ignored)
+            -> logits (B, T, V), loss () or None, cache (for ``backward``)
+        """
+        cfg, p, xp = self.cfg, self.params, self.xp
+        idx = xp.asarray(idx)
+        self._check_ids("idx", idx)
+        B, T = idx.shape
+        if T > cfg.block_size:
+            raise ValueError(f"idx has T={T} positions but block_size is {cfg.block_size}")
+        if targets is not None:
+            targets = xp.asarray(targets)
+            self._check_ids("targets", targets, allow_ignore=True)
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}; got {tuple(targets.shape)}")
+        C, H = cfg.n_embd, cfg.n_head
+        D = C // H
+        drop = cfg.dropout if self.training else 0.0
+        rng = self.rng
+        caches = {"B": B, "T": T}
+
+        # embeddings: token + position, then dropout
+        tok, caches["wte"] = embedding_forward(idx, p["wte.weight"])  # (B, T, C)
+        pos, caches["wpe"] = embedding_forward(xp.arange(T)[None, :], p["wpe.weight"])  # (1, T, C)
+        x, caches["drop"] = dropout_forward(tok + pos, drop, rng)  # (B, T, C)
+
+        for i in range(cfg.n_layer):
+            h, c = f"h.{i}.", {}
+            # attention sub-block: x = x + drop(proj(attn(ln_1(x))))
+            a, c["ln_1"] = layernorm_forward(x, p[h + "ln_1.weight"], p[h + "ln_1.bias"])  # (B, T, C)
+            qkv, c["c_attn"] = linear_forward(a, p[h + "attn.c_attn.weight"], p[h + "attn.c_attn.bias"])  # (B,T,3C)
+            q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, D) views
+            y, c["attn"] = attention_forward(q, k, v, causal=True, dropout=drop, rng=rng)  # (B, H, T, D)
+            y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side
+            y, c["attn.c_proj"] = linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
+            y, c["attn.drop"] = dropout_forward(y, drop, rng)  # (B, T, C)
+            x = x + y  # (B, T, C) residual
+            # MLP sub-block: x = x + drop(proj(gelu(fc(ln_2(x)))))
+            m, c["ln_2"] = layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"])  # (B, T, C)
+            f, c["c_fc"] = linear_forward(m, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])  # (B, T, 4C)
+            g, c["gelu"] = gelu_forward(f, approximate="tanh")  # (B, T, 4C)
+            z, c["mlp.c_proj"] = linear_forward(g, p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"])
+            z, c["mlp.drop"] = dropout_forward(z, drop, rng)  # (B, T, C)
+            x = x + z  # (B, T, C) residual
+            caches[i] = c
+
+        xf, caches["ln_f"] = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])  # (B, T, C)
+        logits, caches["lm_head"] = linear_forward(xf, p["wte.weight"].T)  # (B, T, V) head tied to wte
+        loss = None
+        if targets is not None:
+            loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
+        return logits, loss, caches
+
+    def backward(self, cache, dloss=1.0) -> dict:
+        """Gradients of the loss with respect to every parameter (the forward's caches in reverse).
+
+        ``dloss`` scales the loss gradient (1.0: the gradient of the mean cross-entropy itself).
+        """
+        if "loss" not in cache:
+            raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
+        cfg, p, xp = self.cfg, self.params, self.xp
+        B, T = cache["B"], cache["T"]
+        C, H = cfg.n_embd, cfg.n_head
+        D = C // H
+        grads = {}
+
+        dlogits, _ = cross_entropy_backward(xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)
+        dxf, dwte_head, _ = linear_backward(dlogits, cache["lm_head"])  # (B, T, C), (C, V)
+        dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm_backward(dxf, cache["ln_f"])  # (B, T, C)
+
+        for i in reversed(range(cfg.n_layer)):
+            h, c = f"h.{i}.", cache[i]
+            # MLP sub-block in reverse; the residual passes dx straight through and adds the branch's dx
+            (dz,) = dropout_backward(dx, c["mlp.drop"])  # (B, T, C)
+            dg, grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"] = linear_backward(dz, c["mlp.c_proj"])
+            (df,) = gelu_backward(dg, c["gelu"])  # (B, T, 4C)
+            dm, grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"] = linear_backward(df, c["c_fc"])
+            dln2, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"] = layernorm_backward(dm, c["ln_2"])
+            dx = dx + dln2  # (B, T, C)
+            # attention sub-block in reverse
+            (dy,) = dropout_backward(dx, c["attn.drop"])  # (B, T, C)
+            dy, grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"] = linear_backward(dy, c["attn.c_proj"])
+            dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
+            dq, dk, dv = attention_backward(dy, c["attn"])  # 3 x (B, H, T, D)
+            dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)  # (B, T, 3C)
+            da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(dqkv, c["c_attn"])
+            dln1, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])
+            dx = dx + dln1  # (B, T, C)
+
+        (demb,) = dropout_backward(dx, cache["drop"])  # (B, T, C)
+        _, dwte_tok = embedding_backward(demb, cache["wte"])  # (V, C)
+        _, dwpe = embedding_backward(demb.sum(axis=0, keepdims=True), cache["wpe"])  # (block_size, C)
+        grads["wte.weight"] = dwte_tok + dwte_head.T  # (V, C): the tied weight's two uses ADD
+        grads["wpe.weight"] = dwpe
+        return {name: grads[name] for name in p}  # the params' order
+
+    def activation_bytes(self, cache) -> int:
+        """Bytes of activation memory a forward's cache holds for the backward.
+
+        Counts each distinct buffer once (views such as q, k, v of one qkv buffer share it) and leaves
+        out the parameters, which caches only reference. For GPT at dropout 0 this is, per step,
+        ``B*T*(n_layer*(20*C + 2) + 2*C + 2 + V) * itemsize + n_layer*B*H*T*T * itemsize`` plus the
+        integer token ids, positions and targets (``docs/gpt_backward.md`` itemizes it).
+        """
+        params = {id(_root(v)) for v in self.params.values()}
+        seen, total, stack = set(), 0, [cache]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, (tuple, list)):
+                stack.extend(item)
+            elif hasattr(item, "nbytes") and hasattr(item, "shape"):
+                root = _root(item)
+                if id(root) not in params and id(root) not in seen:
+                    seen.add(id(root))
+                    total += int(root.nbytes)
+        return total
+
+    # ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Parameters as host NumPy arrays (a copy), keyed like Hugging Face GPT-2 without 'transformer.'."""
+        return {k: to_numpy(v).copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays into the parameters, checking names and shapes (dtype converted to the model's)."""
+        missing = sorted(set(self.params) - set(state))
+        unexpected = sorted(set(state) - set(self.params))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(self.params[k].shape):
+                raise ValueError(f"{k} must have shape {tuple(self.params[k].shape)}; got {tuple(v.shape)}")
+            self.params[k] = self.xp.asarray(v, dtype=self.dtype).copy()
+
+
+def _root(a):
+    """The array that owns a view's memory (NumPy and CuPy keep it in ``.base``)."""
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+        a = a.base
+    return a

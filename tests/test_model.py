@@ -1,0 +1,213 @@
+"""The GPT: contract, initialisation, whole-model gradcheck, and Hugging Face GPT-2 as an oracle."""
+
+import math
+
+import numpy as np
+import pytest
+
+from scratchllm.gradcheck import gradcheck
+from scratchllm.model import GPT, GPTConfig, param_shapes
+
+TINY = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
+
+
+def perturbed_model(cfg=TINY, dtype="float64", seed=0):
+    """A model whose LayerNorm and bias parameters are not at their init values, so every term is exercised."""
+    model = GPT(cfg, seed=seed, dtype=dtype, backend="numpy")
+    rng = np.random.default_rng(seed + 1)
+    for k, v in model.params.items():
+        model.params[k] = (v + 0.1 * rng.standard_normal(v.shape)).astype(dtype)
+    return model
+
+
+def batch(cfg=TINY, B=2, T=5, seed=2, ignore=True):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, cfg.vocab_size, (B, T))
+    targets = rng.integers(0, cfg.vocab_size, (B, T))
+    if ignore:
+        targets[0, 1] = -1
+    return idx, targets
+
+
+def model_gradcheck(model, idx, targets, mode, dropout_seed=None):
+    names = list(model.params)
+
+    def forward(*arrays):
+        model.params = dict(zip(names, arrays))
+        if dropout_seed is not None:
+            model.rng = np.random.default_rng(dropout_seed)  # the same masks at every evaluation
+        _, loss, cache = model.forward(idx, targets)
+        return loss, cache
+
+    def backward(dloss, cache):
+        grads = model.backward(cache, dloss=dloss)
+        return tuple(grads[n] for n in names)
+
+    return gradcheck(forward, backward, [model.params[n] for n in names], names=names, mode=mode, rtol=1e-7)
+
+
+def test_params_are_named_and_shaped_like_hf_gpt2():
+    model = GPT(TINY, backend="numpy")
+    assert list(model.params) == list(param_shapes(TINY))
+    assert model.params["h.1.attn.c_attn.weight"].shape == (8, 24)
+    assert model.params["h.0.mlp.c_proj.weight"].shape == (32, 8)
+    assert model.params["wpe.weight"].shape == (6, 8) and model.params["wte.weight"].shape == (11, 8)
+    assert all(v.dtype == np.float32 for v in model.params.values())
+    assert model.num_params() == sum(int(np.prod(s)) for s in param_shapes(TINY).values())
+
+
+def test_gpt2_initialisation():
+    cfg = GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=64)
+    p = GPT(cfg, seed=3, backend="numpy").params
+    assert abs(p["wte.weight"].std() - 0.02) < 1e-3 and abs(p["h.0.mlp.c_fc.weight"].std() - 0.02) < 1e-3
+    assert abs(p["h.2.mlp.c_proj.weight"].std() - 0.02 / math.sqrt(8)) < 5e-4
+    assert abs(p["h.2.attn.c_proj.weight"].std() - 0.02 / math.sqrt(8)) < 5e-4
+    assert (p["h.1.ln_1.weight"] == 1).all() and (p["ln_f.bias"] == 0).all() and (p["h.3.attn.c_attn.bias"] == 0).all()
+    np.testing.assert_array_equal(GPT(cfg, seed=3, backend="numpy").params["wte.weight"], p["wte.weight"])
+
+
+def test_forward_shapes_and_initial_loss_near_log_vocab():
+    cfg = GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(cfg, backend="numpy")
+    idx, targets = batch(cfg, B=3, T=16, ignore=False)
+    logits, loss, _ = model.forward(idx, targets)
+    assert logits.shape == (3, 16, 65) and logits.dtype == np.float32 and loss.shape == ()
+    assert abs(float(loss) - math.log(65)) < 0.1
+    logits2, loss2, _ = model.forward(idx)
+    assert loss2 is None
+    np.testing.assert_array_equal(logits, logits2)
+
+
+def test_whole_model_gradcheck_every_parameter_full():
+    model = perturbed_model()
+    report = model_gradcheck(model, *batch(), mode="full")
+    assert report.ok and len(report.inputs) == len(model.params)
+    assert report.max_rel_err <= 1e-7
+
+
+def test_whole_model_gradcheck_with_dropout_directional():
+    cfg = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.3)
+    report = model_gradcheck(perturbed_model(cfg), *batch(cfg), mode="directional", dropout_seed=5)
+    assert report.ok and report.max_rel_err <= 1e-7
+
+
+def test_tied_weight_gradient_adds_both_uses():
+    model = perturbed_model()
+    idx, targets = batch()
+    logits, loss, cache = model.forward(idx, targets)
+    grads = model.backward(cache)
+    from scratchllm.ops import cross_entropy_backward, linear_backward
+
+    dlogits, _ = cross_entropy_backward(1.0, cache["loss"])
+    head_only = linear_backward(dlogits, cache["lm_head"])[1].T
+    assert not np.allclose(grads["wte.weight"], head_only)  # the embedding use contributes too
+    unused = sorted(set(range(11)) - set(idx.ravel().tolist()))
+    np.testing.assert_allclose(grads["wte.weight"][unused], head_only[unused], rtol=1e-13)  # only the head
+
+
+def test_positions_beyond_t_get_zero_gradient():
+    model = perturbed_model()
+    idx, targets = batch(T=4)
+    grads = model.backward(model.forward(idx, targets)[2])
+    assert not grads["wpe.weight"][4:].any() and grads["wpe.weight"][:4].any()
+
+
+def test_against_hugging_face_gpt2_in_float64():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = perturbed_model()
+    hcfg = transformers.GPT2Config(vocab_size=11, n_positions=6, n_embd=8, n_layer=2, n_head=2,
+                                   activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                   layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0)
+    hcfg._attn_implementation = "eager"
+    hf = transformers.GPT2LMHeadModel(hcfg).double().eval()
+    missing, unexpected = hf.load_state_dict({"transformer." + k: torch.tensor(v) for k, v in model.params.items()},
+                                             strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected  # the head is tied to wte
+    idx, targets = batch()
+    logits, loss, cache = model.forward(idx, targets)
+    grads = model.backward(cache)
+    t_logits = hf(torch.tensor(idx)).logits
+    t_loss = torch.nn.functional.cross_entropy(t_logits.reshape(-1, 11), torch.tensor(targets).reshape(-1),
+                                               ignore_index=-1)  # our targets are already shifted
+    t_loss.backward()
+    np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(loss, t_loss.item(), rtol=1e-8)
+    named = dict(hf.named_parameters())
+    for k, g in grads.items():
+        t_grad = named["transformer." + k].grad.numpy()
+        assert np.abs(g - t_grad).max() <= 1e-8 * np.abs(t_grad).max(), k
+
+
+def test_float32_agrees_with_float64():
+    m64 = perturbed_model()
+    m32 = GPT(TINY, dtype="float32", backend="numpy")
+    m32.load_state_dict(m64.state_dict())
+    idx, targets = batch()
+    l64, loss64, c64 = m64.forward(idx, targets)
+    l32, loss32, c32 = m32.forward(idx, targets)
+    g64, g32 = m64.backward(c64), m32.backward(c32)
+    assert loss32.dtype == np.float32 and abs(float(loss32) - float(loss64)) < 1e-5
+    for k in g64:
+        assert g32[k].dtype == np.float32
+        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-3, atol=1e-5 * np.abs(g64[k]).max(), err_msg=k)
+
+
+def test_train_eval_switch_controls_dropout():
+    cfg = GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8, dropout=0.5)
+    model = GPT(cfg, backend="numpy")
+    idx, _ = batch(cfg)
+    a, b = model.forward(idx)[0], model.forward(idx)[0]
+    assert not np.allclose(a, b)  # fresh masks each training step
+    model.eval()
+    c, d = model.forward(idx)[0], model.forward(idx)[0]
+    np.testing.assert_array_equal(c, d)
+    assert model.train().training
+
+
+def test_assigning_params_changes_the_model():
+    model = GPT(TINY, backend="numpy")
+    idx, _ = batch()
+    before = model.forward(idx)[0]
+    model.params["ln_f.bias"] = np.full(8, 0.5, np.float32)
+    assert not np.allclose(before, model.forward(idx)[0])
+
+
+def test_activation_bytes_match_the_documented_budget():
+    cfg = GPTConfig(vocab_size=65, block_size=16, n_layer=3, n_head=2, n_embd=16)
+    model = GPT(cfg, backend="numpy")
+    B, T = 4, 16
+    idx, targets = batch(cfg, B=B, T=T)
+    cache = model.forward(idx, targets)[2]
+    L, C, H, V = 3, 16, 2, 65
+    floats = B * T * (L * (20 * C + 2) + 2 * C + 2 + V) + L * B * H * T * T
+    ints = 8 * B * T * 2 + B * T + 8 * T  # idx, targets (int64), the kept mask (bool), positions
+    assert model.activation_bytes(cache) == 4 * floats + ints
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(vocab_size=10, block_size=8, n_layer=1, n_head=3, n_embd=8), "divisible by n_head"),
+    (dict(vocab_size=0, block_size=8, n_layer=1, n_head=2, n_embd=8), "vocab_size must be a positive int"),
+    (dict(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=1.0), "dropout"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**kwargs)
+
+
+def test_input_validation_names_the_problem():
+    model = GPT(TINY, backend="numpy")
+    with pytest.raises(ValueError, match="T=7 positions but block_size is 6"):
+        model.forward(np.zeros((1, 7), np.int64))
+    with pytest.raises(ValueError, match="idx holds 11, outside \\[0, 11\\)"):
+        model.forward(np.array([[1, 11]]))
+    with pytest.raises(TypeError, match="idx must be an integer array"):
+        model.forward(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="targets must have idx's shape"):
+        model.forward(np.zeros((1, 3), np.int64), np.zeros((1, 2), np.int64))
+    with pytest.raises(ValueError, match="dtype must be one of float32, float64"):
+        GPT(TINY, dtype="float16")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        GPT(TINY, backend="jax")
+    with pytest.raises(ValueError, match="forward called with targets"):
+        model.backward(model.forward(np.zeros((1, 3), np.int64))[2])
