@@ -252,7 +252,11 @@ class GPT:
         return {k: to_numpy(v).copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy arrays into the parameters, checking names and shapes (dtype converted to the model's)."""
+        """Copy arrays into the parameters, checking names and shapes (dtype converted to the model's).
+
+        Values are written INTO the existing arrays, so an optimizer built on ``model.params`` keeps
+        updating the live parameters.
+        """
         missing = sorted(set(self.params) - set(state))
         unexpected = sorted(set(state) - set(self.params))
         if missing or unexpected:
@@ -260,7 +264,8 @@ class GPT:
         for k, v in state.items():
             if tuple(v.shape) != tuple(self.params[k].shape):
                 raise ValueError(f"{k} must have shape {tuple(self.params[k].shape)}; got {tuple(v.shape)}")
-            self.params[k] = self.xp.asarray(v, dtype=self.dtype).copy()
+        for k, v in state.items():
+            self.params[k][...] = self.xp.asarray(v, dtype=self.dtype)
 
 
 def _root(a):

@@ -66,7 +66,7 @@ class Optimizer:
 
     A subclass sets ``_buffers`` (its state array names), ``_check_hyper`` (validates one group's
     hyper-parameters, returns them as Python scalars), ``_needed`` (buffers a stepped parameter must have)
-    and ``_update(p, g, state, step, hyper)`` (one parameter's in-place update; ``g`` may not be modified).
+    and ``_update(p, g, state, step, hyper)`` (one parameter's in-place update; ``g`` must not be modified).
     """
 
     _buffers: tuple = ()
@@ -84,9 +84,11 @@ class Optimizer:
             hyper = self._check_hyper({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
             for name, p in group["params"].items():
                 if not isinstance(name, str) or name in self.steps:
-                    raise ValueError(f"params: parameter names must be unique strings, got {name!r} twice or non-str")
-                if getattr(getattr(p, "dtype", None), "kind", None) != "f" or id(p) in ids:
-                    raise ValueError(f"params: {name!r} must be a floating-point array not given twice")
+                    raise ValueError(f"params: names must be unique strings; {name!r} is not or comes twice")
+                if getattr(getattr(p, "dtype", None), "kind", None) != "f":
+                    raise ValueError(f"params: {name!r} must be a floating-point array")
+                if id(p) in ids:
+                    raise ValueError(f"params: {name!r} is an array already given under another name (twice)")
                 ids.add(id(p))
                 self.steps[name], self.state[name] = 0, {}
             self.param_groups.append({"params": dict(group["params"]), **hyper})
@@ -151,8 +153,8 @@ class Optimizer:
         """Replace hyper-parameters, step counts and buffers with those of ``sd`` (copied, cast to the params'
         dtype and backend). Names, shapes and consistency are checked first; on ValueError nothing changes."""
         keys = {"optimizer", "param_groups", "step", "state"}
-        if not isinstance(sd, Mapping) or set(sd) != keys:
-            raise ValueError(f"state dict must have exactly the keys {sorted(keys)}")
+        if not isinstance(sd, Mapping) or set(sd) != keys or not isinstance(sd["state"], Mapping):
+            raise ValueError(f"state dict must be a dict with exactly the keys {sorted(keys)}, 'state' a dict")
         if sd["optimizer"] != type(self).__name__:
             raise ValueError(f"state dict is for {sd['optimizer']!r}, this optimizer is {type(self).__name__!r}")
         if len(sd["param_groups"]) != len(self.param_groups):
@@ -160,6 +162,8 @@ class Optimizer:
                              f"{len(self.param_groups)}")
         hypers = []
         for i, (saved, mine) in enumerate(zip(sd["param_groups"], self.param_groups)):
+            if not isinstance(saved, Mapping) or "params" not in saved:
+                raise ValueError(f"param group {i} of the state dict must be a dict with a 'params' list of names")
             missing, extra = set(mine["params"]) - set(saved["params"]), set(saved["params"]) - set(mine["params"])
             if missing or extra:
                 raise ValueError(f"param group {i}: state dict names differ: missing {sorted(missing)[:5]}, "
@@ -206,7 +210,7 @@ class SGD(Optimizer):
         g = -g                                 if maximize
         g = g + weight_decay * p               if weight_decay != 0
         if momentum != 0:
-            b = g                              if t == 1 (no dampening on the first step)
+            b = g                              on the first step (no buffer yet; no dampening)
             b = momentum * b + (1 - dampening) * g   otherwise
             g = g + momentum * b               if nesterov, else g = b
         p = p - lr * g
@@ -297,7 +301,8 @@ class Adam(Optimizer):
         v *= beta2
         v += (1 - beta2) * (g * g)
         if h["amsgrad"]:
-            v = get_xp(p).maximum(_buffer(st, "max_exp_avg_sq", p), v, out=st["max_exp_avg_sq"])
+            v_max = _buffer(st, "max_exp_avg_sq", p)
+            v = get_xp(p).maximum(v_max, v, out=v_max)
         denom = get_xp(p).sqrt(v) / math.sqrt(1 - beta2**step) + h["eps"]
         p -= (lr / (1 - beta1**step)) * (m / denom)
 

@@ -211,3 +211,31 @@ def test_input_validation_names_the_problem():
         GPT(TINY, backend="jax")
     with pytest.raises(ValueError, match="forward called with targets"):
         model.backward(model.forward(np.zeros((1, 3), np.int64))[2])
+
+
+def test_overfits_one_fixed_batch():
+    from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
+
+    cfg = GPTConfig(vocab_size=16, block_size=8, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(cfg, seed=0, backend="numpy")
+    idx, targets = batch(cfg, B=4, T=8, seed=3, ignore=False)
+    opt = AdamW(decay_groups(model.params, 0.01), lr=1e-2)
+    losses = []
+    for _ in range(120):
+        _, loss, cache = model.forward(idx, targets)
+        grads = model.backward(cache)
+        clip_grad_norm(grads, 1.0)
+        opt.step(grads)
+        losses.append(float(loss))
+    assert losses[0] > 2.5 and losses[-1] < 0.1, losses[::10]
+
+
+def test_load_state_dict_writes_into_the_live_arrays():
+    model = GPT(TINY, backend="numpy")
+    live = model.params["ln_f.weight"]
+    state = model.state_dict()
+    state["ln_f.weight"][:] = 3.0
+    model.load_state_dict(state)
+    assert model.params["ln_f.weight"] is live and (live == 3.0).all()
+    with pytest.raises(ValueError, match="ln_f.bias must have shape \\(8,\\)"):
+        model.load_state_dict({**state, "ln_f.bias": np.zeros(3)})

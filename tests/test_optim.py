@@ -1,0 +1,530 @@
+"""Optimizers, gradient clipping and the lr schedule: parity with torch.optim, exact state round trips, properties."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from scratchllm import optim
+from scratchllm.optim import SGD, Adagrad, Adam, AdamW, clip_grad_norm, decay_groups, get_lr
+
+SHAPES = {"w": (4, 5), "b": (5,), "s": (), "t": (2, 3, 2)}  # 2-D, 1-D, 0-D and 3-D parameters
+STEPS = 60
+MAX_REL = 1e-10
+
+
+def make_params(seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return {n: np.asarray(rng.standard_normal(s), dtype=dtype) for n, s in SHAPES.items()}
+
+
+def make_grads(steps=STEPS, seed=1, dtype=np.float64):
+    """A fresh random gradient each step, with a varying scale (so AMSGrad's max matters); "b" has no gradient
+    on some steps, so per-parameter step counts differ (torch: p.grad is None)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(steps):
+        scale = rng.uniform(0.1, 3.0)
+        g = {n: np.asarray(scale * rng.standard_normal(s), dtype=dtype) for n, s in SHAPES.items()}
+        if t % 7 == 3:
+            g["b"] = None
+        if t % 11 == 5:
+            del g["s"]
+        out.append(g)
+    return out
+
+
+def max_rel_diff(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300), initial=0.0))
+
+
+def run_ours(cls, kwargs, grads_list, params=None, groups=None):
+    params = make_params() if params is None else params
+    opt = cls(params if groups is None else groups(params), **kwargs)
+    for g in grads_list:
+        opt.step(g)
+    return params, opt
+
+
+def run_torch(torch, cls, kwargs, grads_list, groups=None):
+    tp = {n: torch.tensor(p) for n, p in make_params().items()}
+    spec = list(tp.values()) if groups is None else [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [tp[n] for n in g["params"]]}
+        for g in groups(make_params())]
+    opt = getattr(torch.optim, cls.__name__)(spec, foreach=False, **kwargs)
+    for grads in grads_list:
+        for n, t in tp.items():
+            t.grad = None if grads.get(n) is None else torch.tensor(grads[n])
+        opt.step()
+    return tp, opt
+
+
+def assert_matches_torch(torch, cls, kwargs, groups=None):
+    grads = make_grads()
+    ours, opt = run_ours(cls, kwargs, grads, groups=groups)
+    theirs, topt = run_torch(torch, cls, kwargs, grads, groups=groups)
+    sd = opt.state_dict()
+    worst = 0.0
+    for n, t in theirs.items():
+        worst = max(worst, max_rel_diff(ours[n], t.numpy()))
+        for key, v in topt.state[t].items():  # same buffer names and step counts as torch
+            if key == "step":
+                assert sd["step"][n] == int(v)
+            elif v is not None:
+                worst = max(worst, max_rel_diff(sd["state"][f"{key}.{n}"], v.numpy()))
+    assert worst <= MAX_REL, f"{cls.__name__}{kwargs}: max relative difference {worst:.3g}"
+    return worst
+
+
+CASES = {
+    SGD: [{}, dict(lr=0.05), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9, dampening=0.3),
+          dict(lr=0.05, momentum=0.9, nesterov=True), dict(lr=0.05, weight_decay=0.1),
+          dict(lr=0.05, maximize=True), dict(lr=0.05, momentum=0.8, dampening=0.1, weight_decay=0.05, maximize=True),
+          dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.01, maximize=True)],
+    Adam: [{}, dict(lr=0.01), dict(lr=0.01, betas=(0.8, 0.99)), dict(lr=0.01, betas=(0.3, 0.5)),
+           dict(lr=0.01, eps=1e-3), dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, amsgrad=True),
+           dict(lr=0.01, maximize=True),
+           dict(lr=0.02, betas=(0.5, 0.9), eps=1e-4, weight_decay=0.05, amsgrad=True, maximize=True)],
+    Adagrad: [{}, dict(lr=0.1, lr_decay=0.01), dict(lr=0.1, initial_accumulator_value=0.5),
+              dict(lr=0.1, weight_decay=0.1), dict(lr=0.1, eps=1e-3), dict(lr=0.1, maximize=True),
+              dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2, weight_decay=0.05, eps=1e-4, maximize=True)],
+}
+CASES[AdamW] = CASES[Adam] + [dict(lr=0.01, weight_decay=0.0)]
+PARITY = [(cls, kw) for cls, kws in CASES.items() for kw in kws]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cls,kwargs", PARITY, ids=[f"{c.__name__}-{kw}" for c, kw in PARITY])
+def test_matches_torch(cls, kwargs):
+    torch = pytest.importorskip("torch")
+    assert_matches_torch(torch, cls, kwargs)
+
+
+GROUPS = [
+    (AdamW, dict(lr=0.01), lambda p: decay_groups(p, 0.1)),
+    (Adam, dict(lr=0.01, amsgrad=True), lambda p: decay_groups(p, 0.05)),
+    (SGD, dict(lr=0.05, momentum=0.9), lambda p: decay_groups(p, 0.1)),
+    (Adagrad, dict(lr=0.1), lambda p: decay_groups(p, 0.1)),
+    (SGD, dict(lr=0.05), lambda p: [{"params": {"w": p["w"], "t": p["t"]}, "momentum": 0.5, "nesterov": True},
+                                    {"params": {"b": p["b"], "s": p["s"]}, "lr": 0.01, "weight_decay": 0.2}]),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cls,kwargs,groups", GROUPS, ids=[f"{c.__name__}-{i}" for i, (c, _, _) in enumerate(GROUPS)])
+def test_param_groups_match_torch(cls, kwargs, groups):
+    torch = pytest.importorskip("torch")
+    assert_matches_torch(torch, cls, kwargs, groups=groups)
+
+
+def test_decay_groups_is_nanogpts_split():
+    p = make_params()
+    g = decay_groups(p, 0.1)
+    assert [list(x["params"]) for x in g] == [["w", "t"], ["b", "s"]]
+    assert [x["weight_decay"] for x in g] == [0.1, 0.0]
+    assert all(g[0]["params"][n] is p[n] for n in ("w", "t"))
+
+
+@pytest.mark.torch
+def test_nanogpt_training_loop_matches_torch():
+    """AdamW on decay groups + clip_grad_norm + get_lr through the lr setter, as nanoGPT's train.py does."""
+    torch = pytest.importorskip("torch")
+    sched = dict(learning_rate=6e-3, warmup_iters=10, lr_decay_iters=50, min_lr=6e-4)
+    grads = make_grads()
+    params = make_params()
+    opt = AdamW(decay_groups(params, 0.1), lr=sched["learning_rate"], betas=(0.9, 0.95))
+    tp = {n: torch.tensor(p) for n, p in make_params().items()}
+    topt = torch.optim.AdamW([{"params": [tp["w"], tp["t"]], "weight_decay": 0.1},
+                              {"params": [tp["b"], tp["s"]], "weight_decay": 0.0}],
+                             lr=sched["learning_rate"], betas=(0.9, 0.95), foreach=False)
+    for it, g in enumerate(grads):
+        g = {n: a.copy() for n, a in g.items() if a is not None}
+        opt.lr = get_lr(it, **sched)
+        norm = clip_grad_norm(g, 1.0)
+        opt.step(g)
+        for n, t in tp.items():
+            t.grad = None if grads[it].get(n) is None else torch.tensor(grads[it][n])
+        tnorm = torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
+        for group in topt.param_groups:
+            group["lr"] = get_lr(it, **sched)
+        topt.step()
+        assert abs(norm - float(tnorm)) <= 1e-12 * float(tnorm)
+    for n, t in tp.items():
+        assert max_rel_diff(params[n], t.numpy()) <= MAX_REL
+
+
+# ---------------------------------------------------------------- state_dict round trip
+
+ROUND_TRIP = [
+    (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), None),
+    (SGD, dict(lr=0.05), None),
+    (Adam, dict(lr=0.01, amsgrad=True, maximize=True), None),
+    (AdamW, dict(lr=0.01, betas=(0.9, 0.95)), lambda p: decay_groups(p, 0.1)),
+    (Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.3), None),
+]
+
+
+def to_disk_and_back(sd):
+    """What a checkpoint does: JSON for everything but the arrays, the arrays copied out (as safetensors would)."""
+    meta = json.loads(json.dumps({k: v for k, v in sd.items() if k != "state"}))
+    return {**meta, "state": {k: np.array(v) for k, v in sd["state"].items()}}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls,kwargs,groups", ROUND_TRIP, ids=[c.__name__ for c, _, _ in ROUND_TRIP])
+def test_state_dict_round_trip_is_exact(cls, kwargs, groups, dtype):
+    grads = make_grads(30, dtype=dtype)
+    k = 12
+    params = make_params(dtype=dtype)
+    opt = cls(params if groups is None else groups(params), **kwargs)
+    for g in grads[:k]:
+        opt.step(g)
+    sd = opt.state_dict()
+    saved = to_disk_and_back(sd)
+    snapshot = {n: p.copy() for n, p in params.items()}
+    for g in grads[k:]:  # the uninterrupted run
+        opt.step(g)
+    for key, a in saved["state"].items():  # state_dict() gave copies, not views of the live buffers
+        np.testing.assert_array_equal(sd["state"][key], a)
+
+    resumed = {n: p.copy() for n, p in snapshot.items()}
+    opt2 = cls(resumed if groups is None else groups(resumed), lr=0.5)  # hyper-parameters come from the load
+    opt2.load_state_dict(saved)
+    assert opt2.param_groups[0]["lr"] == kwargs["lr"]
+    for g in grads[k:]:
+        opt2.step(g)
+    for n in params:
+        assert resumed[n].dtype == dtype
+        np.testing.assert_array_equal(resumed[n], params[n])
+    end1, end2 = opt.state_dict(), opt2.state_dict()
+    assert end1["step"] == end2["step"] and end1["param_groups"] == end2["param_groups"]
+    assert set(end1["state"]) == set(end2["state"])
+    for key in end1["state"]:
+        assert end2["state"][key].dtype == dtype
+        np.testing.assert_array_equal(end1["state"][key], end2["state"][key])
+
+
+def test_state_dict_is_plain():
+    params = make_params()
+    opt = Adam(params, lr=0.01)
+    opt.step(make_grads(1)[0])
+    sd = opt.state_dict()
+    assert sd["optimizer"] == "Adam" and sd["step"] == {"w": 1, "b": 1, "s": 1, "t": 1}
+    assert sd["param_groups"] == [{"params": ["w", "b", "s", "t"], "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8,
+                                   "weight_decay": 0.0, "amsgrad": False, "maximize": False}]
+    assert sorted(sd["state"]) == sorted(f"{b}.{n}" for b in ("exp_avg", "exp_avg_sq") for n in SHAPES)
+    json.dumps({k: v for k, v in sd.items() if k != "state"})
+
+
+def _corrupt(sd, how):
+    sd = to_disk_and_back(sd)
+    if how == "rename":
+        sd["state"]["exp_avg.zz"] = sd["state"].pop("exp_avg.w")
+    elif how == "unknown_buffer":
+        sd["state"]["momentum_buffer.w"] = sd["state"]["exp_avg.w"]
+    elif how == "shape":
+        sd["state"]["exp_avg_sq.b"] = np.zeros(6)
+    elif how == "missing_buffer":
+        del sd["state"]["exp_avg.t"]
+    elif how == "type":
+        sd["optimizer"] = "AdamW"
+    elif how == "group_names":
+        sd["param_groups"][0]["params"] = ["w", "b", "s", "x"]
+    elif how == "groups":
+        sd["param_groups"].append(dict(sd["param_groups"][0]))
+    elif how == "step":
+        sd["step"] = {"w": 1}
+    elif how == "hyper":
+        sd["param_groups"][0]["lr"] = -1.0
+    elif how == "keys":
+        del sd["step"]
+    return sd
+
+
+@pytest.mark.parametrize("how,match", [
+    ("rename", "exp_avg.zz"), ("unknown_buffer", "momentum_buffer.w"), ("shape", "shape"),
+    ("missing_buffer", "lacks"), ("type", "AdamW"), ("group_names", "names differ"), ("groups", "param groups"),
+    ("step", "'step'"), ("hyper", "lr"), ("keys", "keys")])
+def test_load_state_dict_errors(how, match):
+    params = make_params()
+    opt = Adam(params, lr=0.01)
+    for g in make_grads(3):
+        opt.step(g)
+    bad = _corrupt(opt.state_dict(), how)
+    fresh = Adam(make_params(), lr=0.02)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(bad)
+    after = fresh.state_dict()  # a failed load changes nothing
+    assert after["param_groups"] == before["param_groups"] and after["step"] == before["step"] and not after["state"]
+
+
+# ---------------------------------------------------------------- properties
+
+ALL_OPTIONS = [
+    (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True)),
+    (SGD, dict(lr=0.05, momentum=0.9, dampening=0.5)),
+    (SGD, dict(lr=0.05)),
+    (Adam, dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
+    (AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
+    (Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1, maximize=True)),
+]
+ALL_IDS = [f"{c.__name__}-{i}" for i, (c, _) in enumerate(ALL_OPTIONS)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_adam_first_step_moves_each_weight_by_lr(cls, dtype):
+    rng = np.random.default_rng(0)
+    params = make_params(dtype=dtype)
+    before = {n: p.copy() for n, p in params.items()}
+    grads = {n: np.asarray(rng.choice([-1, 1], size=s) * rng.uniform(0.01, 100, size=s), dtype=dtype)
+             for n, s in SHAPES.items()}
+    lr = 1e-3
+    cls(params, lr=lr, weight_decay=0.0).step(grads)
+    for n in params:
+        delta = params[n].astype(np.float64) - before[n]
+        np.testing.assert_allclose(np.abs(delta), lr, rtol=1e-3)
+        assert np.all(np.sign(delta) == -np.sign(grads[n]))
+
+
+@pytest.mark.parametrize("cls,kwargs", ALL_OPTIONS, ids=ALL_IDS)
+def test_grads_are_never_mutated(cls, kwargs):
+    params = make_params()
+    opt = cls(params, **kwargs)
+    for g in make_grads(8):
+        copies = {n: None if a is None else a.copy() for n, a in g.items()}
+        opt.step(g)
+        for n, a in g.items():
+            assert (a is None and copies[n] is None) or np.array_equal(a, copies[n])
+
+
+@pytest.mark.parametrize("grad_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls,kwargs", ALL_OPTIONS, ids=ALL_IDS)
+def test_params_keep_identity_and_dtype(cls, kwargs, grad_dtype):
+    params = make_params(dtype=np.float32)
+    arrays = dict(params)
+    start = {n: p.copy() for n, p in params.items()}
+    opt = cls(params, **kwargs)
+    for g in make_grads(5, dtype=grad_dtype):
+        opt.step(g)
+    for n, p in params.items():
+        assert p is arrays[n] and opt.param_groups[0]["params"][n] is p
+        assert p.dtype == np.float32 and not np.array_equal(p, start[n])  # updated in place
+    assert all(a.dtype == np.float32 for a in opt.state_dict()["state"].values())
+
+
+@pytest.mark.parametrize("cls,kwargs", ALL_OPTIONS, ids=ALL_IDS)
+def test_missing_or_none_grads_skip_the_parameter(cls, kwargs):
+    params = make_params()
+    frozen = {n: params[n].copy() for n in ("b", "s")}
+    opt = cls(params, **kwargs)
+    for g in make_grads(5):
+        opt.step({"w": g["w"], "t": g["t"], "b": None})
+    for n in frozen:
+        np.testing.assert_array_equal(params[n], frozen[n])
+    assert opt.state_dict()["step"] == {"w": 5, "b": 0, "s": 0, "t": 5}
+
+
+def test_step_validates_grads_before_touching_anything():
+    params = make_params()
+    start = {n: p.copy() for n, p in params.items()}
+    opt = Adam(params)
+    g = make_grads(1)[0]
+    with pytest.raises(ValueError, match="zz"):
+        opt.step({**g, "zz": np.zeros(3)})
+    with pytest.raises(ValueError, match="'t'"):
+        opt.step({**g, "t": np.zeros((3, 2, 2))})
+    with pytest.raises(ValueError, match="grads"):
+        opt.step([g["w"]])
+    for n in params:
+        np.testing.assert_array_equal(params[n], start[n])
+    assert opt.state_dict()["step"] == dict.fromkeys(SHAPES, 0)
+
+
+def test_lr_property_sets_every_group():
+    params = make_params()
+    opt = SGD(decay_groups(params, 0.1), lr=0.1)
+    assert opt.lr == 0.1
+    opt.lr = 0.25
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25] and opt.lr == 0.25
+    with pytest.raises(ValueError, match="lr"):
+        opt.lr = -1.0
+    opt.param_groups[1]["lr"] = 0.5
+    with pytest.raises(ValueError, match="different lr"):
+        _ = opt.lr
+
+
+# ---------------------------------------------------------------- clip_grad_norm, get_lr
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+@pytest.mark.parametrize("factor", [0.3, 1.0, 3.0])  # clipped, at the limit, not clipped
+def test_clip_grad_norm_matches_torch(factor, dtype, rtol):
+    torch = pytest.importorskip("torch")
+    grads = {n: a for n, a in make_grads(1, dtype=dtype)[0].items() if a is not None}
+    true_norm = math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in grads.values()))
+    max_norm = factor * true_norm
+    tensors = []
+    for a in grads.values():
+        t = torch.zeros(a.shape, dtype=torch.float64 if dtype == np.float64 else torch.float32)
+        t.grad = torch.tensor(a)
+        tensors.append(t)
+    original = {n: a.copy() for n, a in grads.items()}
+    total = clip_grad_norm(grads, max_norm)
+    ttotal = torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+    assert isinstance(total, float)
+    assert abs(total - float(ttotal)) <= rtol * float(ttotal)
+    for (n, a), t in zip(grads.items(), tensors):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, t.grad.numpy(), rtol=rtol, atol=0)
+        if factor == 3.0:
+            np.testing.assert_array_equal(a, original[n])  # not clipped: untouched
+    if factor == 0.3:
+        assert abs(math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in grads.values())) - max_norm) \
+            <= 1e-5 * max_norm
+
+
+def test_clip_grad_norm_edge_cases():
+    assert clip_grad_norm({}, 1.0) == 0.0 and clip_grad_norm({"a": None}, 1.0) == 0.0
+    g = {"a": np.array([3.0, 4.0]), "b": None, "z": np.zeros(2)}
+    assert clip_grad_norm(g, 1.0) == 5.0
+    np.testing.assert_allclose(g["a"], [3 / (5 + 1e-6), 4 / (5 + 1e-6)], rtol=1e-15)
+    assert clip_grad_norm([np.zeros(3)], 1.0) == 0.0
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm(g, -1.0)
+
+
+def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+    """nanoGPT train.py's get_lr, transcribed (its globals made arguments)."""
+    # 1) linear warmup for warmup_iters steps
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    # 2) if it > lr_decay_iters, return min learning rate
+    if it > lr_decay_iters:
+        return min_lr
+    # 3) in between, use cosine decay down to min learning rate
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    assert 0 <= decay_ratio <= 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+@pytest.mark.parametrize("cfg", [dict(learning_rate=6e-4, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5),
+                                 dict(learning_rate=1e-3, warmup_iters=100, lr_decay_iters=5000, min_lr=1e-4),
+                                 dict(learning_rate=1e-2, warmup_iters=0, lr_decay_iters=10, min_lr=0.0)])
+def test_get_lr_is_nanogpts(cfg):
+    w, d, lr, mn = cfg["warmup_iters"], cfg["lr_decay_iters"], cfg["learning_rate"], cfg["min_lr"]
+    its = sorted({0, 1, max(w - 1, 0), w, w + 1, (w + d) // 2, d - 1, d, d + 1, 10 * d}
+                 | set(range(0, d + 50, max(1, d // 97))))
+    for it in its:
+        assert get_lr(it, **cfg) == nanogpt_get_lr(it, **cfg), it
+    assert get_lr(0, **cfg) == (lr / (w + 1) if w else lr)
+    assert math.isclose(get_lr(w, **cfg), lr, rel_tol=1e-15)  # warmup end: the peak
+    assert get_lr(d, **cfg) == mn and get_lr(d + 1, **cfg) == mn and get_lr(10**9, **cfg) == mn
+    values = [get_lr(it, **cfg) for it in its]
+    peak = its.index(w)
+    assert all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))  # warmup rises
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))  # then decays
+
+
+def test_get_lr_without_decay_span():
+    assert get_lr(5, 1.0, 5, 5, 0.1) == 0.1 and get_lr(4, 1.0, 5, 5, 0.1) == 5 / 6
+
+
+# ---------------------------------------------------------------- validation
+
+BAD = [
+    (SGD, dict(lr=-0.1), "lr"), (SGD, dict(lr=float("nan")), "lr"), (SGD, dict(lr="big"), "lr"),
+    (SGD, dict(momentum=-0.5), "momentum"), (SGD, dict(weight_decay=-1), "weight_decay"),
+    (SGD, dict(nesterov=True), "nesterov"), (SGD, dict(momentum=0.9, dampening=0.1, nesterov=True), "nesterov"),
+    (SGD, dict(maximize="no"), "maximize"), (SGD, dict(dampening=None), "dampening"),
+    (Adam, dict(lr=-1e-3), "lr"), (Adam, dict(betas=(1.0, 0.999)), r"betas\[0\]"),
+    (Adam, dict(betas=(-0.1, 0.999)), r"betas\[0\]"), (Adam, dict(betas=(0.9, 1.5)), r"betas\[1\]"),
+    (Adam, dict(betas=(0.9,)), "betas"), (Adam, dict(betas=0.9), "betas"), (Adam, dict(eps=-1e-8), "eps"),
+    (Adam, dict(weight_decay=-0.1), "weight_decay"), (Adam, dict(amsgrad="yes"), "amsgrad"),
+    (AdamW, dict(betas=(0.9, 1.0)), r"betas\[1\]"), (AdamW, dict(weight_decay=-0.01), "weight_decay"),
+    (AdamW, dict(lr=-1.0), "lr"), (Adagrad, dict(lr=-0.1), "lr"), (Adagrad, dict(lr_decay=-0.1), "lr_decay"),
+    (Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"), (Adagrad, dict(eps=-1), "eps"),
+    (Adagrad, dict(weight_decay=-1), "weight_decay"), (Adagrad, dict(maximize=2), "maximize"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,match", BAD, ids=[f"{c.__name__}-{kw}" for c, kw, _ in BAD])
+def test_bad_hyper_parameters_raise(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(make_params(), **kwargs)
+
+
+@pytest.mark.torch
+def test_torch_rejects_what_we_reject():
+    torch = pytest.importorskip("torch")
+    for cls, kwargs, _ in BAD:
+        if any(k in ("maximize", "amsgrad") or not isinstance(v, (bool, float, int, tuple)) or v != v
+               or (k == "betas" and (not isinstance(v, tuple) or len(v) != 2)) for k, v in kwargs.items()):
+            continue  # wrong types and NaN, which torch leaves unchecked or to Python's own errors
+        with pytest.raises(ValueError):
+            getattr(torch.optim, cls.__name__)([torch.zeros(2)], **kwargs)
+
+
+@pytest.mark.parametrize("params,match", [
+    ({}, "empty"), ([], "empty"), ({"i": np.arange(3)}, "floating-point"),
+    ([{"params": {"a": np.zeros(2)}, "weight_decy": 0.1}], "weight_decy"),
+    ([{"params": {"a": np.zeros(2)}, "lr": -1}], "lr"),
+    ([{"params": {"a": np.zeros(2)}}, {"params": {"a": np.ones(2)}}], "unique"),
+    ([{"weight_decay": 0.1}], "'params'"),
+])
+def test_bad_params_raise(params, match):
+    with pytest.raises(ValueError, match=match):
+        SGD(params)
+
+
+def test_same_array_twice_raises():
+    a = np.zeros(3)
+    with pytest.raises(ValueError, match="twice"):
+        Adam({"a": a, "b": a})
+
+
+@pytest.mark.torch
+def test_defaults_are_torchs():
+    torch = pytest.importorskip("torch")
+    for cls in (SGD, Adam, AdamW, Adagrad):
+        ours = cls(make_params()).param_groups[0]
+        theirs = getattr(torch.optim, cls.__name__)([torch.zeros(2)]).param_groups[0]
+        for k, v in ours.items():
+            if k != "params":
+                assert v == theirs[k], (cls.__name__, k)
+    assert set(optim.__all__) >= {"SGD", "Adam", "AdamW", "Adagrad", "clip_grad_norm", "get_lr", "decay_groups"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,kwargs", ALL_OPTIONS, ids=ALL_IDS)
+def test_cupy_matches_numpy(cls, kwargs):
+    import cupy
+
+    from scratchllm.backend import to_numpy
+    grads = make_grads(10)
+    host, _ = run_ours(cls, kwargs, grads)
+    dev = {n: cupy.asarray(p) for n, p in make_params().items()}
+    opt = cls(dev, **kwargs)
+    for g in grads:
+        opt.step({n: None if a is None else cupy.asarray(a) for n, a in g.items()})
+    for n in host:
+        assert isinstance(dev[n], cupy.ndarray)
+        np.testing.assert_allclose(to_numpy(dev[n]), host[n], rtol=1e-12, atol=1e-14)
+    sd = opt.state_dict()  # round trip through host arrays, as a checkpoint does
+    resumed = {n: p.copy() for n, p in dev.items()}
+    opt2 = cls(resumed, **kwargs)
+    opt2.load_state_dict(to_disk_and_back({**sd, "state": {k: to_numpy(v) for k, v in sd["state"].items()}}))
+    g = {n: cupy.asarray(a) for n, a in make_grads(1, seed=9)[0].items() if a is not None}
+    opt.step(g)
+    opt2.step(g)
+    for n in dev:
+        assert bool((dev[n] == resumed[n]).all())
+    assert all(isinstance(v, cupy.ndarray) for v in opt2.state_dict()["state"].values())
+    on_host = {n: to_numpy(a) for n, a in g.items()}
+    assert clip_grad_norm(g, 0.1) == pytest.approx(clip_grad_norm(on_host, 0.1), rel=1e-12)
+    for n in g:
+        np.testing.assert_allclose(to_numpy(g[n]), on_host[n], rtol=1e-12)
