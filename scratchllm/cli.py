@@ -1,4 +1,4 @@
-"""Command line: ``scratchllm gradcheck | info``.
+"""Command line: ``scratchllm train | generate | gradcheck | info``.
 
 Bad arguments end with ONE line on stderr and exit status 2, never a traceback.
 """
@@ -19,6 +19,10 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --n_l=2 must not silently mean --n_layer=2
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # argparse prints usage + message and exits 2; we want one line
         raise UsageError(f"{self.prog}: {message}")
 
@@ -92,6 +96,35 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import TrainingDiverged, make_config, parse_overrides, train
+
+    overrides, resume = parse_overrides(args.overrides)
+    cfg = make_config(overrides)
+    try:
+        summary = train(cfg, resume=resume, overrides=overrides if resume else None)
+    except TrainingDiverged as e:
+        print(f"scratchllm train: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    val = f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
+    print(f"trained {summary['step']} steps in {summary['seconds']:.1f} s{val}; checkpoints in {summary['out_dir']}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .generate import generate_text
+
+    model, tokenizer, _ = load_checkpoint(args.ckpt, backend=args.backend)
+    prompt = args.prompt.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    print(prompt, end="", flush=True)
+    generate_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.top_p,
+                  args.seed, stream=lambda piece: print(piece, end="", flush=True))
+    print(flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .gradcheck import MODES
 
@@ -109,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rtol", type=float, default=1e-7)
     g.set_defaults(func=cmd_gradcheck)
 
+    t = sub.add_parser("train", help="train a GPT (default: the tiny preset on the Python standard library)",
+                       description="Config keys as --key=value (nanoGPT's names), --preset=tiny|cpu, --resume.")
+    t.set_defaults(func=cmd_train, overrides=[])
+
+    gen = sub.add_parser("generate", help="generate text from a checkpoint")
+    gen.add_argument("--ckpt", required=True, help="a training run's out_dir or a checkpoint directory")
+    gen.add_argument("--prompt", default="")
+    gen.add_argument("--max_new_tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top_k", type=int, default=0, help="0: no top-k cut")
+    gen.add_argument("--top_p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    gen.set_defaults(func=cmd_generate)
+
     i = sub.add_parser("info", help="backend, versions, BLAS, threads and GPU")
     i.set_defaults(func=cmd_info)
     return p
@@ -118,12 +166,19 @@ def main(argv=None) -> int:
     from .backend import BackendError
 
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if args.func is cmd_train:
+            args.overrides = extra
+        elif extra:
+            raise UsageError(f"scratchllm {args.command}: unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except UsageError as e:
         print(str(e).splitlines()[0], file=sys.stderr)
         return EXIT_USAGE
-    except (BackendError, ValueError, TypeError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print("scratchllm: interrupted", file=sys.stderr)
+        return 130
+    except (BackendError, ValueError, TypeError, OSError) as e:
         if os.environ.get("SCRATCHLLM_DEBUG"):
             raise
         print(f"scratchllm: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

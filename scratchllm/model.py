@@ -124,61 +124,74 @@ class GPT:
                 allowed = f"[0, {self.cfg.vocab_size})" + (" or -1 (ignored)" if allow_ignore else "")
                 raise ValueError(f"{name} holds {bad}, outside {allowed}")
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_cache=None):
         """Logits for every position, and the mean cross-entropy when ``targets`` are given.
 
         Shapes:
             idx int (B, T), targets int (B, T) already shifted (-1 = ignored)
             -> logits (B, T, V), loss () or None, cache (for ``backward``)
+
+        ``kv_cache`` (inference only): a dict, empty at first, that keeps every layer's keys and values. The
+        tokens in ``idx`` then continue the cached ones (positions start after them), so generation feeds
+        one new token per call instead of the whole context.
         """
         cfg, p, xp = self.cfg, self.params, self.xp
         idx = xp.asarray(idx)
         self._check_ids("idx", idx)
         B, T = idx.shape
-        if T > cfg.block_size:
-            raise ValueError(f"idx has T={T} positions but block_size is {cfg.block_size}")
+        past = kv_cache[0][0].shape[2] if kv_cache else 0  # positions already in the KV cache
+        if past + T > cfg.block_size:
+            raise ValueError(f"idx has T={T} positions (after {past} cached) but block_size is {cfg.block_size}")
         if targets is not None:
+            if kv_cache is not None:
+                raise ValueError("targets cannot be combined with kv_cache (the KV cache is for inference)")
             targets = xp.asarray(targets)
             self._check_ids("targets", targets, allow_ignore=True)
             if targets.shape != idx.shape:
                 raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}; got {tuple(targets.shape)}")
-        C, H = cfg.n_embd, cfg.n_head
-        D = C // H
         drop = cfg.dropout if self.training else 0.0
-        rng = self.rng
         caches = {"B": B, "T": T}
 
         # embeddings: token + position, then dropout
         tok, caches["wte"] = embedding_forward(idx, p["wte.weight"])  # (B, T, C)
-        pos, caches["wpe"] = embedding_forward(xp.arange(T)[None, :], p["wpe.weight"])  # (1, T, C)
-        x, caches["drop"] = dropout_forward(tok + pos, drop, rng)  # (B, T, C)
-
+        pos, caches["wpe"] = embedding_forward(xp.arange(past, past + T)[None, :], p["wpe.weight"])  # (1, T, C)
+        x, caches["drop"] = dropout_forward(tok + pos, drop, self.rng)  # (B, T, C)
         for i in range(cfg.n_layer):
-            h, c = f"h.{i}.", {}
-            # attention sub-block: x = x + drop(proj(attn(ln_1(x))))
-            a, c["ln_1"] = layernorm_forward(x, p[h + "ln_1.weight"], p[h + "ln_1.bias"])  # (B, T, C)
-            qkv, c["c_attn"] = linear_forward(a, p[h + "attn.c_attn.weight"], p[h + "attn.c_attn.bias"])  # (B,T,3C)
-            q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, D) views
-            y, c["attn"] = attention_forward(q, k, v, causal=True, dropout=drop, rng=rng)  # (B, H, T, D)
-            y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side
-            y, c["attn.c_proj"] = linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
-            y, c["attn.drop"] = dropout_forward(y, drop, rng)  # (B, T, C)
-            x = x + y  # (B, T, C) residual
-            # MLP sub-block: x = x + drop(proj(gelu(fc(ln_2(x)))))
-            m, c["ln_2"] = layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"])  # (B, T, C)
-            f, c["c_fc"] = linear_forward(m, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])  # (B, T, 4C)
-            g, c["gelu"] = gelu_forward(f, approximate="tanh")  # (B, T, 4C)
-            z, c["mlp.c_proj"] = linear_forward(g, p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"])
-            z, c["mlp.drop"] = dropout_forward(z, drop, rng)  # (B, T, C)
-            x = x + z  # (B, T, C) residual
-            caches[i] = c
-
+            x, caches[i] = self._block(i, x, drop, kv_cache)  # (B, T, C)
         xf, caches["ln_f"] = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])  # (B, T, C)
         logits, caches["lm_head"] = linear_forward(xf, p["wte.weight"].T)  # (B, T, V) head tied to wte
         loss = None
         if targets is not None:
             loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
         return logits, loss, caches
+
+    def _block(self, i, x, drop, kv_cache=None):
+        """Transformer block i: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; returns (x, its caches)."""
+        p, h, c = self.params, f"h.{i}.", {}
+        B, T, C = x.shape
+        H = self.cfg.n_head
+        D = C // H
+        # attention sub-block: x = x + drop(proj(attn(ln_1(x))))
+        a, c["ln_1"] = layernorm_forward(x, p[h + "ln_1.weight"], p[h + "ln_1.bias"])  # (B, T, C)
+        qkv, c["c_attn"] = linear_forward(a, p[h + "attn.c_attn.weight"], p[h + "attn.c_attn.bias"])  # (B, T, 3C)
+        q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, D) views
+        if kv_cache is not None:
+            if i in kv_cache:  # the new keys and values follow the cached ones
+                k = self.xp.concatenate([kv_cache[i][0], k], axis=2)  # (B, H, past + T, D)
+                v = self.xp.concatenate([kv_cache[i][1], v], axis=2)  # (B, H, past + T, D)
+            kv_cache[i] = (k, v)
+        y, c["attn"] = attention_forward(q, k, v, causal=True, dropout=drop, rng=self.rng)  # (B, H, T, D)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side
+        y, c["attn.c_proj"] = linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
+        y, c["attn.drop"] = dropout_forward(y, drop, self.rng)  # (B, T, C)
+        x = x + y  # (B, T, C) residual
+        # MLP sub-block: x = x + drop(proj(gelu(fc(ln_2(x)))))
+        m, c["ln_2"] = layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"])  # (B, T, C)
+        f, c["c_fc"] = linear_forward(m, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])  # (B, T, 4C)
+        g, c["gelu"] = gelu_forward(f, approximate="tanh")  # (B, T, 4C)
+        z, c["mlp.c_proj"] = linear_forward(g, p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"])
+        z, c["mlp.drop"] = dropout_forward(z, drop, self.rng)  # (B, T, C)
+        return x + z, c  # (B, T, C) residual
 
     def backward(self, cache, dloss=1.0) -> dict:
         """Gradients of the loss with respect to every parameter (the forward's caches in reverse).

@@ -197,7 +197,7 @@ def test_config_validation(kwargs, match):
 
 def test_input_validation_names_the_problem():
     model = GPT(TINY, backend="numpy")
-    with pytest.raises(ValueError, match="T=7 positions but block_size is 6"):
+    with pytest.raises(ValueError, match="T=7 positions \\(after 0 cached\\) but block_size is 6"):
         model.forward(np.zeros((1, 7), np.int64))
     with pytest.raises(ValueError, match="idx holds 11, outside \\[0, 11\\)"):
         model.forward(np.array([[1, 11]]))
