@@ -118,6 +118,7 @@ def cmd_generate(args) -> int:
 
     model, tokenizer, _ = load_checkpoint(args.ckpt, backend=args.backend)
     prompt = args.prompt.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    tokenizer.encode(prompt)  # a prompt the tokenizer cannot encode fails here, before anything is printed
     print(prompt, end="", flush=True)
     generate_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.top_p,
                   args.seed, stream=lambda piece: print(piece, end="", flush=True))
