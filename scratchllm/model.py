@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .backend import resolve_backend, to_numpy, xp_for
+from .backend import resolve_backend, to_numpy, tune_host_allocator, xp_for
 from .ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
                   dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward,
                   gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
@@ -94,6 +94,8 @@ class GPT:
         self.dtype = np.dtype(str(dtype))
         self.backend = resolve_backend(backend)
         self.xp = xp_for(self.backend)
+        if self.backend == "numpy":
+            tune_host_allocator()  # large temporaries are reused instead of mmapped afresh every step
         self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
         self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
         self.training = True

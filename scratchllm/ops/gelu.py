@@ -28,9 +28,16 @@ def gelu_forward(x, approximate="tanh"):
         raise ValueError(f"approximate must be 'tanh' or 'none'; got {approximate!r}")
     xp = get_xp(x)
     if approximate == "tanh":
-        u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)  # (...)
-        th = xp.tanh(u)  # (...)
-        out = 0.5 * x * (1.0 + th)  # (...)
+        # in place on one fresh buffer: u = sqrt(2/pi) * x * (1 + 0.044715 x^2), then th = tanh(u)
+        th = xp.multiply(x, x, out=xp.empty_like(x))  # (...) out= keeps 0-d inputs arrays
+        th *= 0.044715
+        th += 1.0
+        th *= x
+        th *= SQRT_2_OVER_PI  # u
+        xp.tanh(th, out=th)  # (...) tanh(u)
+        out = xp.add(th, 1.0, out=xp.empty_like(x))  # (...)
+        out *= x
+        out *= 0.5  # 0.5 * x * (1 + tanh(u))
         cache = (x, th, approximate)
     else:
         cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))  # (...) Phi(x)
@@ -56,8 +63,18 @@ def gelu_backward(dout, cache):
     xp = get_xp(x)
     if approximate == "tanh":
         th = saved  # tanh(u), kept from the forward
-        du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)  # (...)
-        dlocal = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx  # (...)
+        # dlocal = 0.5 * (1 + th + x * (1 - th^2) * du_dx), built in place on two fresh buffers
+        dlocal = xp.multiply(x, x, out=xp.empty_like(x))  # (...)
+        dlocal *= 3.0 * 0.044715
+        dlocal += 1.0
+        dlocal *= SQRT_2_OVER_PI  # du_dx
+        sech2 = xp.multiply(th, th, out=xp.empty_like(x))  # (...)
+        xp.subtract(1.0, sech2, out=sech2)  # 1 - tanh(u)^2
+        dlocal *= sech2
+        dlocal *= x
+        dlocal += th
+        dlocal += 1.0
+        dlocal *= 0.5
     else:
         cdf = saved  # Phi(x), kept from the forward
         pdf = INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # (...) recomputed: one exp is cheaper than caching

@@ -28,11 +28,12 @@ def layernorm_forward(x, w, b, eps=1e-5):
     check_same_dtype(x=x, w=w, b=b)
     xp = get_xp(x, w, b)
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-    xc = x - mean  # (..., C)
-    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
+    norm = x - mean  # (..., C) xc, normalized in place below
+    var = (norm * norm).mean(axis=-1, keepdims=True)  # (..., 1)
     rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
-    norm = xc * rstd  # (..., C)
-    out = norm * w + b  # (..., C)
+    norm *= rstd  # (..., C) norm = xc * rstd
+    out = norm * w  # (..., C)
+    out += b
     cache = (norm, rstd, w)  # x and mean are not kept: backward needs only norm and rstd
     return out, cache
 
@@ -59,9 +60,13 @@ def layernorm_backward(dout, cache):
     db = dout2.sum(axis=0)  # (C,)
     dw = (dout2 * norm.reshape(-1, C)).sum(axis=0)  # (C,)
     dnorm = dout * w  # (..., C)
-    dx = rstd * (
-        dnorm
-        - dnorm.mean(axis=-1, keepdims=True)  # (..., 1)
-        - norm * (dnorm * norm).mean(axis=-1, keepdims=True)  # (..., C)
-    )  # (..., C)
+    # dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), in place on dnorm's buffer
+    t = dnorm * norm  # (..., C)
+    t_mean = t.mean(axis=-1, keepdims=True)  # (..., 1) mean(dnorm * norm)
+    dnorm_mean = dnorm.mean(axis=-1, keepdims=True)  # (..., 1) mean(dnorm)
+    get_xp(t).multiply(norm, t_mean, out=t)  # (..., C) norm * mean(dnorm * norm)
+    dx = dnorm  # the buffer is ours: dnorm is not needed any more
+    dx -= dnorm_mean
+    dx -= t
+    dx *= rstd  # (..., C)
     return dx, dw, db

@@ -23,11 +23,11 @@ def linear_forward(x, w, b=None):
         if b.shape[0] != w.shape[1]:
             raise ValueError(f"b must have shape ({w.shape[1]},) to match w {w.shape}; got {b.shape}")
     check_same_dtype(x=x, w=w, b=b)
-    out = x @ w  # (..., Cout)
+    out = x.reshape(-1, x.shape[-1]) @ w  # (N, Cout) one GEMM over all rows, not one per leading index
     if b is not None:
-        out = out + b  # (..., Cout)
+        out += b  # (N, Cout) in place on the fresh product
     cache = (x, w, b is not None)
-    return out, cache
+    return out.reshape(x.shape[:-1] + (w.shape[1],)), cache  # (..., Cout)
 
 
 def linear_backward(dout, cache):
@@ -44,10 +44,8 @@ def linear_backward(dout, cache):
     x, w, has_bias = cache
     Cin, Cout = w.shape
     check_dout(dout, x.shape[:-1] + (Cout,))
-    dout = dout.astype(w.dtype, copy=False)
-    dx = dout @ w.T  # (..., Cin)
-    x2 = x.reshape(-1, Cin)  # (N, Cin)
-    dout2 = dout.reshape(-1, Cout)  # (N, Cout)
-    dw = x2.T @ dout2  # (Cin, Cout)
+    dout2 = dout.astype(w.dtype, copy=False).reshape(-1, Cout)  # (N, Cout)
+    dx = (dout2 @ w.T).reshape(x.shape)  # (..., Cin)
+    dw = x.reshape(-1, Cin).T @ dout2  # (Cin, Cout)
     db = dout2.sum(axis=0) if has_bias else None  # (Cout,)
     return dx, dw, db
