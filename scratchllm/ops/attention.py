@@ -46,9 +46,10 @@ def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
         raise ValueError(f"causal attention needs at least as many keys as queries; got T={T} queries, Tk={Tk} keys")
     xp = get_xp(q, k, v)
     scale = 1.0 / math.sqrt(D)  # a Python float: keeps float32 inputs float32
-    att = (q @ k.swapaxes(-1, -2)) * scale  # (B, H, T, Tk)
-    if causal:
-        att = xp.where(causal_mask(T, Tk, xp), -xp.inf, att)  # (B, H, T, Tk); the diagonal always stays
+    att = q @ k.swapaxes(-1, -2)  # (B, H, T, Tk) a fresh buffer, scaled and masked in place
+    att *= scale
+    if causal:  # add -inf above the diagonal (a broadcast add beats masked assignment); the diagonal stays
+        att += xp.where(causal_mask(T, Tk, xp), -xp.inf, 0.0).astype(att.dtype)  # (B, H, T, Tk)
     p, p_cache = softmax_forward(att, axis=-1)  # (B, H, T, Tk); masked entries are exactly 0
     pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, T, Tk)
     out = pd @ v  # (B, H, T, D)

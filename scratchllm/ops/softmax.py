@@ -21,8 +21,9 @@ def softmax_forward(x, axis=-1):
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis {axis} is out of range for x of shape {x.shape}")
     xp = get_xp(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))  # (...)
-    y = e / e.sum(axis=axis, keepdims=True)  # (...)
+    y = x - x.max(axis=axis, keepdims=True)  # (...) a fresh buffer, exponentiated and normalized in place
+    xp.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)  # (...)
     cache = (y, axis)
     return y, cache
 
@@ -40,5 +41,8 @@ def softmax_backward(dout, cache):
     y, axis = cache
     check_dout(dout, y.shape)
     dout = dout.astype(y.dtype, copy=False)
-    dx = y * (dout - (dout * y).sum(axis=axis, keepdims=True))  # (...)
+    dx = dout * y  # (...) reused below: dx = y * (dout - sum(dout * y))
+    total = dx.sum(axis=axis, keepdims=True)  # (..., 1, ...)
+    get_xp(dx).subtract(dout, total, out=dx)
+    dx *= y
     return (dx,)
