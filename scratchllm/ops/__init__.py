@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .attention import attention_backward, attention_forward
+from .attention_blocked import attention_blocked_backward, attention_blocked_forward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
@@ -109,6 +110,8 @@ OPS: dict[str, Op] = {
            dict(N=4, C=6), ("x",), "p=0.25, a fixed seeded mask"),
         Op("attention_dropout", functools.partial(attention_forward, dropout=0.2, rng=99), attention_backward,
            _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal, dropout 0.2 on the weights"),
+        Op("attention_blocked", functools.partial(attention_blocked_forward, block=2), attention_blocked_backward,
+           _attention_inputs, dict(B=2, H=2, T=5, D=3), ("q", "k", "v"), "causal, query blocks of 2"),
         Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,
            dict(B=2, T=4, V=5), ("logits", "targets"), "ignore_index=-1"),
     )
@@ -119,5 +122,6 @@ __all__ = [
     "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
     "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
     "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",
+    "attention_blocked_forward", "attention_blocked_backward",
     "cross_entropy_forward", "cross_entropy_backward", "dropout_forward", "dropout_backward",
 ]

@@ -1,0 +1,91 @@
+"""Causal attention computed in query blocks: the same numbers as ``attention_forward``, about half the work.
+
+In causal attention, query i never looks past key i, so the upper triangle of ``q @ k^T`` is computed only
+to be masked away. Splitting the queries into blocks of ``block`` rows, each block multiplies only the keys
+it can see (up to its last row), which skips most of the masked triangle: with n blocks the matrix products
+and the softmax cost (n + 1) / (2 n) of the full computation. Every row still sees all its visible keys at
+once, so the plain softmax applies (no online rescaling as in FlashAttention) and the results equal
+``attention_forward``'s up to float rounding; ``tests/ops/test_attention_blocked.py`` proves it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..backend import get_xp
+from ._checks import check_dout, check_float, check_same_dtype
+from .attention import causal_mask
+from .dropout import dropout_backward, dropout_forward
+from .softmax import softmax_backward, softmax_forward
+
+
+def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
+    """Causal multi-head attention, query block by query block.
+
+    Shapes:
+        q (B, H, T, D), k (B, H, Tk, D), v (B, H, Tk, D), Tk >= T  ->  out (B, H, T, D)
+
+    Math, for the query rows r = i0 .. i1-1 of each block (they see keys 0 .. e-1, e = i1 + Tk - T):
+        att = q[r] @ k[:e]^T / sqrt(D), masked above the diagonal       (B, H, i1 - i0, e)
+        p   = softmax(att, axis=-1);  pd = dropout(p)
+        out[r] = pd @ v[:e]
+    """
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        check_float(name, a, ndim=4)
+    check_same_dtype(q=q, k=k, v=v)
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    if k.shape != (B, H, Tk, D) or v.shape != k.shape:
+        raise ValueError(f"k and v must have shape (B, H, Tk, D) = ({B}, {H}, Tk, {D}); got k {k.shape}, v {v.shape}")
+    if Tk < T:
+        raise ValueError(f"causal attention needs at least as many keys as queries; got T={T} queries, Tk={Tk} keys")
+    if block < 1:
+        raise ValueError(f"block must be >= 1; got {block}")
+    xp = get_xp(q, k, v)
+    scale = 1.0 / math.sqrt(D)
+    out = xp.empty_like(q)  # (B, H, T, D)
+    blocks = []
+    for i0 in range(0, T, block):
+        i1 = min(i0 + block, T)
+        e = i1 + Tk - T  # keys visible to the block's last row
+        att = q[:, :, i0:i1] @ k[:, :, :e].swapaxes(-1, -2)  # (B, H, i1-i0, e)
+        att *= scale
+        att += xp.where(causal_mask(i1 - i0, e, xp), -xp.inf, 0.0).astype(att.dtype)  # the block's diagonal
+        p, p_cache = softmax_forward(att, axis=-1)  # (B, H, i1-i0, e)
+        pd, drop_cache = dropout_forward(p, dropout, rng)
+        out[:, :, i0:i1] = pd @ v[:, :, :e]  # (B, H, i1-i0, D)
+        blocks.append((i0, i1, e, p_cache, drop_cache))
+    cache = (q, k, v, blocks, scale)
+    return out, cache
+
+
+def attention_blocked_backward(dout, cache):
+    """Gradients of ``attention_blocked_forward``: ``attention_backward`` block by block.
+
+    Shapes:
+        dout (B, H, T, D)  ->  dq (B, H, T, D), dk (B, H, Tk, D), dv (B, H, Tk, D)
+
+    Math (per block; keys and values are shared, so their gradients ACCUMULATE over blocks):
+        dv[:e] += pd^T @ dout[r]
+        dp      = dropout_backward(dout[r] @ v[:e]^T)
+        datt    = softmax_backward(dp) / sqrt(D)
+        dq[r]   = datt @ k[:e]
+        dk[:e] += datt^T @ q[r]
+    """
+    q, k, v, blocks, scale = cache
+    check_dout(dout, q.shape)
+    dout = dout.astype(q.dtype, copy=False)
+    xp = get_xp(q)
+    dq = xp.empty_like(q)  # (B, H, T, D) every row is written once
+    dk = xp.zeros_like(k)  # (B, H, Tk, D) accumulated
+    dv = xp.zeros_like(v)  # (B, H, Tk, D) accumulated
+    for i0, i1, e, p_cache, drop_cache in blocks:
+        g = dout[:, :, i0:i1]  # (B, H, i1-i0, D)
+        (pd,) = dropout_backward(p_cache[0], drop_cache)  # recomputed: p * mask / (1 - dropout)
+        dv[:, :, :e] += pd.swapaxes(-1, -2) @ g  # (B, H, e, D)
+        (dp,) = dropout_backward(g @ v[:, :, :e].swapaxes(-1, -2), drop_cache)  # (B, H, i1-i0, e)
+        (datt,) = softmax_backward(dp, p_cache)
+        datt *= scale
+        dq[:, :, i0:i1] = datt @ k[:, :, :e]  # (B, H, i1-i0, D)
+        dk[:, :, :e] += datt.swapaxes(-1, -2) @ q[:, :, i0:i1]  # (B, H, e, D)
+    return dq, dk, dv
