@@ -72,6 +72,14 @@ def test_training_logs_evaluates_and_checkpoints(tmp_path, corpus):
     assert info["trainer"]["step"] == 20 and tokenizer.decode(tokenizer.encode("def x")) == "def x"
 
 
+def test_loss_plot_is_written_when_matplotlib_is_installed(tmp_path, corpus):
+    pytest.importorskip("matplotlib")
+    cfg, _ = config(tmp_path, corpus, "--max_iters=4", "--eval_interval=2")
+    summary = train(cfg)
+    png = tmp_path / "loss.png"
+    assert summary["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("extra", [[], ["--dropout=0.2", "--optimizer=adam"]])
 def test_resume_is_bit_identical(tmp_path, corpus, extra):
     straight, _ = config(tmp_path / "a", corpus, "--max_iters=20", "--eval_interval=5", *extra)
