@@ -1,4 +1,4 @@
-"""Command line: ``scratchllm train | generate | gradcheck | info``.
+"""Command line: ``scratchllm train | generate | convert | gradcheck | info``.
 
 Bad arguments end with ONE line on stderr and exit status 2, never a traceback.
 """
@@ -44,7 +44,8 @@ def cmd_gradcheck(args) -> int:
     if unknown:
         raise UsageError(f"scratchllm gradcheck: unknown op {unknown[0]!r}; choose from {', '.join(OPS)}")
     xp = xp_for(args.backend)
-    header = f"{'op':<16} {'input':<8} {'dtype':<8} {'mode':<20} {'max abs err':>12} {'max rel err':>12}  ok"
+    w = max(len(n) for n in names) + 1
+    header = f"{'op':<{w}} {'input':<8} {'dtype':<8} {'mode':<20} {'max abs err':>12} {'max rel err':>12}  ok"
     print(header)
     print("-" * len(header))
     failed = []
@@ -54,11 +55,11 @@ def cmd_gradcheck(args) -> int:
         report = gradcheck(op.forward, op.backward, inputs, mode=args.mode, seed=args.seed, rtol=args.rtol,
                            names=op.input_names, raise_on_fail=False)
         for r in report.inputs:
-            print(f"{name:<16} {r.name:<8} {args.dtype:<8} {r.mode:<20} {r.max_abs_err:>12.3e} "
+            print(f"{name:<{w}} {r.name:<8} {args.dtype:<8} {r.mode:<20} {r.max_abs_err:>12.3e} "
                   f"{r.max_rel_err:>12.3e}  {'yes' if r.ok else 'NO'}")
         for check, ok, detail in report.checks:
             if not ok:
-                print(f"{name:<16} check {check!r} FAILED: {detail}")
+                print(f"{name:<{w}} check {check!r} FAILED: {detail}")
         if not report.ok:
             failed.append(name)
     worst = "every op passed" if not failed else f"FAILED: {', '.join(failed)}"
@@ -102,7 +103,7 @@ def cmd_train(args) -> int:
     overrides, resume = parse_overrides(args.overrides)
     cfg = make_config(overrides)
     try:
-        summary = train(cfg, resume=resume, overrides=overrides if resume else None)
+        summary = train(cfg, resume=resume, overrides=overrides)
     except TrainingDiverged as e:
         print(f"scratchllm train: {e}", file=sys.stderr)
         return EXIT_FAIL
@@ -115,14 +116,62 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
     from .generate import generate_text
+    from .hf import load_pretrained
 
-    model, tokenizer, _ = load_checkpoint(args.ckpt, backend=args.backend)
+    if args.hf:  # prompts are read as Hugging Face's GPT-2 tokenizer reads them: <|endoftext|> is special
+        model, tokenizer = load_pretrained(_hf_dir(args.hf, "generate --hf"), backend=args.backend)
+        special = "all" if getattr(tokenizer, "eot_id", None) is not None else None
+    else:
+        (model, tokenizer, _), special = load_checkpoint(args.ckpt, backend=args.backend), None
     prompt = args.prompt.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     tokenizer.encode(prompt)  # a prompt the tokenizer cannot encode fails here, before anything is printed
     print(prompt, end="", flush=True)
     generate_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.top_p,
-                  args.seed, stream=lambda piece: print(piece, end="", flush=True))
+                  args.seed, stream=lambda piece: print(piece, end="", flush=True), allowed_special=special)
     print(flush=True)
+    return 0
+
+
+def _hf_dir(path, what):
+    from .hf import is_hf_dir
+
+    if not is_hf_dir(path):
+        raise UsageError(f"scratchllm {what}: {path} is not a Hugging Face GPT-2 directory (config.json with "
+                         f"model_type 'gpt2' and model.safetensors)")
+    return path
+
+
+def cmd_convert(args) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .gpt2_files import load_tokenizer_dir
+    from .hf import load_hf_gpt2, save_hf_gpt2
+    from .tokenizer import ByteBPETokenizer
+
+    if bool(args.from_hf) == bool(args.ckpt):
+        raise UsageError("scratchllm convert: give either --from_hf=DIR --out=CKPT_DIR or --ckpt=DIR --to_hf=OUT_DIR")
+    if args.from_hf:
+        if not args.out or args.to_hf:
+            raise UsageError("scratchllm convert: --from_hf needs --out=CKPT_DIR (and no --to_hf)")
+        model = load_hf_gpt2(_hf_dir(args.from_hf, "convert --from_hf"), dtype=args.dtype or "float32",
+                             backend="numpy")
+        try:
+            tokenizer = load_tokenizer_dir(args.tokenizer or args.from_hf)
+        except FileNotFoundError as e:
+            raise UsageError(f"scratchllm convert: {e}; name one with --tokenizer=PATH") from None
+        if tokenizer.vocab_size > model.cfg.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.cfg.vocab_size}")
+        path = save_checkpoint(args.out, model, tokenizer)
+        print(f"wrote scratchllm checkpoint {path} ({model.num_params():,} parameters, {tokenizer!r})",
+              file=sys.stderr)
+        return 0
+    if not args.to_hf or args.out or args.tokenizer:
+        raise UsageError("scratchllm convert: --ckpt needs --to_hf=OUT_DIR (and no --out or --tokenizer)")
+    model, tokenizer, _ = load_checkpoint(args.ckpt, backend="numpy", dtype=args.dtype)
+    bpe = isinstance(tokenizer, ByteBPETokenizer)
+    path = save_hf_gpt2(model, args.to_hf, tokenizer if bpe else None)
+    note = "with vocab.json + merges.txt" if bpe else \
+        f"without tokenizer files ({type(tokenizer).__name__} has no Hugging Face GPT-2 form)"
+    print(f"wrote Hugging Face GPT-2 directory {path} {note}", file=sys.stderr)
     return 0
 
 
@@ -147,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Config keys as --key=value (nanoGPT's names), --preset=tiny|cpu, --resume.")
     t.set_defaults(func=cmd_train, overrides=[])
 
-    gen = sub.add_parser("generate", help="generate text from a checkpoint")
-    gen.add_argument("--ckpt", required=True, help="a training run's out_dir or a checkpoint directory")
+    gen = sub.add_parser("generate", help="generate text from a checkpoint or a Hugging Face GPT-2 directory")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
+    src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 directory (save_pretrained's, with tokenizer)")
     gen.add_argument("--prompt", default="")
     gen.add_argument("--max_new_tokens", type=int, default=200)
     gen.add_argument("--temperature", type=float, default=0.8)
@@ -157,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
     gen.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("convert", help="Hugging Face GPT-2 directory <-> scratchllm checkpoint",
+                       description="--from_hf=DIR --out=CKPT_DIR, or --ckpt=DIR --to_hf=OUT_DIR.")
+    c.add_argument("--from_hf", metavar="DIR", help="a Hugging Face GPT-2 directory to read")
+    c.add_argument("--out", metavar="CKPT_DIR", help="the scratchllm checkpoint directory to write")
+    c.add_argument("--tokenizer", metavar="PATH", help="with --from_hf: the tokenizer, when DIR holds none")
+    c.add_argument("--ckpt", metavar="DIR", help="a scratchllm checkpoint (or run directory) to read")
+    c.add_argument("--to_hf", metavar="OUT_DIR", help="the Hugging Face GPT-2 directory to write")
+    c.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="dtype of the written weights (default: float32 from HF, the checkpoint's own)")
+    c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("info", help="backend, versions, BLAS, threads and GPU")
     i.set_defaults(func=cmd_info)
@@ -179,6 +241,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("scratchllm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`scratchllm gradcheck | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (BackendError, ValueError, TypeError, OSError) as e:
         if os.environ.get("SCRATCHLLM_DEBUG"):
             raise
