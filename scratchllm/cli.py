@@ -116,12 +116,14 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
     from .generate import generate_text
-    from .hf import load_pretrained
+    from .hf import is_hf_dir, load_pretrained
 
     if args.hf:  # prompts are read as Hugging Face's GPT-2 tokenizer reads them: <|endoftext|> is special
         model, tokenizer = load_pretrained(_hf_dir(args.hf, "generate --hf"), backend=args.backend)
         special = "all" if getattr(tokenizer, "eot_id", None) is not None else None
     else:
+        if is_hf_dir(args.ckpt):
+            raise UsageError(f"scratchllm generate: {args.ckpt} is a Hugging Face GPT-2 directory: use --hf")
         (model, tokenizer, _), special = load_checkpoint(args.ckpt, backend=args.backend), None
     prompt = args.prompt.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     tokenizer.encode(prompt)  # a prompt the tokenizer cannot encode fails here, before anything is printed
@@ -133,11 +135,16 @@ def cmd_generate(args) -> int:
 
 
 def _hf_dir(path, what):
+    from .checkpoint import resolve_checkpoint
     from .hf import is_hf_dir
 
     if not is_hf_dir(path):
-        raise UsageError(f"scratchllm {what}: {path} is not a Hugging Face GPT-2 directory (config.json with "
-                         f"model_type 'gpt2' and model.safetensors)")
+        try:
+            resolve_checkpoint(path)
+            hint = ": it is a scratchllm checkpoint, use --ckpt"
+        except ValueError:
+            hint = " (config.json with model_type 'gpt2' and model.safetensors)"
+        raise UsageError(f"scratchllm {what}: {path} is not a Hugging Face GPT-2 directory{hint}")
     return path
 
 
@@ -159,7 +166,8 @@ def cmd_convert(args) -> int:
         except FileNotFoundError as e:
             raise UsageError(f"scratchllm convert: {e}; name one with --tokenizer=PATH") from None
         if tokenizer.vocab_size > model.cfg.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.cfg.vocab_size}")
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                             f"{model.cfg.vocab_size}")
         path = save_checkpoint(args.out, model, tokenizer)
         print(f"wrote scratchllm checkpoint {path} ({model.num_params():,} parameters, {tokenizer!r})",
               file=sys.stderr)

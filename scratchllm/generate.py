@@ -85,13 +85,16 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
 
 
 def generate_text(model, tokenizer, prompt, max_new_tokens=200, temperature=1.0, top_k=None, top_p=1.0, seed=0,
-                  stream=None) -> str:
+                  stream=None, allowed_special=None) -> str:
     """Generate text after ``prompt``; ``stream(text_piece)`` receives the new text as it is produced.
 
     An empty prompt starts from the tokenizer's end-of-text token when it has one (else its first token).
-    Multi-byte characters split across BPE tokens are streamed once complete.
+    Multi-byte characters split across BPE tokens are streamed once complete. ``allowed_special`` (BPE only)
+    is passed to ``tokenizer.encode``: ``"all"`` reads ``<|endoftext|>`` in the prompt as the special token, as
+    Hugging Face's GPT-2 tokenizer does.
     """
-    ids = tokenizer.encode(prompt) if prompt else []
+    kwargs = {} if allowed_special is None else {"allowed_special": allowed_special}
+    ids = tokenizer.encode(prompt, **kwargs) if prompt else []
     if not ids:
         eot = getattr(tokenizer, "eot_id", None)
         ids = [eot if eot is not None else 0]

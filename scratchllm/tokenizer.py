@@ -5,7 +5,7 @@ and are rebuilt by ``load_tokenizer(path)``:
 
     {"type": "char", "version": 1, "chars": ["\\n", " ", "!", ...]}                       id = position
     {"type": "byte_bpe", "version": 1, "pattern": GPT2_PATTERN, "byte_order": "gpt2",
-     "merges": [[a, b], ...], "special_tokens": {"<|endoftext|>": id}}
+     "merges": [[a, b], ...], "special_tokens": {"<|endoftext|>": id}, "ids": [...] (only when not 0..n-1)}
 
 Byte-level BPE, as GPT-2 (and Hugging Face ``tokenizers`` ByteLevel BPE) does it:
 
@@ -20,6 +20,12 @@ Byte-level BPE, as GPT-2 (and Hugging Face ``tokenizers`` ByteLevel BPE) does it
 - The end-of-text token ``<|endoftext|>`` has the last id (GPT-2's 50256 is its last id too). ``encode`` treats
   the string ``"<|endoftext|>"`` as plain text unless ``allowed_special`` names it (tiktoken's argument;
   Hugging Face's GPT-2 tokenizer always treats it as special: pass ``allowed_special="all"`` for that).
+- Canonical ids (above: bytes, then merge results, then end-of-text) define the structure; ``merges`` are
+  pairs of canonical ids. An optional id table ``ids`` (``ids[canonical] = id``, a permutation of
+  0..n-1) relabels them: ``encode`` returns, and ``decode``/``token_bytes`` take, the relabeled ids. It keeps
+  the ids of foreign vocabularies exactly (a Hugging Face-trained ``vocab.json`` with ``<|endoftext|>`` = 0, or
+  merged tokens numbered out of merge order), because a model's embedding rows follow those ids. GPT-2's own
+  files need no table. ``scratchllm.gpt2_files`` reads and writes ``vocab.json`` + ``merges.txt``.
 - Text goes to bytes with UTF-8 ``surrogatepass``, so ``decode(encode(s)) == s`` for every Python ``str``, lone
   surrogates included; ``decode`` of any id sequence never fails on bad UTF-8 (U+FFFD, as ``errors="replace"``).
 """
@@ -53,7 +59,8 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-BYTE_ORDER = tuple(bytes_to_unicode())  # BYTE_ORDER[id] is the byte that ids 0..255 stand for
+_BYTE_TO_CHAR = bytes_to_unicode()
+BYTE_ORDER = tuple(_BYTE_TO_CHAR)  # BYTE_ORDER[id] is the byte that ids 0..255 stand for
 _BYTE_TO_ID = bytes(sorted(range(256), key=BYTE_ORDER.__getitem__))  # bytes.translate table: byte -> id
 
 
@@ -167,13 +174,14 @@ class CharTokenizer:
 class ByteBPETokenizer:
     """GPT-2-style byte-level BPE: 256 byte tokens, then one token per merge, then ``<|endoftext|>``.
 
-    ``merges`` is the ordered list of ``(left id, right id)`` pairs; a pair's position is its rank.
+    ``merges`` is the ordered list of ``(left id, right id)`` pairs of canonical ids; a pair's position is its
+    rank. ``ids``: None (canonical ids are the ids) or the id of each canonical token (see the module doc).
     """
 
-    def __init__(self, merges=()):
+    def __init__(self, merges=(), ids=None):
         self.merges = []
         self._ranks = {}   # pair -> rank (lower merges first)
-        self._result = {}  # pair -> id of the merged token
+        self._result = {}  # pair -> canonical id of the merged token
         vocab = [bytes([b]) for b in BYTE_ORDER]
         index = {t: i for i, t in enumerate(vocab)}
         for rank, pair in enumerate(merges):
@@ -190,8 +198,14 @@ class ByteBPETokenizer:
             self.merges.append(pair)
             self._ranks[pair] = rank
             self._result[pair] = index[token]
-        self.eot_id = len(vocab)
-        self._vocab = vocab + [ENDOFTEXT.encode()]
+        self._tokens = vocab + [ENDOFTEXT.encode()]  # canonical order
+        self.ids = _check_id_table(ids, len(self._tokens))
+        self.eot_id = len(vocab) if self.ids is None else self.ids[len(vocab)]
+        self._vocab = self._tokens  # id -> bytes
+        if self.ids is not None:
+            self._vocab = [b""] * len(self._tokens)
+            for canonical, i in enumerate(self.ids):
+                self._vocab[i] = self._tokens[canonical]
         self._cache = {}
 
     @classmethod
@@ -234,12 +248,16 @@ class ByteBPETokenizer:
             if chunk_ids is None:
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
-                chunk_ids = cache[chunk] = self._bpe(list(_to_bytes(chunk).translate(_BYTE_TO_ID)))
+                chunk_ids = self._bpe(list(_to_bytes(chunk).translate(_BYTE_TO_ID)))
+                if self.ids is not None:
+                    chunk_ids = tuple([self.ids[i] for i in chunk_ids])
+                cache[chunk] = chunk_ids
             ids.extend(chunk_ids)
         return ids
 
     def _bpe(self, ids: list[int]) -> tuple:
-        """GPT-2's ``bpe()``: merge the lowest-ranked pair present, all its occurrences, until none is left."""
+        """GPT-2's ``bpe()`` on canonical ids: merge the lowest-ranked pair present, all its occurrences, until
+        none is left."""
         ranks, inf = self._ranks, float("inf")
         while len(ids) > 1:
             pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, inf))
@@ -261,12 +279,31 @@ class ByteBPETokenizer:
         """A token as GPT-2's ``vocab.json`` spells it (``bytes_to_unicode`` characters; "Ġ" is the space)."""
         if token_id == self.eot_id:
             return ENDOFTEXT
-        table = bytes_to_unicode()
-        return "".join(table[b] for b in self.token_bytes(token_id))
+        return "".join([_BYTE_TO_CHAR[b] for b in self.token_bytes(token_id)])
+
+    def merge_tokens(self) -> list[tuple[bytes, bytes]]:
+        """Each merge as the bytes of its two parts, in rank order (what ``merges.txt`` spells)."""
+        return [(self._tokens[a], self._tokens[b]) for a, b in self.merges]
+
+    @classmethod
+    def from_gpt2_files(cls, vocab_json, merges_txt) -> "ByteBPETokenizer":
+        """GPT-2's ``vocab.json`` + ``merges.txt`` (or a Hugging Face ByteLevel BPE's); keeps the file's ids."""
+        from .gpt2_files import read_gpt2_files
+
+        return read_gpt2_files(vocab_json, merges_txt)
+
+    def save_gpt2_files(self, directory) -> tuple[Path, Path]:
+        """Write ``vocab.json`` and ``merges.txt`` (GPT-2's layout) into ``directory``; returns their paths."""
+        from .gpt2_files import write_gpt2_files
+
+        return write_gpt2_files(self, directory)
 
     def to_dict(self) -> dict:
-        return {"type": "byte_bpe", "version": VERSION, "pattern": GPT2_PATTERN, "byte_order": "gpt2",
-                "merges": [list(p) for p in self.merges], "special_tokens": {ENDOFTEXT: self.eot_id}}
+        d = {"type": "byte_bpe", "version": VERSION, "pattern": GPT2_PATTERN, "byte_order": "gpt2",
+             "merges": [list(p) for p in self.merges], "special_tokens": {ENDOFTEXT: self.eot_id}}
+        if self.ids is not None:
+            d["ids"] = list(self.ids)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ByteBPETokenizer":
@@ -275,7 +312,7 @@ class ByteBPETokenizer:
             raise ValueError("a byte_bpe tokenizer must use GPT-2's 'pattern' and 'byte_order' \"gpt2\"")
         if not isinstance(d.get("merges"), list):
             raise ValueError("a byte_bpe tokenizer needs 'merges', a list of [left id, right id] pairs")
-        tok = cls(d["merges"])
+        tok = cls(d["merges"], d.get("ids"))
         expected = {ENDOFTEXT: tok.eot_id}
         if d.get("special_tokens") != expected:
             raise ValueError(f"'special_tokens' must be {expected!r}; got {d.get('special_tokens')!r}")
@@ -290,6 +327,17 @@ class ByteBPETokenizer:
 
     def __repr__(self):
         return f"ByteBPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)})"
+
+
+def _check_id_table(ids, n: int):
+    """None for the identity; otherwise ``ids`` as a list, checked to be a permutation of 0..n-1."""
+    if ids is None:
+        return None
+    if not isinstance(ids, (list, tuple)) or any(type(i) is not int for i in ids):
+        raise ValueError("'ids' must be a list of ints, one per token")
+    if len(ids) != n or sorted(ids) != list(range(n)):
+        raise ValueError(f"'ids' must be a permutation of 0..{n - 1} (one id per token); got {len(ids)} ids")
+    return None if list(ids) == list(range(n)) else list(ids)
 
 
 def _merge(ids: list[int], pair: tuple, new_id: int) -> list[int]:

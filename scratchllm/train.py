@@ -28,6 +28,7 @@ class TrainConfig:
     tokenizer: str = "char"  # char | bpe
     vocab_size: int = 0  # 0: the char alphabet's size, or 1024 for bpe
     # model
+    init_from: str = ""  # "": a new model; else a Hugging Face GPT-2 directory or a scratchllm checkpoint to fine-tune
     n_layer: int = 3
     n_head: int = 4
     n_embd: int = 128
@@ -146,6 +147,32 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--lr_decay_iters ({cfg.lr_decay_iters}) must be >= --warmup_iters ({cfg.warmup_iters})")
 
 
+def adopt_init(cfg: TrainConfig, model, tokenizer, overrides: dict | None) -> TrainConfig:
+    """``cfg`` with the model keys of the ``init_from`` model (its shape, vocabulary and tokenizer kind).
+
+    A key the user set (named in ``overrides``) must agree with it, except ``block_size``, the training window,
+    which may be shorter than the model's context. The model's dropout becomes ``cfg.dropout``.
+    """
+    from .tokenizer import CharTokenizer
+
+    m = model.cfg
+    shape = dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                 vocab_size=m.vocab_size, tokenizer="char" if isinstance(tokenizer, CharTokenizer) else "bpe")
+    for key, value in (overrides or {}).items():
+        if key == "block_size" and value > m.block_size:
+            raise ConfigError(f"--block_size={value} is longer than the context of --init_from={cfg.init_from} "
+                              f"({m.block_size})")
+        if key in shape and key != "block_size" and value != shape[key]:
+            raise ConfigError(f"--{key}={value} conflicts with --init_from={cfg.init_from}, which has "
+                              f"{key}={shape[key]}; leave --{key} out")
+    if overrides and "block_size" in overrides:
+        shape["block_size"] = overrides["block_size"]
+    model.cfg = dataclasses.replace(m, dropout=cfg.dropout)
+    cfg = dataclasses.replace(cfg, **shape)
+    validate(cfg)
+    return cfg
+
+
 def make_optimizer(cfg: TrainConfig, params: dict):
     from .optim import SGD, Adagrad, Adam, AdamW, decay_groups
 
@@ -225,10 +252,15 @@ def _plot(metrics_path: Path, png: Path) -> bool:
 
 
 def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
-    """Run training; returns a summary dict (final train/val loss, steps, seconds, paths)."""
+    """Run training; returns a summary dict (final train/val loss, steps, seconds, paths).
+
+    ``overrides``: the keys the user set explicitly. With ``--resume`` they replace the saved config; with
+    ``init_from`` they are checked against the loaded model (``adopt_init``).
+    """
     from .checkpoint import load_checkpoint, resolve_checkpoint, save_training_checkpoint
     from .data import get_batch, load_text, prepare_tokens
     from .generate import generate_text
+    from .hf import load_pretrained
     from .model import GPT, GPTConfig
     from .optim import clip_grad_norm, get_lr
     from .tokenizer import train_tokenizer
@@ -250,15 +282,20 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         _log(f"resuming from {info['path']} at step {step}")
     else:
         step, trainer = 0, None
+    fresh = not resume and not cfg.init_from  # a new model and tokenizer
+    if not resume and cfg.init_from:
+        model, tokenizer = load_pretrained(cfg.init_from, dtype=cfg.dtype, backend=backend)
+        cfg = adopt_init(cfg, model, tokenizer, overrides)
+        _log(f"initialised from {cfg.init_from}")
     text, description = load_text(cfg.data, cfg.data_cap_bytes)
-    if not resume:
+    if fresh:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size or (None if cfg.tokenizer == "char" else 1024))
     train_tokens, val_tokens = prepare_tokens(text, tokenizer, out_dir / "data")
     for name, toks in (("train", train_tokens), ("val", val_tokens)):
         if len(toks) <= cfg.block_size + 1:
             raise ConfigError(f"the {name} split of {description} has only {len(toks)} tokens; "
                               f"it needs more than block_size + 1 = {cfg.block_size + 1}")
-    if not resume:
+    if fresh:
         mcfg = GPTConfig(tokenizer.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
         model = GPT(mcfg, seed=cfg.seed, dtype=cfg.dtype, backend=backend)
         cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
