@@ -183,7 +183,7 @@ def load_checkpoint(path, backend="auto", dtype=None, with_optimizer=False):
         raise CheckpointError(f"{path / TOKENIZER_FILE}: {str(e).splitlines()[0]}") from None
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
-    model = GPT(cfg, dtype=dtype or saved_dtype, backend=backend)
+    model = GPT(cfg, dtype=dtype or saved_dtype, backend=backend, init=False)
     model.load_state_dict(tensors)
     info = {"config": config, "path": path}
     if with_optimizer:

@@ -203,7 +203,7 @@ def load_hf_gpt2(path, dtype="float32", backend="auto"):
 
     cfg, hf = read_hf_config(path)
     state = hf_state_dict(read_hf_tensors(path), cfg, Path(path) / MODEL_FILE, hf["tie_word_embeddings"])
-    model = GPT(cfg, dtype=dtype, backend=backend)
+    model = GPT(cfg, dtype=dtype, backend=backend, init=False)
     model.load_state_dict(state)
     return model
 

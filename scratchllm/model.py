@@ -89,7 +89,10 @@ class GPT:
     """A GPT-2 language model. ``logits, loss, cache = model.forward(idx, targets)``;
     ``grads = model.backward(cache)`` (a dict keyed like ``model.params``)."""
 
-    def __init__(self, cfg: GPTConfig, seed: int = 0, dtype: str = "float32", backend: str = "auto"):
+    def __init__(self, cfg: GPTConfig, seed: int = 0, dtype: str = "float32", backend: str = "auto",
+                 init: bool = True):
+        """``init=False`` skips the random initialisation (parameters start at zero), for callers that load
+        weights right away: drawing GPT-2 small's 124 M normals takes seconds."""
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"cfg must be a GPTConfig; got {type(cfg).__name__}")
         if str(dtype) not in DTYPES:
@@ -100,7 +103,10 @@ class GPT:
         self.xp = xp_for(self.backend)
         if self.backend == "numpy":
             tune_host_allocator()  # large temporaries are reused instead of mmapped afresh every step
-        self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
+        if init:
+            self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
+        else:
+            self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in param_shapes(cfg).items()}
         self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
         self.training = True
 

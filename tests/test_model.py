@@ -239,3 +239,9 @@ def test_load_state_dict_writes_into_the_live_arrays():
     assert model.params["ln_f.weight"] is live and (live == 3.0).all()
     with pytest.raises(ValueError, match="ln_f.bias must have shape \\(8,\\)"):
         model.load_state_dict({**state, "ln_f.bias": np.zeros(3)})
+
+
+def test_init_false_gives_zeros_of_the_right_shapes_fast():
+    model = GPT(TINY, backend="numpy", init=False)
+    assert all(not v.any() for v in model.params.values())
+    assert {k: v.shape for k, v in model.params.items()} == param_shapes(TINY)
