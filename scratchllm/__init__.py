@@ -2,10 +2,12 @@
 
 from .backend import get_xp, resolve_backend, synchronize, to_numpy
 from .gradcheck import GradcheckError, gradcheck
+from .hf import load_hf_gpt2, save_hf_gpt2
 from .model import GPT, GPTConfig
 from .optim import SGD, Adagrad, Adam, AdamW, clip_grad_norm, decay_groups, get_lr
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "get_xp", "resolve_backend", "synchronize", "to_numpy", "gradcheck", "GradcheckError",
-           "GPT", "GPTConfig", "SGD", "Adam", "AdamW", "Adagrad", "clip_grad_norm", "decay_groups", "get_lr"]
+           "GPT", "GPTConfig", "SGD", "Adam", "AdamW", "Adagrad", "clip_grad_norm", "decay_groups", "get_lr",
+           "load_hf_gpt2", "save_hf_gpt2"]
