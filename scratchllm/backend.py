@@ -217,4 +217,12 @@ def device_info() -> dict:
         "memory_free_gib": round(free / 2**30, 2),
         "cupy": cupy.__version__,
         "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "tf32": os.environ.get("CUPY_TF32", "0") == "1",  # CuPy's float32 matmuls in TF32 (off unless set)
+        "fused_kernels": _kernels_enabled(),
     }
+
+
+def _kernels_enabled() -> bool:
+    from . import kernels  # lazy: kernels imports this module
+
+    return kernels.enabled()

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .backend import resolve_backend, to_numpy, tune_host_allocator, xp_for
+from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
+from .optim import flatten_params
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                   gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
@@ -107,6 +108,12 @@ class GPT:
             self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
         else:
             self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in param_shapes(cfg).items()}
+        self._flat_order = None  # on CuPy: the params' order in their one flat buffer (the grads' too)
+        if self.backend == "cupy":  # one buffer, >= 2-D weights first: each decay group is one contiguous
+            # stretch, so the optimizer updates it in one fused launch (optim.py, "Flat fast path")
+            self._flat_order = sorted(self.params, key=lambda k: self.params[k].ndim < 2)
+            _, views = flatten_params({k: self.params[k] for k in self._flat_order})
+            self.params = {k: views[k] for k in self.params}
         self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
         self.training = True
 
@@ -123,18 +130,23 @@ class GPT:
 
     # ---------------------------------------------------------------------------------------------
     def _check_ids(self, name, a, allow_ignore=False):
-        xp = self.xp
+        """``a`` as an integer (B, T) array on the model's backend. The id range is checked where that is free:
+        on the host, before ids given as NumPy arrays (or lists) are copied to the device. Ids already on the
+        device are not read back (that would be a host sync in every training step)."""
+        if get_xp(a) is np:
+            a = np.asarray(a)
         if not hasattr(a, "dtype") or a.dtype.kind not in "iu":
             raise TypeError(f"{name} must be an integer array of shape (B, T); got {type(a).__name__} "
                             f"{getattr(a, 'dtype', '')}".rstrip())
         if a.ndim != 2:
             raise ValueError(f"{name} must have shape (B, T); got {tuple(a.shape)}")
-        if a.size:
-            lo, hi = int(xp.min(a)), int(xp.max(a))
+        if a.size and get_xp(a) is np:
+            lo, hi = int(a.min()), int(a.max())
             if hi >= self.cfg.vocab_size or lo < (-1 if allow_ignore else 0):
                 bad = hi if hi >= self.cfg.vocab_size else lo
                 allowed = f"[0, {self.cfg.vocab_size})" + (" or -1 (ignored)" if allow_ignore else "")
                 raise ValueError(f"{name} holds {bad}, outside {allowed}")
+        return self.xp.asarray(a)
 
     def forward(self, idx, targets=None, kv_cache=None):
         """Logits for every position, and the mean cross-entropy when ``targets`` are given.
@@ -148,8 +160,7 @@ class GPT:
         one new token per call instead of the whole context.
         """
         cfg, p, xp = self.cfg, self.params, self.xp
-        idx = xp.asarray(idx)
-        self._check_ids("idx", idx)
+        idx = self._check_ids("idx", idx)
         B, T = idx.shape
         past = kv_cache[0][0].shape[2] if kv_cache else 0  # positions already in the KV cache
         if past + T > cfg.block_size:
@@ -157,8 +168,7 @@ class GPT:
         if targets is not None:
             if kv_cache is not None:
                 raise ValueError("targets cannot be combined with kv_cache (the KV cache is for inference)")
-            targets = xp.asarray(targets)
-            self._check_ids("targets", targets, allow_ignore=True)
+            targets = self._check_ids("targets", targets, allow_ignore=True)
             if targets.shape != idx.shape:
                 raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}; got {tuple(targets.shape)}")
         drop = cfg.dropout if self.training else 0.0
@@ -246,6 +256,8 @@ class GPT:
         _, dwpe = embedding_backward(demb.sum(axis=0, keepdims=True), cache["wpe"])  # (block_size, C)
         grads["wte.weight"] = dwte_tok + dwte_head.T  # (V, C): the tied weight's two uses ADD
         grads["wpe.weight"] = dwpe
+        if self._flat_order is not None:  # CuPy: copied into one flat buffer laid out like the params (one pass)
+            _, grads = flatten_params({name: grads[name] for name in self._flat_order})
         return {name: grads[name] for name in p}  # the params' order
 
     def activation_bytes(self, cache) -> int:

@@ -20,6 +20,15 @@ safetensors after ``to_numpy``::
      "state": {"exp_avg.wte.weight": array, "exp_avg_sq.wte.weight": array, ...}}   # "<buffer>.<name>"
 
 Hyper-parameters are kept as Python floats, so float32 arrays stay float32 under NumPy 2's promotion rules.
+
+Flat fast path: when a group's parameters exactly tile one stretch of a single contiguous buffer (see
+``flatten_params``; GPT on CuPy allocates its parameters so, weights >= 2-D first, so both ``decay_groups``
+groups are one stretch each) and the gradients are views of another buffer laid out alike (GPT.backward
+returns them so on CuPy), ``step`` updates the group with ONE update over the buffer instead of one per
+parameter: a single fused kernel launch for Adam, AdamW and Adagrad on CuPy (``scratchllm/kernels/optim.py``),
+the same NumPy/CuPy expressions over the flat buffer otherwise. The state buffers are then flat too, each
+parameter's state array a view of them, so ``state_dict`` and ``load_state_dict`` see no difference. Any other
+layout takes the per-parameter loop; both give the same numbers.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import kernels
 from .backend import get_xp, to_numpy
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip_grad_norm", "get_lr"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip_grad_norm", "get_lr",
+           "flatten_params"]
 
 
 def _number(name, value, lo=0.0, hi=None):
@@ -59,6 +70,60 @@ def _buffer(st, key, p, fill=0.0):
     if key not in st:
         st[key] = get_xp(p).full_like(p, fill)
     return st[key]
+
+
+def flatten_params(params, xp=None, dtype=None):
+    """Copy a dict of arrays into ONE contiguous 1-D buffer; return ``(flat, views)``.
+
+    ``views`` maps each name, in the dict's order, to a view of ``flat`` with that array's shape and values.
+    Optimizers update a group of such views in one pass (module docstring). ``xp`` (default: the arrays'
+    backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype.
+    """
+    arrays = list(params.values())
+    xp = xp or get_xp(*arrays)
+    dtype = np.dtype(dtype or (arrays[0].dtype if arrays else np.float32))
+    sizes = [int(np.prod(a.shape, dtype=np.int64)) for a in arrays]
+    flat = xp.empty(sum(sizes), dtype=dtype)
+    views, offset = {}, 0
+    for (name, a), n in zip(params.items(), sizes):
+        views[name] = flat[offset:offset + n].reshape(a.shape)
+        views[name][...] = xp.asarray(a, dtype=dtype)
+        offset += n
+    return flat, views
+
+
+def _root(a):
+    """The array that owns a view's memory (NumPy and CuPy keep it in ``.base``)."""
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+        a = a.base
+    return a
+
+
+def _flat_span(arrays):
+    """``(span, offsets)`` when ``arrays`` are C-contiguous views of one buffer (of their dtype) that exactly
+    tile one stretch of it, in any order: ``span`` is that stretch (1-D) and ``offsets[i]`` the element offset of
+    ``arrays[i]`` in it. ``None`` for any other layout. Reads pointers only: no data, no device sync."""
+    if not arrays:
+        return None
+    root, dtype = _root(arrays[0]), arrays[0].dtype
+    if root.dtype != dtype or not root.flags.c_contiguous:
+        return None
+    xp = get_xp(root)
+    ptr = (lambda a: a.ctypes.data) if xp is np else (lambda a: a.data.ptr)
+    base, offsets = ptr(root), []
+    for a in arrays:
+        if _root(a) is not root or a.dtype != dtype or not a.flags.c_contiguous:
+            return None
+        delta, rem = divmod(ptr(a) - base, dtype.itemsize)
+        if rem:
+            return None
+        offsets.append(delta)
+    lo = pos = min(offsets)
+    for i in sorted(range(len(arrays)), key=offsets.__getitem__):
+        if offsets[i] != pos:  # a gap or an overlap
+            return None
+        pos += arrays[i].size
+    return root.reshape(-1)[lo:pos], [o - lo for o in offsets]
 
 
 class Optimizer:
@@ -94,6 +159,7 @@ class Optimizer:
             self.param_groups.append({"params": dict(group["params"]), **hyper})
         if not self.steps:
             raise ValueError("params: the optimizer got an empty parameter list")
+        self._flat = {}  # id(group) -> {"span": _flat_span of its params or None, "state": {buffer: (flat, views)}}
 
     def _check_hyper(self, h):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -139,9 +205,58 @@ class Optimizer:
                     raise ValueError(f"grads[{name!r}]: expected an array of shape {tuple(p.shape)} on the "
                                      f"parameter's backend, got {type(g).__name__} {getattr(g, 'shape', '')}")
                 work.append((h, name, p, g.astype(p.dtype, copy=False)))
+        flat = {id(h) for h in self.param_groups if self._step_flat(h, grads)}  # whole groups in one pass
         for h, name, p, g in work:
+            if id(h) in flat:
+                continue
             self.steps[name] += 1
             self._update(p, g, self.state[name], self.steps[name], h)
+
+    def _step_flat(self, h, grads):
+        """Update all of group ``h`` with one ``_update_flat`` over flat buffers, if its layout allows (module
+        docstring): the params tile one stretch of a buffer, the grads are all given and tile another stretch
+        the same way, every param has the same step count, and each state buffer exists for all or none of
+        them. Returns whether it did; otherwise ``step`` takes the per-parameter loop."""
+        flat = self._flat.get(id(h))
+        if flat is None:  # the params never move, so their layout is worked out once
+            flat = self._flat[id(h)] = {"span": _flat_span(list(h["params"].values())), "state": {}}
+        if flat["span"] is None:
+            return False
+        p_span, offsets = flat["span"]
+        names, params = list(h["params"]), list(h["params"].values())
+        gs = [grads.get(n) for n in names]
+        if any(g is None for g in gs) or len({self.steps[n] for n in names}) != 1:
+            return False
+        g_span = _flat_span(gs)
+        if g_span is None or g_span[1] != offsets or g_span[0].dtype != p_span.dtype:
+            return False
+        st = {}
+        for key in self._buffers:
+            have = [key in self.state[n] for n in names]
+            if all(have):
+                buf, views = flat["state"].get(key, (None, ()))
+                if buf is None or not all(self.state[n][key] is v for n, v in zip(names, views)):  # new or loaded
+                    buf = get_xp(p_span).empty_like(p_span)
+                    for n, p, o in zip(names, params, offsets):
+                        buf[o:o + p.size] = self.state[n][key].reshape(-1)
+                st[key] = buf
+            elif any(have):
+                return False
+        step = self.steps[names[0]] + 1
+        self._update_flat(p_span, g_span[0], st, step, h)
+        for key, buf in st.items():  # the per-parameter state arrays are views of the flat buffers
+            if flat["state"].get(key, (None,))[0] is not buf:
+                views = [buf[o:o + p.size].reshape(p.shape) for p, o in zip(params, offsets)]
+                for n, v in zip(names, views):
+                    self.state[n][key] = v
+                flat["state"][key] = (buf, views)
+        for n in names:
+            self.steps[n] = step
+        return True
+
+    def _update_flat(self, p, g, st, step, h):
+        """``_update`` over a whole group's flat buffers; subclasses with a fused kernel override it."""
+        self._update(p, g, st, step, h)
 
     def state_dict(self):
         """A copy of the optimizer's state; layout in the module docstring."""
@@ -306,6 +421,13 @@ class Adam(Optimizer):
         denom = get_xp(p).sqrt(v) / math.sqrt(1 - beta2**step) + h["eps"]
         p -= (lr / (1 - beta1**step)) * (m / denom)
 
+    def _update_flat(self, p, g, st, step, h):
+        if get_xp(p) is np or not kernels.enabled():
+            return self._update(p, g, st, step, h)
+        m, v = _buffer(st, "exp_avg", p), _buffer(st, "exp_avg_sq", p)
+        v_max = _buffer(st, "max_exp_avg_sq", p) if h["amsgrad"] else None
+        kernels.adam_step(p, g, m, v, v_max, step, h, self._decoupled)  # one fused launch for the group
+
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter), like ``torch.optim.AdamW``.
@@ -356,6 +478,11 @@ class Adagrad(Optimizer):
         s += g * g
         p -= clr * (g / (get_xp(p).sqrt(s) + h["eps"]))
 
+    def _update_flat(self, p, g, st, step, h):
+        if get_xp(p) is np or not kernels.enabled():
+            return self._update(p, g, st, step, h)
+        kernels.adagrad_step(p, g, _buffer(st, "sum", p, h["initial_accumulator_value"]), step, h)  # one launch
+
 
 def decay_groups(params, weight_decay):
     """nanoGPT's split: ``[{"params": {>= 2-D arrays}, "weight_decay": weight_decay},
@@ -375,12 +502,19 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
 
     Returns ``total_norm`` (before clipping) as a Python float; 0.0 when there are no gradients. Unlike torch,
     a non-finite total norm leaves the gradients untouched (the caller should skip that step).
+
+    On CuPy nothing is read back to the host (no sync in a training step): the clipping factor stays on the
+    device, ``g = g * where(isfinite(total_norm), min(clip_coef, 1), 1)``, and ``total_norm`` is returned as
+    a 0-d device array (``float()`` it to read it). Gradients that tile one flat buffer (GPT's on CuPy) are
+    normed and scaled in one pass over it.
     """
     max_norm, eps = _number("max_norm", max_norm), _number("eps", eps)
     arrays = [g for g in (grads.values() if isinstance(grads, Mapping) else grads) if g is not None]
     if not arrays:
         return 0.0
     xp = get_xp(*arrays)
+    if xp is not np:
+        return _clip_grad_norm_device(xp, arrays, max_norm, eps)
     total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
     norm = float(total)
     if math.isfinite(norm) and norm > 0:
@@ -389,6 +523,21 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
             for g in arrays:
                 g *= coef.astype(g.dtype)
     return norm
+
+
+def _clip_grad_norm_device(xp, arrays, max_norm, eps):
+    """clip_grad_norm on CuPy without a host sync; returns the total norm as a 0-d device array."""
+    span = _flat_span(arrays)
+    if span is not None:  # one flat buffer: one norm, one scale
+        arrays = [span[0]]
+        total = xp.linalg.norm(span[0])
+    else:
+        total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
+    coef = xp.minimum(max_norm / (total + eps), 1.0)  # in the norms' dtype, as torch
+    coef = xp.where(xp.isfinite(total), coef, 1.0)  # a non-finite norm leaves the gradients untouched
+    for g in arrays:
+        g *= coef.astype(g.dtype)
+    return total
 
 
 def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from .. import kernels
 from ..backend import get_xp
 from ._checks import check_dout, check_float, check_same_dtype
 from .dropout import dropout_backward, dropout_forward
@@ -47,10 +50,13 @@ def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
     xp = get_xp(q, k, v)
     scale = 1.0 / math.sqrt(D)  # a Python float: keeps float32 inputs float32
     att = q @ k.swapaxes(-1, -2)  # (B, H, T, Tk) a fresh buffer, scaled and masked in place
-    att *= scale
-    if causal:  # add -inf above the diagonal (a broadcast add beats masked assignment); the diagonal stays
-        att += xp.where(causal_mask(T, Tk, xp), -xp.inf, 0.0).astype(att.dtype)  # (B, H, T, Tk)
-    p, p_cache = softmax_forward(att, axis=-1)  # (B, H, T, Tk); masked entries are exactly 0
+    if xp is not np and kernels.enabled() and att.size:  # scale + mask + softmax: one CUDA pass, same p
+        p, p_cache = kernels.scaled_causal_softmax_forward(att, scale, causal)
+    else:
+        att *= scale
+        if causal:  # add -inf above the diagonal (a broadcast add beats masked assignment); the diagonal stays
+            att += xp.where(causal_mask(T, Tk, xp), -xp.inf, 0.0).astype(att.dtype)  # (B, H, T, Tk)
+        p, p_cache = softmax_forward(att, axis=-1)  # (B, H, T, Tk); masked entries are exactly 0
     pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, T, Tk)
     out = pd @ v  # (B, H, T, D)
     cache = (q, k, v, p_cache, drop_cache, scale)  # pd is not kept: backward rebuilds it from p and the mask

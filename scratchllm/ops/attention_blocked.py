@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from .. import kernels
 from ..backend import get_xp
 from ._checks import check_dout, check_float, check_same_dtype
 from .attention import causal_mask
@@ -49,9 +52,12 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
         i1 = min(i0 + block, T)
         e = i1 + Tk - T  # keys visible to the block's last row
         att = q[:, :, i0:i1] @ k[:, :, :e].swapaxes(-1, -2)  # (B, H, i1-i0, e)
-        att *= scale
-        att += xp.where(causal_mask(i1 - i0, e, xp), -xp.inf, 0.0).astype(att.dtype)  # the block's diagonal
-        p, p_cache = softmax_forward(att, axis=-1)  # (B, H, i1-i0, e)
+        if xp is not np and kernels.enabled() and att.size:  # scale + mask + softmax: one CUDA pass
+            p, p_cache = kernels.scaled_causal_softmax_forward(att, scale)
+        else:
+            att *= scale
+            att += xp.where(causal_mask(i1 - i0, e, xp), -xp.inf, 0.0).astype(att.dtype)  # the block's diagonal
+            p, p_cache = softmax_forward(att, axis=-1)  # (B, H, i1-i0, e)
         pd, drop_cache = dropout_forward(p, dropout, rng)
         out[:, :, i0:i1] = pd @ v[:, :, :e]  # (B, H, i1-i0, D)
         blocks.append((i0, i1, e, p_cache, drop_cache))

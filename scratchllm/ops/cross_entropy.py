@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from .. import kernels
 from ..backend import get_xp
 from ._checks import check_float, check_int
 
@@ -16,6 +19,9 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
         lse[n]  = log(sum_v exp(logits[n, v]))      (computed as max + log(sum(exp(logits - max))))
         loss    = sum over kept n of (lse[n] - logits[n, targets[n]]) / M
     When every target is ignored, M = 0: the loss is 0 and every gradient is 0 (PyTorch gives NaN).
+    A target outside [0, V) raises ValueError on NumPy. On CuPy that check would read a value back to the
+    host (a sync in every training step), so there such a target makes its row's loss, and so the mean,
+    NaN instead; M stays a 0-d device array for the same reason (the cache keeps max(M, 1)).
     """
     check_float("logits", logits, ndim_min=1)
     check_int("targets", targets)
@@ -24,20 +30,26 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
         raise ValueError(f"targets must have shape {logits.shape[:-1]} (logits' shape without the last axis); "
                          f"got {targets.shape}")
     xp = get_xp(logits)
+    if xp is not np and kernels.enabled() and logits.size:  # fused CUDA kernels (scratchllm/kernels/cross_entropy.py)
+        return kernels.cross_entropy_forward(logits, targets, ignore_index)
     x = logits.reshape(-1, V)  # (N, V)
     t = targets.reshape(-1)  # (N,)
     keep = t != ignore_index  # (N,)
     bad = keep & ((t < 0) | (t >= V))  # (N,)
-    if bool(bad.any()):
+    if xp is np and bool(bad.any()):  # on CuPy a host sync: there a bad target gives a NaN loss instead
         raise ValueError(f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}; "
                          f"got {int(t[bad][0])}")
-    t_safe = xp.where(keep, t, 0)  # (N,) ignored rows read column 0, then get weight 0
+    t_safe = xp.where(keep & ~bad, t, 0)  # (N,) ignored (and bad) rows read column 0, then get weight 0
     m = x.max(axis=-1, keepdims=True)  # (N, 1)
     lse = m[:, 0] + xp.log(xp.exp(x - m).sum(axis=-1))  # (N,)
     picked = xp.take_along_axis(x, t_safe[:, None], axis=-1)[:, 0]  # (N,)
-    count = int(keep.sum())
     nll = xp.where(keep, lse - picked, 0)  # (N,)
-    loss = (nll.sum() / max(count, 1)).astype(logits.dtype)  # ()
+    if xp is np:
+        count = max(int(keep.sum()), 1)  # M (at least 1)
+    else:  # M as a 0-d device array, and NaN for bad targets: no host sync
+        count = xp.maximum(keep.sum(), 1).astype(logits.dtype)
+        nll = xp.where(bad, nll.dtype.type(np.nan), nll)
+    loss = (nll.sum() / count).astype(logits.dtype)  # ()
     cache = (logits, lse, t_safe, keep, count)  # logits by reference: backward recomputes softmax
     return loss, cache
 
@@ -58,10 +70,12 @@ def cross_entropy_backward(dout, cache):
     dout_shape = getattr(dout, "shape", ())
     if dout_shape not in ((), (1,)):
         raise ValueError(f"dout must be a scalar or a 0-d array (the loss is a scalar); got shape {dout_shape}")
+    if xp is not np and kernels.enabled() and logits.size:  # the fused CUDA kernel
+        return kernels.cross_entropy_backward(dout, cache)
     V = logits.shape[-1]
     N = lse.shape[0]
     x = logits.reshape(-1, V)  # (N, V)
-    scale = xp.asarray(dout, dtype=logits.dtype).reshape(()) / max(count, 1)  # () dout / M
+    scale = xp.asarray(dout, dtype=logits.dtype).reshape(()) / count  # () dout / M (count is max(M, 1))
     w = xp.where(keep, scale, 0).astype(logits.dtype)  # (N,) per-row weight; 0 for ignored rows
     dx = xp.exp(x - lse[:, None])  # (N, V) softmax, recomputed
     dx[xp.arange(N), t_safe] -= 1.0  # (N, V) minus the one-hot target (t_safe: distinct rows, no repeats)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from .. import kernels
 from ..backend import erf, get_xp
 from ._checks import check_dout, check_float
 
@@ -27,6 +30,8 @@ def gelu_forward(x, approximate="tanh"):
     if approximate not in GELU_APPROXIMATIONS:
         raise ValueError(f"approximate must be 'tanh' or 'none'; got {approximate!r}")
     xp = get_xp(x)
+    if xp is not np and kernels.enabled():  # one fused CUDA pass (scratchllm/kernels/gelu.py)
+        return kernels.gelu_forward(x, approximate)
     if approximate == "tanh":
         # in place on one fresh buffer: u = sqrt(2/pi) * x * (1 + 0.044715 x^2), then th = tanh(u)
         th = xp.multiply(x, x, out=xp.empty_like(x))  # (...) out= keeps 0-d inputs arrays
@@ -59,8 +64,10 @@ def gelu_backward(dout, cache):
     """
     x, saved, approximate = cache
     check_dout(dout, x.shape)
-    dout = dout.astype(x.dtype, copy=False)
     xp = get_xp(x)
+    if xp is not np and kernels.enabled():  # one fused CUDA pass
+        return kernels.gelu_backward(dout, cache)
+    dout = dout.astype(x.dtype, copy=False)
     if approximate == "tanh":
         th = saved  # tanh(u), kept from the forward
         # dlocal = 0.5 * (1 + th + x * (1 - th^2) * du_dx), built in place on two fresh buffers

@@ -1,0 +1,59 @@
+"""Optional fused CUDA kernels for the hot ops, through CuPy. Each has its xp op in ``scratchllm/ops/`` (or
+the update rule in ``scratchllm/optim.py``) as its reference, with the same signature, return values and
+cache layout, so a kernel forward's cache also works with the xp backward and the other way round.
+
+Dispatch: each op checks, at the top of its forward and backward, ``xp is not np and kernels.enabled()``
+and then calls the kernel here. ``enabled()`` is True when CuPy imports AND a GPU really computes AND the
+environment variable ``SCRATCHLLM_KERNELS`` is not ``"0"`` (set it to 0 to compare with the plain CuPy ops).
+
+Importing this package does not import cupy: the families (``layernorm``, ``softmax``, ``gelu``,
+``cross_entropy``, ``optim``) are loaded on first use, and their CUDA sources are plain module-level strings
+that the tests compile with nvcc on a machine without a GPU. Float32 and float64 are both compiled (C++
+templates, or the ElementwiseKernel type placeholder). docs/gpu.md describes every kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from ..backend import cupy_status
+
+ENV_VAR = "SCRATCHLLM_KERNELS"
+FAMILIES = ("layernorm", "softmax", "gelu", "cross_entropy", "optim")
+
+# public name -> the family module that defines it
+_EXPORTS = {
+    "layernorm_forward": "layernorm", "layernorm_backward": "layernorm",
+    "softmax_forward": "softmax", "softmax_backward": "softmax",
+    "scaled_causal_softmax_forward": "softmax",
+    "gelu_forward": "gelu", "gelu_backward": "gelu",
+    "cross_entropy_forward": "cross_entropy", "cross_entropy_backward": "cross_entropy",
+    "adam_step": "optim", "adagrad_step": "optim",
+}
+
+__all__ = ["ENV_VAR", "FAMILIES", "enabled", "status", *_EXPORTS]
+
+
+def status() -> tuple[bool, str]:
+    """``(enabled, reason)``: whether the ops dispatch CuPy arrays to the fused kernels, and why (not)."""
+    if os.environ.get(ENV_VAR, "1").strip() == "0":
+        return False, f"{ENV_VAR}=0 turns the fused kernels off"
+    usable, reason = cupy_status()
+    if not usable:
+        return False, f"no fused kernels: {reason}"
+    return True, f"fused CUDA kernels on ({ENV_VAR}=0 turns them off)"
+
+
+def enabled() -> bool:
+    """True when CuPy arrays go to the fused kernels (CuPy and a GPU usable, ``SCRATCHLLM_KERNELS`` != 0)."""
+    return status()[0]
+
+
+def __getattr__(name):  # PEP 562: load a family (and so cupy) only when one of its kernels is first used
+    family = _EXPORTS.get(name)
+    if family is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{family}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
