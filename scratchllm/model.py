@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
-from .optim import flatten_params
+from .flat import buffer_root, flatten_params
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                   gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
@@ -268,7 +268,7 @@ class GPT:
         ``B*T*(n_layer*(20*C + 2) + 2*C + 2 + V) * itemsize + n_layer*B*H*T*T * itemsize`` plus the
         integer token ids, positions and targets (``docs/gpt_backward.md`` itemizes it).
         """
-        params = {id(_root(v)) for v in self.params.values()}
+        params = {id(buffer_root(v)) for v in self.params.values()}
         seen, total, stack = set(), 0, [cache]
         while stack:
             item = stack.pop()
@@ -277,7 +277,7 @@ class GPT:
             elif isinstance(item, (tuple, list)):
                 stack.extend(item)
             elif hasattr(item, "nbytes") and hasattr(item, "shape"):
-                root = _root(item)
+                root = buffer_root(item)
                 if id(root) not in params and id(root) not in seen:
                     seen.add(id(root))
                     total += int(root.nbytes)
@@ -303,10 +303,3 @@ class GPT:
                 raise ValueError(f"{k} must have shape {tuple(self.params[k].shape)}; got {tuple(v.shape)}")
         for k, v in state.items():
             self.params[k][...] = self.xp.asarray(v, dtype=self.dtype)
-
-
-def _root(a):
-    """The array that owns a view's memory (NumPy and CuPy keep it in ``.base``)."""
-    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
-        a = a.base
-    return a

@@ -40,29 +40,11 @@ import numpy as np
 
 from . import kernels
 from .backend import get_xp, to_numpy
+from .flat import flat_span, flatten_params
+from .optim_utils import _flag, _number, clip_grad_norm, decay_groups, get_lr
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip_grad_norm", "get_lr",
            "flatten_params"]
-
-
-def _number(name, value, lo=0.0, hi=None):
-    """``value`` as a Python float with ``lo <= value`` (and ``value < hi``); otherwise ValueError naming it."""
-    try:
-        if isinstance(value, (bool, np.bool_, str, bytes)):
-            raise TypeError
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if math.isnan(v) or (lo is not None and v < lo) or (hi is not None and v >= hi):
-        bounds = f"in [{lo}, {hi})" if hi is not None else f">= {lo}" if lo is not None else "not NaN"
-        raise ValueError(f"Invalid {name}: {value!r} (must be {bounds})")
-    return v
-
-
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_, int)) or value not in (0, 1):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _buffer(st, key, p, fill=0.0):
@@ -70,60 +52,6 @@ def _buffer(st, key, p, fill=0.0):
     if key not in st:
         st[key] = get_xp(p).full_like(p, fill)
     return st[key]
-
-
-def flatten_params(params, xp=None, dtype=None):
-    """Copy a dict of arrays into ONE contiguous 1-D buffer; return ``(flat, views)``.
-
-    ``views`` maps each name, in the dict's order, to a view of ``flat`` with that array's shape and values.
-    Optimizers update a group of such views in one pass (module docstring). ``xp`` (default: the arrays'
-    backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype.
-    """
-    arrays = list(params.values())
-    xp = xp or get_xp(*arrays)
-    dtype = np.dtype(dtype or (arrays[0].dtype if arrays else np.float32))
-    sizes = [int(np.prod(a.shape, dtype=np.int64)) for a in arrays]
-    flat = xp.empty(sum(sizes), dtype=dtype)
-    views, offset = {}, 0
-    for (name, a), n in zip(params.items(), sizes):
-        views[name] = flat[offset:offset + n].reshape(a.shape)
-        views[name][...] = xp.asarray(a, dtype=dtype)
-        offset += n
-    return flat, views
-
-
-def _root(a):
-    """The array that owns a view's memory (NumPy and CuPy keep it in ``.base``)."""
-    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
-        a = a.base
-    return a
-
-
-def _flat_span(arrays):
-    """``(span, offsets)`` when ``arrays`` are C-contiguous views of one buffer (of their dtype) that exactly
-    tile one stretch of it, in any order: ``span`` is that stretch (1-D) and ``offsets[i]`` the element offset of
-    ``arrays[i]`` in it. ``None`` for any other layout. Reads pointers only: no data, no device sync."""
-    if not arrays:
-        return None
-    root, dtype = _root(arrays[0]), arrays[0].dtype
-    if root.dtype != dtype or not root.flags.c_contiguous:
-        return None
-    xp = get_xp(root)
-    ptr = (lambda a: a.ctypes.data) if xp is np else (lambda a: a.data.ptr)
-    base, offsets = ptr(root), []
-    for a in arrays:
-        if _root(a) is not root or a.dtype != dtype or not a.flags.c_contiguous:
-            return None
-        delta, rem = divmod(ptr(a) - base, dtype.itemsize)
-        if rem:
-            return None
-        offsets.append(delta)
-    lo = pos = min(offsets)
-    for i in sorted(range(len(arrays)), key=offsets.__getitem__):
-        if offsets[i] != pos:  # a gap or an overlap
-            return None
-        pos += arrays[i].size
-    return root.reshape(-1)[lo:pos], [o - lo for o in offsets]
 
 
 class Optimizer:
@@ -219,7 +147,7 @@ class Optimizer:
         them. Returns whether it did; otherwise ``step`` takes the per-parameter loop."""
         flat = self._flat.get(id(h))
         if flat is None:  # the params never move, so their layout is worked out once
-            flat = self._flat[id(h)] = {"span": _flat_span(list(h["params"].values())), "state": {}}
+            flat = self._flat[id(h)] = {"span": flat_span(list(h["params"].values())), "state": {}}
         if flat["span"] is None:
             return False
         p_span, offsets = flat["span"]
@@ -227,7 +155,7 @@ class Optimizer:
         gs = [grads.get(n) for n in names]
         if any(g is None for g in gs) or len({self.steps[n] for n in names}) != 1:
             return False
-        g_span = _flat_span(gs)
+        g_span = flat_span(gs)
         if g_span is None or g_span[1] != offsets or g_span[0].dtype != p_span.dtype:
             return False
         st = {}
@@ -482,80 +410,3 @@ class Adagrad(Optimizer):
         if get_xp(p) is np or not kernels.enabled():
             return self._update(p, g, st, step, h)
         kernels.adagrad_step(p, g, _buffer(st, "sum", p, h["initial_accumulator_value"]), step, h)  # one launch
-
-
-def decay_groups(params, weight_decay):
-    """nanoGPT's split: ``[{"params": {>= 2-D arrays}, "weight_decay": weight_decay},
-    {"params": {0-D and 1-D arrays: biases, LayerNorm}, "weight_decay": 0.0}]`` (both groups always present)."""
-    weight_decay = _number("weight_decay", weight_decay)
-    return [{"params": {n: p for n, p in params.items() if p.ndim >= 2}, "weight_decay": weight_decay},
-            {"params": {n: p for n, p in params.items() if p.ndim < 2}, "weight_decay": 0.0}]
-
-
-def clip_grad_norm(grads, max_norm, eps=1e-6):
-    """Scale the gradients in place so their global L2 norm is at most ``max_norm``, like
-    ``torch.nn.utils.clip_grad_norm_`` (norm_type=2). ``grads``: a dict (or sequence) of arrays; None skipped::
-
-        total_norm = || (||g_1||_2, ||g_2||_2, ...) ||_2        (in the gradients' dtype)
-        clip_coef  = max_norm / (total_norm + eps)
-        g = g * min(clip_coef, 1)                               for every g
-
-    Returns ``total_norm`` (before clipping) as a Python float; 0.0 when there are no gradients. Unlike torch,
-    a non-finite total norm leaves the gradients untouched (the caller should skip that step).
-
-    On CuPy nothing is read back to the host (no sync in a training step): the clipping factor stays on the
-    device, ``g = g * where(isfinite(total_norm), min(clip_coef, 1), 1)``, and ``total_norm`` is returned as
-    a 0-d device array (``float()`` it to read it). Gradients that tile one flat buffer (GPT's on CuPy) are
-    normed and scaled in one pass over it.
-    """
-    max_norm, eps = _number("max_norm", max_norm), _number("eps", eps)
-    arrays = [g for g in (grads.values() if isinstance(grads, Mapping) else grads) if g is not None]
-    if not arrays:
-        return 0.0
-    xp = get_xp(*arrays)
-    if xp is not np:
-        return _clip_grad_norm_device(xp, arrays, max_norm, eps)
-    total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
-    norm = float(total)
-    if math.isfinite(norm) and norm > 0:
-        coef = max_norm / (total + eps)  # in the norms' dtype, as torch
-        if float(coef) < 1:
-            for g in arrays:
-                g *= coef.astype(g.dtype)
-    return norm
-
-
-def _clip_grad_norm_device(xp, arrays, max_norm, eps):
-    """clip_grad_norm on CuPy without a host sync; returns the total norm as a 0-d device array."""
-    span = _flat_span(arrays)
-    if span is not None:  # one flat buffer: one norm, one scale
-        arrays = [span[0]]
-        total = xp.linalg.norm(span[0])
-    else:
-        total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
-    coef = xp.minimum(max_norm / (total + eps), 1.0)  # in the norms' dtype, as torch
-    coef = xp.where(xp.isfinite(total), coef, 1.0)  # a non-finite norm leaves the gradients untouched
-    for g in arrays:
-        g *= coef.astype(g.dtype)
-    return total
-
-
-def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-    """nanoGPT's schedule (train.py ``get_lr``) for iteration ``it`` = 0, 1, ...::
-
-        it < warmup_iters:                  learning_rate * (it + 1) / (warmup_iters + 1)
-        it > lr_decay_iters:                min_lr
-        otherwise:   ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-                     min_lr + 0.5 * (1 + cos(pi * ratio)) * (learning_rate - min_lr)
-
-    When ``lr_decay_iters == warmup_iters`` (where nanoGPT divides by zero) ``it == warmup_iters`` gives min_lr.
-    """
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    if lr_decay_iters == warmup_iters:
-        return min_lr
-    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return min_lr + coeff * (learning_rate - min_lr)

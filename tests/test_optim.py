@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from scratchllm import optim
+from scratchllm.flat import buffer_root, flat_span
 from scratchllm.optim import SGD, Adagrad, Adam, AdamW, clip_grad_norm, decay_groups, get_lr
 
 SHAPES = {"w": (4, 5), "b": (5,), "s": (), "t": (2, 3, 2)}  # 2-D, 1-D, 0-D and 3-D parameters
@@ -576,22 +577,22 @@ def test_flat_path_state_arrays_are_views_of_one_buffer():
     params = flat_copy(make_params(), ["w", "t", "b", "s"])
     opt = Adam(params, lr=0.01)
     opt.step(flat_copy({n: np.ones(s) for n, s in SHAPES.items()}, ["w", "t", "b", "s"]))
-    roots = {id(optim._root(opt.state[n]["exp_avg"])) for n in SHAPES}
+    roots = {id(buffer_root(opt.state[n]["exp_avg"])) for n in SHAPES}
     assert len(roots) == 1
-    assert optim._flat_span([opt.state[n]["exp_avg_sq"] for n in SHAPES]) is not None
+    assert flat_span([opt.state[n]["exp_avg_sq"] for n in SHAPES]) is not None
 
 
 def test_flat_span_accepts_exact_tilings_only():
     buf = np.zeros(20)
     a, b, c = buf[0:6].reshape(2, 3), buf[6:10], buf[10:20]
-    span, offsets = optim._flat_span([b, a, c])  # any order
+    span, offsets = flat_span([b, a, c])  # any order
     assert span.size == 20 and offsets == [6, 0, 10]
-    assert optim._flat_span([a, c]) is None  # a gap
-    assert optim._flat_span([a, buf[4:10]]) is None  # an overlap
-    assert optim._flat_span([a, np.zeros(4)]) is None  # two buffers
-    assert optim._flat_span([buf[0:10:2]]) is None  # not contiguous
-    assert optim._flat_span([buf[1:7], buf[7:9]])[1] == [0, 6]  # a stretch inside the buffer
-    assert optim._flat_span([]) is None
+    assert flat_span([a, c]) is None  # a gap
+    assert flat_span([a, buf[4:10]]) is None  # an overlap
+    assert flat_span([a, np.zeros(4)]) is None  # two buffers
+    assert flat_span([buf[0:10:2]]) is None  # not contiguous
+    assert flat_span([buf[1:7], buf[7:9]])[1] == [0, 6]  # a stretch inside the buffer
+    assert flat_span([]) is None
 
 
 def test_flatten_params_copies_values_into_views():

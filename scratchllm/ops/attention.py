@@ -24,6 +24,20 @@ def causal_mask(Tq, Tk, xp):
     return j > i  # (Tq, Tk)
 
 
+def check_qkv(q, k, v, causal=True):
+    """Validate attention inputs; returns ``(B, H, T, D, Tk)``."""
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        check_float(name, a, ndim=4)
+    check_same_dtype(q=q, k=k, v=v)
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    if k.shape != (B, H, Tk, D) or v.shape != k.shape:
+        raise ValueError(f"k and v must have shape (B, H, Tk, D) = ({B}, {H}, Tk, {D}); got k {k.shape}, v {v.shape}")
+    if causal and Tk < T:
+        raise ValueError(f"causal attention needs at least as many keys as queries; got T={T} queries, Tk={Tk} keys")
+    return B, H, T, D, Tk
+
+
 def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
     """Multi-head scaled dot-product attention, with optional dropout on the attention weights.
 
@@ -38,15 +52,7 @@ def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
         pd  = dropout(p, dropout, rng)              (the identity when dropout = 0)
         out = pd @ v
     """
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        check_float(name, a, ndim=4)
-    check_same_dtype(q=q, k=k, v=v)
-    B, H, T, D = q.shape
-    Tk = k.shape[2]
-    if k.shape != (B, H, Tk, D) or v.shape != k.shape:
-        raise ValueError(f"k and v must have shape (B, H, Tk, D) = ({B}, {H}, Tk, {D}); got k {k.shape}, v {v.shape}")
-    if causal and Tk < T:
-        raise ValueError(f"causal attention needs at least as many keys as queries; got T={T} queries, Tk={Tk} keys")
+    B, H, T, D, Tk = check_qkv(q, k, v, causal)
     xp = get_xp(q, k, v)
     scale = 1.0 / math.sqrt(D)  # a Python float: keeps float32 inputs float32
     att = q @ k.swapaxes(-1, -2)  # (B, H, T, Tk) a fresh buffer, scaled and masked in place

@@ -16,8 +16,8 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
-from ._checks import check_dout, check_float, check_same_dtype
-from .attention import causal_mask
+from ._checks import check_dout
+from .attention import causal_mask, check_qkv
 from .dropout import dropout_backward, dropout_forward
 from .softmax import softmax_backward, softmax_forward
 
@@ -33,15 +33,7 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
         p   = softmax(att, axis=-1);  pd = dropout(p)
         out[r] = pd @ v[:e]
     """
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        check_float(name, a, ndim=4)
-    check_same_dtype(q=q, k=k, v=v)
-    B, H, T, D = q.shape
-    Tk = k.shape[2]
-    if k.shape != (B, H, Tk, D) or v.shape != k.shape:
-        raise ValueError(f"k and v must have shape (B, H, Tk, D) = ({B}, {H}, Tk, {D}); got k {k.shape}, v {v.shape}")
-    if Tk < T:
-        raise ValueError(f"causal attention needs at least as many keys as queries; got T={T} queries, Tk={Tk} keys")
+    B, H, T, D, Tk = check_qkv(q, k, v, causal=True)
     if block < 1:
         raise ValueError(f"block must be >= 1; got {block}")
     xp = get_xp(q, k, v)

@@ -556,7 +556,8 @@ def test_gpt_step_on_cupy_matches_numpy(monkeypatch, use_kernels, dtype, rtol):
 @pytest.mark.gpu
 def test_gpt_on_cupy_keeps_params_and_grads_flat():
     from scratchllm.model import GPT
-    from scratchllm.optim import _flat_span, decay_groups
+    from scratchllm.flat import flat_span as _flat_span
+    from scratchllm.optim import decay_groups
 
     model = GPT(_tiny_cfg(), backend="cupy")
     for group in decay_groups(model.params, 0.1):  # each decay group is one stretch: one fused update

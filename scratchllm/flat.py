@@ -1,0 +1,66 @@
+"""One contiguous buffer for many arrays: the layout the fused optimizers update in one pass.
+
+GPT on CuPy keeps its parameters (and gradients) as views of one flat buffer, weights >= 2-D first, so each
+of ``decay_groups``' two groups is one contiguous stretch; ``Optimizer.step`` recognises such a stretch with
+``flat_span`` and updates it at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_xp
+
+
+def flatten_params(params, xp=None, dtype=None):
+    """Copy a dict of arrays into ONE contiguous 1-D buffer; return ``(flat, views)``.
+
+    ``views`` maps each name, in the dict's order, to a view of ``flat`` with that array's shape and values.
+    Optimizers update a group of such views in one pass (module docstring). ``xp`` (default: the arrays'
+    backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype.
+    """
+    arrays = list(params.values())
+    xp = xp or get_xp(*arrays)
+    dtype = np.dtype(dtype or (arrays[0].dtype if arrays else np.float32))
+    sizes = [int(np.prod(a.shape, dtype=np.int64)) for a in arrays]
+    flat = xp.empty(sum(sizes), dtype=dtype)
+    views, offset = {}, 0
+    for (name, a), n in zip(params.items(), sizes):
+        views[name] = flat[offset:offset + n].reshape(a.shape)
+        views[name][...] = xp.asarray(a, dtype=dtype)
+        offset += n
+    return flat, views
+
+
+def buffer_root(a):
+    """The array that owns a view's memory (NumPy and CuPy keep it in ``.base``)."""
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+        a = a.base
+    return a
+
+
+def flat_span(arrays):
+    """``(span, offsets)`` when ``arrays`` are C-contiguous views of one buffer (of their dtype) that exactly
+    tile one stretch of it, in any order: ``span`` is that stretch (1-D) and ``offsets[i]`` the element offset of
+    ``arrays[i]`` in it. ``None`` for any other layout. Reads pointers only: no data, no device sync."""
+    if not arrays:
+        return None
+    root, dtype = buffer_root(arrays[0]), arrays[0].dtype
+    if root.dtype != dtype or not root.flags.c_contiguous:
+        return None
+    xp = get_xp(root)
+    ptr = (lambda a: a.ctypes.data) if xp is np else (lambda a: a.data.ptr)
+    base, offsets = ptr(root), []
+    for a in arrays:
+        if buffer_root(a) is not root or a.dtype != dtype or not a.flags.c_contiguous:
+            return None
+        delta, rem = divmod(ptr(a) - base, dtype.itemsize)
+        if rem:
+            return None
+        offsets.append(delta)
+    lo = pos = min(offsets)
+    for i in sorted(range(len(arrays)), key=offsets.__getitem__):
+        if offsets[i] != pos:  # a gap or an overlap
+            return None
+        pos += arrays[i].size
+    return root.reshape(-1)[lo:pos], [o - lo for o in offsets]
