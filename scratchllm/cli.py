@@ -67,6 +67,24 @@ def cmd_gradcheck(args) -> int:
     return EXIT_FAIL if failed else 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import cli_run
+    from .bench_train import TRAIN_CONFIGS
+    from .ops import OPS
+
+    bad = [n for n in args.ops or [] if n not in OPS]
+    if bad:
+        raise UsageError(f"scratchllm bench: unknown op {bad[0]!r}; choose from {', '.join(OPS)}")
+    bad = [n for n in args.configs or [] if n not in TRAIN_CONFIGS]
+    if bad:
+        raise UsageError(f"scratchllm bench: unknown config {bad[0]!r}; choose from {', '.join(TRAIN_CONFIGS)}")
+    for name, lo in (("repeats", 3), ("batch", 1), ("rounds", 1), ("steps", 1)):
+        value = getattr(args, name)
+        if value is not None and value < lo:
+            raise UsageError(f"scratchllm bench: --{name} must be >= {lo}; got {value}")
+    return cli_run(args)
+
+
 def cmd_info(args) -> int:
     import numpy as np
 
@@ -227,6 +245,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="dtype of the written weights (default: float32 from HF, the checkpoint's own)")
     c.set_defaults(func=cmd_convert)
+
+    bn = sub.add_parser("bench", help="time every op (forward, backward) and a training step against torch",
+                        description="Markdown on stdout; --json, --markdown, --plots write files. A progress bar on "
+                                    "stderr. See benchmarks/RESULTS.md.")
+    bn.add_argument("--suite", choices=("ops", "train", "all"), default="ops")
+    bn.add_argument("--shapes", nargs="+", choices=("tiny", "gpt2-small", "sweep"), default=["gpt2-small"])
+    bn.add_argument("--ops", nargs="+", metavar="OP", help="ops from the registry (default: all)")
+    bn.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                    help="auto: numpy, and cupy too when a GPU is usable")
+    bn.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    bn.add_argument("--repeats", type=int, default=7, help="timed repeats per case (>= 3; default 7)")
+    bn.add_argument("--batch", type=int, default=None, help="B of the gpt2-small shapes (default 8; 4 on the CPU)")
+    bn.add_argument("--configs", nargs="+", metavar="NAME", help="train suite configs (default: cpu shakespeare-char)")
+    bn.add_argument("--rounds", type=int, default=7, help="train suite: interleaved A/B rounds")
+    bn.add_argument("--steps", type=int, default=None, help="train suite: steps per round (default: ~0.5 s)")
+    bn.add_argument("--json", metavar="PATH", help="write the results and environment as JSON")
+    bn.add_argument("--markdown", metavar="PATH", help="write the markdown tables")
+    bn.add_argument("--plots", metavar="DIR", help="write time-vs-size and roofline plots (needs matplotlib)")
+    bn.add_argument("--no-torch", action="store_true", help="leave the torch reference columns blank")
+    bn.add_argument("--flush-l2", action="store_true", help="GPU: overwrite 256 MB before every timed repeat")
+    bn.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bn.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="backend, versions, BLAS, threads and GPU")
     i.set_defaults(func=cmd_info)

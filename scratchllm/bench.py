@@ -1,0 +1,384 @@
+"""``scratchllm bench``: time every op of ``ops.OPS`` (forward and backward) and a whole training step, on
+every available backend, against PyTorch as the reference.
+
+Suites: ``ops`` (``bench_ops.py``: shape sets, correctness checks, FLOP/byte models) and ``train``
+(``bench_train.py``: forward + backward + AdamW against PyTorch eager, the identical model). This module holds
+what both share: the clocks, the machine's measured peaks, the environment record and the output.
+
+Timing method
+    CPU (NumPy, torch CPU): ``time.perf_counter`` around ``number`` back-to-back calls, ``number`` chosen so
+    one repeat lasts at least 2 ms (1 for anything slower); warm-up calls first; ``repeats`` (default 7)
+    repeats; we report the median and the interquartile range (IQR) of the per-call times.
+    GPU (CuPy, torch CUDA): a pair of CUDA events recorded on the current stream around the ``number`` calls,
+    then ``end.synchronize()``; warm-up first. With ``flush_l2`` a 256 MB buffer is overwritten before every
+    repeat (outside the timed region, and ``number`` = 1) so each timed call starts with a cold L2 cache.
+
+Machine peaks (measured at the start of every run, best of 5): GEMM GFLOP/s in the run's dtype (NumPy
+``matmul`` of 2048x2048 matrices on the CPU, and torch's ``mm``; 8192x8192 on a GPU) and copy bandwidth in GB/s
+(``copyto`` of a 256 MB array on the CPU, 1 GB on a GPU; read + write bytes counted). ``% peak`` columns are
+the roofline fraction max(GFLOP/s / GEMM peak, GB/s / copy peak), tagged F (compute) or B (bandwidth).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .backend import cupy_status, device_info, tune_host_allocator
+
+MIN_REPEAT_S = 2e-3  # a CPU repeat lasts at least this long (more calls per repeat for tiny ops)
+
+
+def import_torch():
+    """torch, or None when it is not installed (tests hide it with ``sys.modules['torch'] = None``)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# --------------------------------------------------------------------------------------------- clocks
+def make_clock(device: str):
+    """``clock(fn, number) -> seconds per call`` for ``device``: "cpu", "cupy" or "cuda" (torch)."""
+    if device == "cpu":
+        def clock(fn, number):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            return (time.perf_counter() - t0) / number
+        return clock
+    if device == "cupy":
+        import cupy
+
+        event, elapsed_ms = cupy.cuda.Event, cupy.cuda.get_elapsed_time
+    elif device == "cuda":
+        import torch
+
+        def event():
+            return torch.cuda.Event(enable_timing=True)
+
+        def elapsed_ms(a, b):
+            return a.elapsed_time(b)
+    else:
+        raise ValueError(f"unknown device {device!r}")
+
+    def gpu_clock(fn, number):
+        start, end = event(), event()
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        return elapsed_ms(start, end) / 1e3 / number
+    return gpu_clock
+
+
+def l2_flusher(device: str, mb: int = 256):
+    """A function that overwrites an ``mb`` MB device buffer (evicting L2), or None on the CPU."""
+    if device == "cupy":
+        import cupy
+
+        buf = cupy.empty(mb * 2**20 // 4, dtype=cupy.float32)
+        return lambda: buf.fill(0)
+    if device == "cuda":
+        import torch
+
+        buf = torch.empty(mb * 2**20 // 4, dtype=torch.float32, device="cuda")
+        return buf.zero_
+    return None
+
+
+def measure(fn, device="cpu", repeats=7, flush=None) -> dict:
+    """Warm up, then time ``fn`` ``repeats`` times; per-call seconds summarised (median, IQR, min)."""
+    clock = make_clock(device)
+    t = clock(fn, 1)  # warm-up: caches, allocator, kernel compilation on a GPU
+    if t < 0.25 or device != "cpu":  # calibrate on a warm call (a slow CPU call is its own calibration)
+        t = clock(fn, 1)
+    number = 1 if flush or t >= MIN_REPEAT_S else min(100_000, math.ceil(MIN_REPEAT_S / max(t, 1e-8)))
+    if number > 1:  # warm-up at the timed rhythm
+        clock(fn, number)
+    samples = []
+    for _ in range(repeats):
+        if flush:
+            flush()
+        samples.append(clock(fn, number))
+    return summarize(samples, number)
+
+
+def summarize(samples, number=1) -> dict:
+    q1, _, q3 = np.percentile(samples, [25, 50, 75]) if len(samples) > 1 else (samples[0],) * 3
+    return {"median_ms": 1e3 * statistics.median(samples), "iqr_ms": 1e3 * float(q3 - q1),
+            "min_ms": 1e3 * min(samples), "repeats": len(samples), "number": number,
+            "samples_ms": [round(1e3 * s, 6) for s in samples]}
+
+
+# ---------------------------------------------------------------------------------------- machine peaks
+def _best_s(fn, device):
+    return min(measure(fn, device, repeats=5)["samples_ms"]) / 1e3
+
+
+def measure_peaks(devices, dtype="float32", torch=None, gemm_n=None, copy_mb=None) -> dict:
+    """GEMM GFLOP/s and copy GB/s per device ("cpu", "gpu"), measured here; ``peak_*`` are what % uses."""
+    out = {"dtype": str(dtype)}
+    if "cpu" in devices:
+        n, mb = gemm_n or 2048, copy_mb or 256
+        a, b, c = np.ones((n, n), dtype), np.ones((n, n), dtype), np.empty((n, n), dtype)
+        src, dst = np.ones(mb * 2**20 // 4, np.float32), np.empty(mb * 2**20 // 4, np.float32)
+        cpu = {"gemm_n": n, "copy_mb": mb,
+               "numpy_gemm_gflops": 2 * n**3 / _best_s(lambda: np.matmul(a, b, out=c), "cpu") / 1e9,
+               "numpy_copy_gbs": 2 * src.nbytes / _best_s(lambda: np.copyto(dst, src), "cpu") / 1e9}
+        if torch is not None:
+            ta, tb, tc = (torch.from_numpy(m) for m in (a, b, c))
+            cpu["torch_gemm_gflops"] = 2 * n**3 / _best_s(lambda: torch.mm(ta, tb, out=tc), "cpu") / 1e9
+        cpu["peak_gflops"] = max(v for k, v in cpu.items() if k.endswith("gemm_gflops"))
+        cpu["peak_gbs"] = cpu["numpy_copy_gbs"]
+        out["cpu"] = cpu
+    if "gpu" in devices:
+        import cupy
+
+        n, mb = gemm_n or 8192, copy_mb or 1024
+        a, c = cupy.ones((n, n), dtype), cupy.empty((n, n), dtype)
+        src, dst = cupy.ones(mb * 2**20 // 4, cupy.float32), cupy.empty(mb * 2**20 // 4, cupy.float32)
+        gpu = {"gemm_n": n, "copy_mb": mb,
+               "cupy_gemm_gflops": 2 * n**3 / _best_s(lambda: cupy.matmul(a, a, out=c), "cupy") / 1e9,
+               "cupy_copy_gbs": 2 * src.nbytes / _best_s(lambda: cupy.copyto(dst, src), "cupy") / 1e9}
+        if torch is not None and torch.cuda.is_available():
+            ta = torch.ones((n, n), dtype=getattr(torch, str(dtype)), device="cuda")
+            tc = torch.empty_like(ta)
+            gpu["torch_gemm_gflops"] = 2 * n**3 / _best_s(lambda: torch.mm(ta, ta, out=tc), "cuda") / 1e9
+        gpu["peak_gflops"] = max(v for k, v in gpu.items() if k.endswith("gemm_gflops"))
+        gpu["peak_gbs"] = gpu["cupy_copy_gbs"]
+        out["gpu"] = gpu
+    return out
+
+
+# ------------------------------------------------------------------------------------------ environment
+def _git_commit():
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                           timeout=10)
+        return p.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas_threads():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return {p.get("internal_api"): p.get("num_threads") for p in threadpool_info()}
+
+
+class OtherLoad:
+    """CPU time used by OTHER processes between ``start()`` and ``pct()``, as % of all CPUs (Linux only).
+
+    A 2-core machine shared with another job gives noisy, unfair numbers (torch's 2-thread parallel regions
+    suffer most): /proc/stat's busy time minus this process's own CPU time says how quiet the machine was."""
+
+    def start(self):
+        self.t0 = self._sample()
+        return self
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        hz, own = os.sysconf("SC_CLK_TCK"), os.times()
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz, sum(v) / hz, own.user + own.system
+
+    def pct(self):
+        t1 = self._sample()
+        if self.t0 is None or t1 is None or t1[1] <= self.t0[1]:
+            return None
+        busy, total, own = (b - a for a, b in zip(self.t0, t1))
+        return round(max(0.0, 100 * (busy - own) / total), 1)
+
+
+def background_busy(seconds=0.5):
+    """Percent of all CPUs busy with other processes over ``seconds`` while this one sleeps."""
+    load = OtherLoad().start()
+    time.sleep(seconds)
+    return load.pct()
+
+
+def environment(torch=None) -> dict:
+    """What a reader needs to reproduce or compare a run: machine, versions, BLAS, threads, GPU, commit."""
+    from . import __version__
+
+    try:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        blas = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # older NumPy: show_config has no mode
+        blas = None
+    try:
+        import scipy
+        scipy_version = scipy.__version__
+    except ImportError:
+        scipy_version = None
+    usable, reason = cupy_status()
+    env = {
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(), "scratchllm": __version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "background_cpu_busy_pct": background_busy(),
+        "numpy": np.__version__, "blas": blas, "blas_threads": _blas_threads(), "scipy": scipy_version,
+        "thread_env": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+                       if v in os.environ},
+        "torch": torch.__version__ if torch else None,
+        "torch_threads": torch.get_num_threads() if torch else None,
+        "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
+        "cupy_usable": usable, "cupy_reason": reason, "gpu": device_info() if usable else {},
+    }
+    return env
+
+
+# ------------------------------------------------------------------------------------------------- run
+def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dtype="float32", repeats=7,
+              batch=None, use_torch=True, flush_l2=False, train_configs=None, rounds=7, steps=None,
+              progress=True, registry=None, peaks=None, argv=None) -> dict:
+    """Run the suites; returns the JSON-ready result (``env``, ``peaks``, ``ops`` rows, ``train`` rows)."""
+    from . import bench_ops, bench_train
+    from .backend import resolve_backend
+
+    torch = import_torch() if use_torch else None
+    backends = ["numpy", "cupy"] if backend == "auto" and cupy_status()[0] else [resolve_backend(backend)]
+    notes = []
+    if use_torch and torch is None:
+        notes.append("torch is not installed: the torch columns are blank")
+    elif not use_torch:
+        notes.append("--no-torch: the torch columns are blank")
+    if "cupy" not in backends:
+        notes.append(f"no GPU columns: {cupy_status()[1]}" if backend != "numpy" else "--backend numpy")
+    devices = ["cpu" if b == "numpy" else "gpu" for b in backends]
+    # as scratchllm's GPT does on the CPU (backend.tune_host_allocator): freed large blocks are reused
+    malloc_tuned = tune_host_allocator() if "numpy" in backends else False
+    result = {"schema": 1, "command": " ".join(["scratchllm", "bench", *(argv or [])]), "suite": suite,
+              "dtype": str(dtype), "backends": backends, "env": environment(torch), "notes": notes}
+    result["env"]["host_malloc_tuned"] = malloc_tuned
+    busy = result["env"]["background_cpu_busy_pct"]
+    if busy is not None and busy > 10:
+        notes.append(f"the CPUs were {busy:.0f}% busy with other work when the run started: expect noisy numbers")
+    load = OtherLoad().start()
+    result["peaks"] = peaks or measure_peaks(devices, dtype, torch)
+    if suite in ("ops", "all"):
+        result["ops"] = bench_ops.run(shapes, ops, backends, dtype, repeats, batch, torch, flush_l2,
+                                      result["peaks"], progress, registry, notes)
+    if suite in ("train", "all"):
+        result["train"] = bench_train.run(backends, train_configs, rounds, steps, torch, result["peaks"],
+                                          progress, notes)
+    busy = result["env"]["others_cpu_busy_pct_during_run"] = load.pct()
+    if busy is not None and busy > 10:
+        notes.append(f"other processes used {busy:.0f}% of the CPUs during the run: expect noisy numbers")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _fmt(v, spec=".3g", blank=""):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return blank
+    return format(v, spec)
+
+
+def _ms(t):
+    return "" if not t else f"{_fmt(t['median_ms'], '.4g')} ± {_fmt(t['iqr_ms'], '.2g')}"
+
+
+def markdown(result) -> str:
+    """The whole result as markdown: environment, peaks, op tables per shape set, training-step table."""
+    env, peaks = result["env"], result["peaks"]
+    lines = [f"`{result['command']}` — commit {env['git_commit'] or '?'}, {env['time_utc']}", "",
+             f"- CPU: {env['cpu']}, {env['cpu_count']} CPUs (affinity {env['cpu_affinity']}), "
+             f"load {env['load_avg_1m']}; other processes' CPU use: {env['background_cpu_busy_pct']}% before the "
+             f"run, {env.get('others_cpu_busy_pct_during_run')}% during it; glibc malloc thresholds raised as "
+             f"scratchllm's GPT does: {env.get('host_malloc_tuned')}",
+             f"- numpy {env['numpy']} ({env['blas']}, threads "
+             f"{env['blas_threads'] or env['thread_env'] or 'default: one per CPU'}), "
+             f"torch {env['torch'] or '-'} (threads {env['torch_threads'] or '-'}), python {env['python']}",
+             f"- GPU: {env['gpu'].get('name') if env['gpu'] else 'none (' + env['cupy_reason'] + ')'}"]
+    for dev in ("cpu", "gpu"):
+        if dev in peaks:
+            p = peaks[dev]
+            parts = ", ".join(f"{k.replace('_gflops', '')} {v:.1f} GFLOP/s" for k, v in p.items()
+                              if k.endswith("gemm_gflops"))
+            lines.append(f"- {dev.upper()} peaks ({peaks['dtype']}): {parts} (GEMM {p['gemm_n']}³); copy "
+                         f"{p['peak_gbs']:.1f} GB/s ({p['copy_mb']} MB, read + write)")
+    lines += [f"- note: {n}" for n in result["notes"]]
+    if result.get("ops"):
+        from .bench_ops import ops_markdown
+        lines += ["", ops_markdown(result["ops"])]
+    if result.get("train"):
+        from .bench_train import train_markdown
+        lines += ["", train_markdown(result["train"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(result, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+        f.write("\n")
+
+
+def command_line(args) -> list:
+    """The options of a ``scratchllm bench`` namespace as a canonical argument list (recorded in the output)."""
+    argv = []
+    skip = {"ops": ("configs", "rounds", "steps"), "train": ("shapes", "ops", "repeats", "batch", "flush_l2")}
+    for key, value in vars(args).items():
+        if key in ("func", "command", "no_progress", *skip.get(args.suite, ())) or value in (None, False):
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv
+
+
+def cli_run(args) -> int:
+    """``scratchllm bench``: run, print the markdown, write --json/--markdown/--plots. Returns the exit code."""
+    result = run_bench(args.suite, args.shapes, args.ops, args.backend, args.dtype, args.repeats, args.batch,
+                       not args.no_torch, args.flush_l2, args.configs, args.rounds, args.steps,
+                       progress=not args.no_progress, argv=command_line(args))
+    text = markdown(result)
+    print(text)
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    if args.json:
+        write_json(result, args.json)
+    if args.plots:
+        from .bench_plots import make_plots
+        for path in make_plots(result, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    failed = [r["op"] for r in result.get("ops", []) if not r["check"]["ok"]]
+    failed += [r["config"] for r in result.get("train", []) if not r["check"]["ok"]]
+    if failed:
+        print(f"scratchllm bench: correctness check FAILED for {', '.join(sorted(set(failed)))}", file=sys.stderr)
+    return 1 if failed else 0

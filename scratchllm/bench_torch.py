@@ -1,0 +1,73 @@
+"""PyTorch references for ``scratchllm bench`` (imported only when torch is installed).
+
+``TORCH_OPS`` maps a registry op name to a torch function of the same positional inputs; ``TorchGPT`` is the
+same GPT-2 in PyTorch eager (nanoGPT's layout, weights (in, out) like GPT-2's Conv1D), named and shaped
+exactly like ``scratchllm.model.GPT.params`` so weights load across. Its forward returns the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _sdpa(causal, dropout_p=0.0):
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+
+
+TORCH_OPS = {
+    "linear": lambda x, w, b: x @ w + b,
+    "embedding": lambda idx, table: F.embedding(idx, table),
+    "layernorm": lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_erf": lambda x: F.gelu(x, approximate="none"),
+    "softmax": lambda x: torch.softmax(x, -1),
+    "softmax_axis1": lambda x: torch.softmax(x, 1),
+    "attention": _sdpa(True),
+    "attention_full": _sdpa(False),
+    "attention_blocked": _sdpa(True),
+    "attention_dropout": _sdpa(True, 0.2),
+    "dropout": lambda x: F.dropout(x, 0.25, training=True),
+    "cross_entropy": lambda logits, targets: F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             targets.reshape(-1), ignore_index=-1),
+}
+# Random masks: torch draws its own, so these are compared on time only (same p, same shapes).
+TIMING_ONLY = {"dropout", "attention_dropout"}
+
+
+class TorchGPT(torch.nn.Module):
+    """GPT-2 in PyTorch eager from a ``scratchllm`` params dict; ``forward(idx, targets) -> loss``."""
+
+    def __init__(self, params: dict, n_layer: int, n_head: int, device="cpu"):
+        super().__init__()
+        self.n_layer, self.n_head = n_layer, n_head
+        self.p = torch.nn.ParameterDict({k.replace(".", "__"): torch.nn.Parameter(torch.tensor(v, device=device))
+                                         for k, v in params.items()})
+
+    def w(self, name):
+        return self.p[name.replace(".", "__")]
+
+    def forward(self, idx, targets):
+        B, T = idx.shape
+        x = self.w("wte.weight")[idx] + self.w("wpe.weight")[:T]
+        C = x.shape[-1]
+        for i in range(self.n_layer):
+            h = f"h.{i}."
+            a = F.layer_norm(x, (C,), self.w(h + "ln_1.weight"), self.w(h + "ln_1.bias"), 1e-5)
+            qkv = a @ self.w(h + "attn.c_attn.weight") + self.w(h + "attn.c_attn.bias")
+            q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = y.transpose(1, 2).reshape(B, T, C)
+            x = x + y @ self.w(h + "attn.c_proj.weight") + self.w(h + "attn.c_proj.bias")
+            m = F.layer_norm(x, (C,), self.w(h + "ln_2.weight"), self.w(h + "ln_2.bias"), 1e-5)
+            f = F.gelu(m @ self.w(h + "mlp.c_fc.weight") + self.w(h + "mlp.c_fc.bias"), approximate="tanh")
+            x = x + f @ self.w(h + "mlp.c_proj.weight") + self.w(h + "mlp.c_proj.bias")
+        x = F.layer_norm(x, (C,), self.w("ln_f.weight"), self.w("ln_f.bias"), 1e-5)
+        logits = x @ self.w("wte.weight").T
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
+
+    def decay_groups(self, weight_decay):
+        """nanoGPT's split, like ``scratchllm.optim.decay_groups``: >= 2-D tensors decay, the rest do not."""
+        ps = list(self.p.values())
+        return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
