@@ -1,4 +1,4 @@
-"""Command line: ``scratchllm train | generate | convert | gradcheck | info``.
+"""Command line: ``scratchllm train | generate | convert | gradcheck | bench | info``.
 
 Bad arguments end with ONE line on stderr and exit status 2, never a traceback.
 """
