@@ -68,15 +68,16 @@ def _load_tensors(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
 
 
-def _load_json(path: Path) -> dict:
+def _load_json(path: Path, error=CheckpointError, missing: str = "") -> dict:
+    """The JSON object in ``path``; a missing file, bad JSON or a non-object raise ``error`` (one line)."""
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
+        raise error(f"{path} is missing{missing}")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+        raise error(f"{path} is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise error(f"{path} must hold a JSON object")
     return obj
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CONFIG_FILE, FORMAT, MODEL_FILE, CheckpointError, _fsync_write
+from .checkpoint import CONFIG_FILE, FORMAT, MODEL_FILE, CheckpointError, _fsync_write, _load_json
 
 INDEX_FILE = "model.safetensors.index.json"
 PREFIX = "transformer."
@@ -69,14 +69,7 @@ def read_hf_config(path):
     where = path / CONFIG_FILE
     if not path.is_dir():
         raise HFError(f"{path} is not a directory (expected a Hugging Face GPT-2 directory from save_pretrained)")
-    if not where.is_file():
-        raise HFError(f"{where} is missing (expected a Hugging Face GPT-2 directory from save_pretrained)")
-    try:
-        raw = json.loads(where.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HFError(f"{where} is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise HFError(f"{where} must hold a JSON object")
+    raw = _load_json(where, HFError, " (expected a Hugging Face GPT-2 directory from save_pretrained)")
     if raw.get("format") == FORMAT:
         raise HFError(f"{path} is a scratchllm checkpoint, not a Hugging Face directory")
     if raw.get("model_type", "gpt2") != "gpt2":
