@@ -15,6 +15,7 @@ import numpy as np
 
 from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
 from .flat import buffer_root, flatten_params
+from .threads import cpu_threads, parallel_map, shard_bounds
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                   gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
@@ -115,6 +116,7 @@ class GPT:
             _, views = flatten_params({k: self.params[k] for k in self._flat_order})
             self.params = {k: views[k] for k in self.params}
         self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
+        self.threads = cpu_threads()  # on the CPU, batch shards run this many at once (threads.py)
         self.training = True
 
     def train(self, mode: bool = True) -> "GPT":
@@ -172,22 +174,41 @@ class GPT:
             if targets.shape != idx.shape:
                 raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}; got {tuple(targets.shape)}")
         drop = cfg.dropout if self.training else 0.0
-        caches = {"B": B, "T": T}
-
-        # embeddings: token + position, then dropout
-        tok, caches["wte"] = embedding_forward(idx, p["wte.weight"])  # (B, T, C)
-        pos, caches["wpe"] = embedding_forward(xp.arange(past, past + T)[None, :], p["wpe.weight"])  # (1, T, C)
-        x, caches["drop"] = dropout_forward(tok + pos, drop, self.rng)  # (B, T, C)
-        for i in range(cfg.n_layer):
-            x, caches[i] = self._block(i, x, drop, kv_cache)  # (B, T, C)
-        xf, caches["ln_f"] = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])  # (B, T, C)
-        logits, caches["lm_head"] = linear_forward(xf, p["wte.weight"].T)  # (B, T, V) head tied to wte
+        shards = 1 if kv_cache is not None or self.backend != "numpy" else min(self.threads, B)
+        if shards == 1:
+            logits, caches = self._forward_rows(idx, past, drop, kv_cache, self.rng)  # (B, T, V)
+        else:  # one shard of the batch per CPU thread (threads.py); the shards' logits back in order
+            bounds = shard_bounds(B, shards)
+            seeds = self.rng.integers(2**63, size=shards) if drop else [None] * shards  # a dropout stream each
+            rngs = [np.random.default_rng(s) if drop else None for s in seeds]
+            outs = parallel_map(lambda j: self._forward_rows(idx[bounds[j]], 0, drop, None, rngs[j]), range(shards))
+            logits = xp.concatenate([lg for lg, _ in outs])  # (B, T, V)
+            caches = {"shards": [(sl, c) for sl, (_, c) in zip(bounds, outs)]}
         loss = None
         if targets is not None:
             loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
         return logits, loss, caches
 
-    def _block(self, i, x, drop, kv_cache=None):
+    def _forward_rows(self, idx, past, drop, kv_cache, rng):
+        """Logits (B, T, V) and caches for some rows of the batch: embeddings, blocks, final LayerNorm, head.
+
+        On the CPU the batch is split into one shard per thread and each shard runs this on its own core
+        (with its own dropout generator, seeded from ``self.rng``: reproducible for a given thread count).
+        """
+        p, xp = self.params, self.xp
+        T = idx.shape[1]
+        caches = {}
+        # embeddings: token + position, then dropout
+        tok, caches["wte"] = embedding_forward(idx, p["wte.weight"])  # (B, T, C)
+        pos, caches["wpe"] = embedding_forward(xp.arange(past, past + T)[None, :], p["wpe.weight"])  # (1, T, C)
+        x, caches["drop"] = dropout_forward(tok + pos, drop, rng)  # (B, T, C)
+        for i in range(self.cfg.n_layer):
+            x, caches[i] = self._block(i, x, drop, kv_cache, rng)  # (B, T, C)
+        xf, caches["ln_f"] = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])  # (B, T, C)
+        logits, caches["lm_head"] = linear_forward(xf, p["wte.weight"].T)  # (B, T, V) head tied to wte
+        return logits, caches
+
+    def _block(self, i, x, drop, kv_cache=None, rng=None):
         """Transformer block i: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; returns (x, its caches)."""
         p, h, c = self.params, f"h.{i}.", {}
         B, T, C = x.shape
@@ -202,17 +223,17 @@ class GPT:
                 k = self.xp.concatenate([kv_cache[i][0], k], axis=2)  # (B, H, past + T, D)
                 v = self.xp.concatenate([kv_cache[i][1], v], axis=2)  # (B, H, past + T, D)
             kv_cache[i] = (k, v)
-        y, c["attn"] = attention_blocked_forward(q, k, v, dropout=drop, rng=self.rng, block=ATTN_BLOCK)  # (B,H,T,D)
+        y, c["attn"] = attention_blocked_forward(q, k, v, dropout=drop, rng=rng, block=ATTN_BLOCK)  # (B, H, T, D)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side
         y, c["attn.c_proj"] = linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
-        y, c["attn.drop"] = dropout_forward(y, drop, self.rng)  # (B, T, C)
+        y, c["attn.drop"] = dropout_forward(y, drop, rng)  # (B, T, C)
         x = x + y  # (B, T, C) residual
         # MLP sub-block: x = x + drop(proj(gelu(fc(ln_2(x)))))
         m, c["ln_2"] = layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"])  # (B, T, C)
         f, c["c_fc"] = linear_forward(m, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])  # (B, T, 4C)
         g, c["gelu"] = gelu_forward(f, approximate="tanh")  # (B, T, 4C)
         z, c["mlp.c_proj"] = linear_forward(g, p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"])
-        z, c["mlp.drop"] = dropout_forward(z, drop, self.rng)  # (B, T, C)
+        z, c["mlp.drop"] = dropout_forward(z, drop, rng)  # (B, T, C)
         return x + z, c  # (B, T, C) residual
 
     def backward(self, cache, dloss=1.0) -> dict:
@@ -222,43 +243,54 @@ class GPT:
         """
         if "loss" not in cache:
             raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
-        cfg, p, xp = self.cfg, self.params, self.xp
-        B, T = cache["B"], cache["T"]
-        C, H = cfg.n_embd, cfg.n_head
-        D = C // H
-        grads = {}
-
-        dlogits, _ = cross_entropy_backward(xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)
-        dxf, dwte_head, _ = linear_backward(dlogits, cache["lm_head"])  # (B, T, C), (C, V)
-        dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm_backward(dxf, cache["ln_f"])  # (B, T, C)
-
-        for i in reversed(range(cfg.n_layer)):
-            h, c = f"h.{i}.", cache[i]
-            # MLP sub-block in reverse; the residual passes dx straight through and adds the branch's dx
-            (dz,) = dropout_backward(dx, c["mlp.drop"])  # (B, T, C)
-            dg, grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"] = linear_backward(dz, c["mlp.c_proj"])
-            (df,) = gelu_backward(dg, c["gelu"])  # (B, T, 4C)
-            dm, grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"] = linear_backward(df, c["c_fc"])
-            dln2, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"] = layernorm_backward(dm, c["ln_2"])
-            dx = dx + dln2  # (B, T, C)
-            # attention sub-block in reverse
-            (dy,) = dropout_backward(dx, c["attn.drop"])  # (B, T, C)
-            dy, grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"] = linear_backward(dy, c["attn.c_proj"])
-            dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
-            dq, dk, dv = attention_blocked_backward(dy, c["attn"])  # 3 x (B, H, T, D)
-            dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)  # (B, T, 3C)
-            da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(dqkv, c["c_attn"])
-            dln1, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])
-            dx = dx + dln1  # (B, T, C)
-
-        (demb,) = dropout_backward(dx, cache["drop"])  # (B, T, C)
-        _, dwte_tok = embedding_backward(demb, cache["wte"])  # (V, C)
-        _, dwpe = embedding_backward(demb.sum(axis=0, keepdims=True), cache["wpe"])  # (block_size, C)
-        grads["wte.weight"] = dwte_tok + dwte_head.T  # (V, C): the tied weight's two uses ADD
-        grads["wpe.weight"] = dwpe
+        dlogits, _ = cross_entropy_backward(self.xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)
+        if "shards" in cache:  # each shard's backward on its own thread; their gradients summed in shard order
+            outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), cache["shards"])
+            grads = outs[0]
+            for shard_grads in outs[1:]:
+                for name, g in shard_grads.items():
+                    grads[name] += g
+        else:
+            grads = self._backward_rows(dlogits, cache)
         if self._flat_order is not None:  # CuPy: copied into one flat buffer laid out like the params (one pass)
             _, grads = flatten_params({name: grads[name] for name in self._flat_order})
-        return {name: grads[name] for name in p}  # the params' order
+        return {name: grads[name] for name in self.params}  # the params' order
+
+    def _backward_rows(self, dlogits, caches) -> dict:
+        """``_forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V)."""
+        grads = {}
+        dxf, dwte_head, _ = linear_backward(dlogits, caches["lm_head"])  # (B, T, C), (C, V)
+        dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm_backward(dxf, caches["ln_f"])  # (B, T, C)
+        for i in reversed(range(self.cfg.n_layer)):
+            dx = self._block_backward(i, dx, caches[i], grads)  # (B, T, C)
+        (demb,) = dropout_backward(dx, caches["drop"])  # (B, T, C)
+        _, dwte_tok = embedding_backward(demb, caches["wte"])  # (V, C)
+        _, grads["wpe.weight"] = embedding_backward(demb.sum(axis=0, keepdims=True), caches["wpe"])  # (block_size, C)
+        grads["wte.weight"] = dwte_tok + dwte_head.T  # (V, C): the tied weight's two uses ADD
+        return grads
+
+    def _block_backward(self, i, dx, c, grads):
+        """Block i in reverse: the residual passes dx straight through and adds each branch's dx."""
+        B, T, C = dx.shape
+        H = self.cfg.n_head
+        D = C // H
+        h = f"h.{i}."
+        # MLP sub-block in reverse
+        (dz,) = dropout_backward(dx, c["mlp.drop"])  # (B, T, C)
+        dg, grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"] = linear_backward(dz, c["mlp.c_proj"])
+        (df,) = gelu_backward(dg, c["gelu"])  # (B, T, 4C)
+        dm, grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"] = linear_backward(df, c["c_fc"])
+        dln2, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"] = layernorm_backward(dm, c["ln_2"])
+        dx = dx + dln2  # (B, T, C)
+        # attention sub-block in reverse
+        (dy,) = dropout_backward(dx, c["attn.drop"])  # (B, T, C)
+        dy, grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"] = linear_backward(dy, c["attn.c_proj"])
+        dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
+        dq, dk, dv = attention_blocked_backward(dy, c["attn"])  # 3 x (B, H, T, D)
+        dqkv = self.xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)  # (B, T, 3C)
+        da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(dqkv, c["c_attn"])
+        dln1, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])
+        return dx + dln1  # (B, T, C)
 
     def activation_bytes(self, cache) -> int:
         """Bytes of activation memory a forward's cache holds for the backward.

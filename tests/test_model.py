@@ -93,6 +93,7 @@ def test_whole_model_gradcheck_with_dropout_directional():
 
 def test_tied_weight_gradient_adds_both_uses():
     model = perturbed_model()
+    model.threads = 1  # one shard: the cache has the head's own entry
     idx, targets = batch()
     logits, loss, cache = model.forward(idx, targets)
     grads = model.backward(cache)
@@ -173,15 +174,17 @@ def test_assigning_params_changes_the_model():
     assert not np.allclose(before, model.forward(idx)[0])
 
 
-def test_activation_bytes_match_the_documented_budget():
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_activation_bytes_match_the_documented_budget(threads):
     cfg = GPTConfig(vocab_size=65, block_size=16, n_layer=3, n_head=2, n_embd=16)
     model = GPT(cfg, backend="numpy")
+    model.threads = threads  # batch shards: the same activations, the positions once per shard
     B, T = 4, 16
     idx, targets = batch(cfg, B=B, T=T)
     cache = model.forward(idx, targets)[2]
     L, C, H, V = 3, 16, 2, 65
     floats = B * T * (L * (20 * C + 2) + 2 * C + 2 + V) + L * B * H * T * T
-    ints = 8 * B * T * 2 + B * T + 8 * T  # idx, targets (int64), the kept mask (bool), positions
+    ints = 8 * B * T * 2 + B * T + 8 * T * threads  # idx, targets (int64), the kept mask (bool), positions
     assert model.activation_bytes(cache) == 4 * floats + ints
 
 
@@ -245,3 +248,47 @@ def test_init_false_gives_zeros_of_the_right_shapes_fast():
     model = GPT(TINY, backend="numpy", init=False)
     assert all(not v.any() for v in model.params.values())
     assert {k: v.shape for k, v in model.params.items()} == param_shapes(TINY)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_batch_shards_on_threads_give_the_one_shard_numbers(threads):
+    """On the CPU the batch is split into one shard per thread (model.py, threads.py): the logits, the loss
+    and every gradient must equal the one-shard computation; targets ignored in one shard only check that the
+    shards are weighted by their kept targets, not averaged."""
+    model = perturbed_model()
+    idx, targets = batch(B=4, T=5)
+    targets[1, :] = -1  # a whole row ignored: the shards keep different numbers of targets
+    model.threads = 1
+    logits1, loss1, cache1 = model.forward(idx, targets)
+    grads1 = model.backward(cache1, dloss=0.7)
+    model.threads = threads
+    logits, loss, cache = model.forward(idx, targets)
+    assert "shards" in cache and len(cache["shards"]) == min(threads, 4)
+    grads = model.backward(cache, dloss=0.7)
+    np.testing.assert_allclose(logits, logits1, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(loss, loss1, rtol=1e-14)
+    assert list(grads) == list(grads1)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], grads1[name], rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_batch_shards_with_dropout_are_reproducible_and_gradchecked():
+    cfg = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.3)
+    model = perturbed_model(cfg)
+    model.threads = 2
+    idx, targets = batch(cfg, B=3)
+    runs = []
+    for _ in range(2):
+        model.rng = np.random.default_rng(9)
+        logits, loss, cache = model.forward(idx, targets)
+        runs.append((logits, model.backward(cache)))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])  # the same seed, the same masks in every shard
+    for name in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][name], runs[1][1][name])
+    model.rng = np.random.default_rng(9)
+    other = model.forward(idx, targets)[0]
+    model.eval()
+    assert not np.allclose(other, model.forward(idx, targets)[0])  # dropout really acted in the shards
+    model.train()
+    report = model_gradcheck(model, idx, targets, mode="directional", dropout_seed=5)
+    assert report.ok and report.max_rel_err <= 1e-7

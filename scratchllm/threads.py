@@ -1,0 +1,89 @@
+"""CPU threads: run independent pieces of work on every core at once.
+
+NumPy's elementwise ops and reductions use one core; only its matrix products (OpenBLAS) use them all. On
+the CPU, ``GPT`` therefore splits a batch into shards, one per core, and runs the Transformer blocks of each
+shard on its own thread (data parallelism inside one process, as llm.c's OpenMP loops split B*T). NumPy
+releases the GIL inside its loops, so the shards really run side by side; meanwhile OpenBLAS is held at one
+thread per call (``threadpoolctl``), so the cores are not oversubscribed.
+
+``SCRATCHLLM_THREADS`` sets the number of threads (default: the CPUs this process may run on).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+ENV_VAR = "SCRATCHLLM_THREADS"
+
+_pool = None
+_pool_lock = threading.Lock()
+_inside = threading.local()  # set while a thread runs an item of parallel_map: nested calls run in line
+
+
+def cpu_threads() -> int:
+    """Threads to use on the CPU: ``SCRATCHLLM_THREADS`` if set, else the CPUs this process may use."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{ENV_VAR} must be a positive integer; got {value!r}")
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas():
+    """threadpoolctl's handle on the loaded BLAS libraries (found once: the scan takes milliseconds)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scratchllm")
+        return _pool
+
+
+def parallel_map(fn, items) -> list:
+    """``[fn(item) for item in items]``, each item on its own thread (the first on the caller's).
+
+    OpenBLAS runs single-threaded meanwhile (each thread already has a core). Results come back in the
+    items' order whatever order the threads finish in, so callers that combine them are deterministic. An
+    exception in any item is raised after every thread has finished.
+    """
+    items = list(items)
+    if len(items) <= 1 or getattr(_inside, "active", False):
+        return [fn(item) for item in items]
+
+    def run(item):
+        _inside.active = True
+        try:
+            return fn(item)
+        finally:
+            _inside.active = False
+
+    pool = _get_pool(len(items) - 1)
+    with _blas().limit(limits=1):
+        futures = [pool.submit(run, item) for item in items[1:]]
+        try:
+            first = run(items[0])
+        finally:
+            for f in futures:  # wait for every thread before BLAS gets its threads back
+                f.exception()
+        return [first] + [f.result() for f in futures]
+
+
+def shard_bounds(n: int, shards: int) -> list:
+    """Split ``range(n)`` into ``shards`` contiguous slices whose lengths differ by at most one."""
+    shards = max(1, min(shards, n))
+    edges = [n * s // shards for s in range(shards + 1)]
+    return [slice(edges[s], edges[s + 1]) for s in range(shards)]

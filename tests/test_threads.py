@@ -1,0 +1,82 @@
+"""threads.py: the CPU thread helpers behind GPT's batch shards."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from scratchllm.threads import cpu_threads, parallel_map, shard_bounds
+
+
+def test_parallel_map_keeps_the_items_order_and_uses_threads():
+    def work(i):
+        time.sleep(0.02 * (3 - i))  # later items finish first
+        return i, threading.get_ident()
+
+    out = parallel_map(work, range(3))
+    assert [i for i, _ in out] == [0, 1, 2]
+    assert out[0][1] == threading.get_ident()  # the first item runs on the caller's thread
+    assert len({t for _, t in out}) == 3
+
+
+def test_parallel_map_holds_blas_to_one_thread_and_gives_it_back():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))  # site-packages: numpy/ and numpy.libs/
+
+    def numpy_blas_threads(_=None):  # the BLAS that numpy's wheel ships (scipy's, also loaded, is not ours)
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+                and os.path.basename(os.path.dirname(i["filepath"])) == "numpy.libs"
+                and i["filepath"].startswith(numpy_dir)]
+
+    before = numpy_blas_threads()
+    if not before:
+        pytest.skip("numpy's BLAS is not the one its wheel ships")
+    np.ones((64, 64)) @ np.ones((64, 64))
+    inside = parallel_map(numpy_blas_threads, range(2))
+    assert inside == [[1], [1]]
+    assert numpy_blas_threads() == before
+
+
+def test_parallel_map_raises_after_every_thread_finished():
+    done = []
+
+    def work(i):
+        if i == 0:
+            raise ValueError("item 0 failed")
+        time.sleep(0.05)
+        done.append(i)
+        return i
+
+    with pytest.raises(ValueError, match="item 0 failed"):
+        parallel_map(work, range(3))
+    assert sorted(done) == [1, 2]
+    with pytest.raises(KeyError):
+        parallel_map(lambda i: {}[i], [5, 6])
+
+
+def test_nested_parallel_map_runs_in_line():
+    outer = parallel_map(lambda i: parallel_map(lambda j: (i, j, threading.get_ident()), range(2)), range(2))
+    for inner in outer:
+        assert inner[0][2] == inner[1][2]  # the inner items shared their outer item's thread
+
+
+@pytest.mark.parametrize("n, shards", [(1, 4), (4, 2), (5, 2), (7, 3), (3, 3), (10, 1)])
+def test_shard_bounds_cover_the_rows_once_in_order(n, shards):
+    bounds = shard_bounds(n, shards)
+    rows = np.concatenate([np.arange(n)[b] for b in bounds])
+    np.testing.assert_array_equal(rows, np.arange(n))
+    sizes = [b.stop - b.start for b in bounds]
+    assert len(bounds) == min(n, shards) and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_cpu_threads_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("SCRATCHLLM_THREADS", "3")
+    assert cpu_threads() == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv("SCRATCHLLM_THREADS", bad)
+        with pytest.raises(ValueError, match="SCRATCHLLM_THREADS must be a positive integer"):
+            cpu_threads()
+    monkeypatch.delenv("SCRATCHLLM_THREADS")
+    assert cpu_threads() >= 1
