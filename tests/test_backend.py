@@ -86,6 +86,24 @@ def test_scatter_add_accumulates_repeated_indices():
     np.testing.assert_array_equal(target, [[2, 3], [0, 0], [0 + 4 + 6, 1 + 5 + 7]])
 
 
+@pytest.mark.parametrize("ids", [
+    [], [4], [1, 1, 1, 1, 1], [0, 1, 2, 3, 4, 5, 6, 7], [7, 0, 7, 3, 3, 9, 0, 7, 1],  # empty, one, all same, distinct
+    np.random.default_rng(0).integers(0, 10, 200),  # few ids, long runs
+    np.minimum(np.random.default_rng(1).zipf(1.5, 300), 9),  # a skewed, text-like mix of runs and singles
+])
+def test_scatter_add_equals_np_add_at_onto_a_nonzero_target(ids):
+    """The NumPy path sorts and sums runs (backend._segment_add); np.add.at, one element at a time, is the
+    reference. The target already holds values: scatter-add adds to them, it does not overwrite."""
+    ids = np.asarray(ids, dtype=np.int64)
+    rng = np.random.default_rng(2)
+    target = rng.standard_normal((10, 3, 2))
+    values = rng.standard_normal((ids.size, 3, 2))
+    expected = target.copy()
+    np.add.at(expected, ids, values)
+    scatter_add(target, ids, values)
+    np.testing.assert_allclose(target, expected, rtol=1e-13, atol=1e-13)
+
+
 def test_to_numpy_erf_and_synchronize():
     a = np.arange(3.0)
     assert to_numpy(a) is a or np.array_equal(to_numpy(a), a)
