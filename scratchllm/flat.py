@@ -1,6 +1,6 @@
 """One contiguous buffer for many arrays: the layout the fused optimizers update in one pass.
 
-GPT on CuPy keeps its parameters (and gradients) as views of one flat buffer, weights >= 2-D first, so each
+GPT keeps its parameters (and gradients) as views of one flat buffer, weights >= 2-D first, so each
 of ``decay_groups``' two groups is one contiguous stretch; ``Optimizer.step`` recognises such a stretch with
 ``flat_span`` and updates it at once.
 """
@@ -29,6 +29,19 @@ def flatten_params(params, xp=None, dtype=None):
         views[name] = flat[offset:offset + n].reshape(a.shape)
         views[name][...] = xp.asarray(a, dtype=dtype)
         offset += n
+    return flat, views
+
+
+def empty_flat(like):
+    """An uninitialised flat buffer and views into it shaped like the arrays of the dict ``like`` (its order,
+    backend and dtype): ``flatten_params`` without the copy, for arrays about to be written."""
+    arrays = list(like.values())
+    xp = get_xp(*arrays)
+    flat = xp.empty(sum(int(a.size) for a in arrays), dtype=arrays[0].dtype)
+    views, offset = {}, 0
+    for name, a in like.items():
+        views[name] = flat[offset:offset + a.size].reshape(a.shape)
+        offset += a.size
     return flat, views
 
 

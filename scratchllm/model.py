@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
-from .flat import buffer_root, flatten_params
+from .flat import buffer_root, empty_flat, flatten_params
 from .threads import cpu_threads, parallel_map, shard_bounds
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward, embedding_forward,
@@ -109,12 +109,12 @@ class GPT:
             self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
         else:
             self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in param_shapes(cfg).items()}
-        self._flat_order = None  # on CuPy: the params' order in their one flat buffer (the grads' too)
-        if self.backend == "cupy":  # one buffer, >= 2-D weights first: each decay group is one contiguous
-            # stretch, so the optimizer updates it in one fused launch (optim.py, "Flat fast path")
-            self._flat_order = sorted(self.params, key=lambda k: self.params[k].ndim < 2)
-            _, views = flatten_params({k: self.params[k] for k in self._flat_order})
-            self.params = {k: views[k] for k in self.params}
+        # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is
+        # one contiguous stretch, which the optimizer updates at once (optim.py, "Flat fast path": one fused
+        # launch on CuPy, one chunk per thread on NumPy). _flat_order is the params' order in the buffer.
+        self._flat_order = sorted(self.params, key=lambda k: self.params[k].ndim < 2)
+        _, views = flatten_params({k: self.params[k] for k in self._flat_order})
+        self.params = {k: views[k] for k in self.params}
         self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
         self.threads = cpu_threads()  # on the CPU, batch shards run this many at once (threads.py)
         self.training = True
@@ -244,17 +244,18 @@ class GPT:
         if "loss" not in cache:
             raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
         dlogits, _ = cross_entropy_backward(self.xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)
-        if "shards" in cache:  # each shard's backward on its own thread; their gradients summed in shard order
-            outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), cache["shards"])
-            grads = outs[0]
-            for shard_grads in outs[1:]:
-                for name, g in shard_grads.items():
-                    grads[name] += g
-        else:
+        if "shards" not in cache:
             grads = self._backward_rows(dlogits, cache)
-        if self._flat_order is not None:  # CuPy: copied into one flat buffer laid out like the params (one pass)
-            _, grads = flatten_params({name: grads[name] for name in self._flat_order})
-        return {name: grads[name] for name in self.params}  # the params' order
+            _, grads = flatten_params({name: grads[name] for name in self._flat_order})  # one buffer like the params
+            return {name: grads[name] for name in self.params}  # the params' order
+        # one backward per shard, each on its own thread; their gradients summed in shard order into one buffer
+        outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), cache["shards"])
+        _, grads = empty_flat({name: self.params[name] for name in self._flat_order})
+        for name in self.params:
+            np.add(outs[0][name], outs[1][name], out=grads[name])
+            for shard_grads in outs[2:]:
+                grads[name] += shard_grads[name]
+        return {name: grads[name] for name in self.params}
 
     def _backward_rows(self, dlogits, caches) -> dict:
         """``_forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V)."""

@@ -22,11 +22,11 @@ safetensors after ``to_numpy``::
 Hyper-parameters are kept as Python floats, so float32 arrays stay float32 under NumPy 2's promotion rules.
 
 Flat fast path: when a group's parameters exactly tile one stretch of a single contiguous buffer (see
-``flatten_params``; GPT on CuPy allocates its parameters so, weights >= 2-D first, so both ``decay_groups``
-groups are one stretch each) and the gradients are views of another buffer laid out alike (GPT.backward
-returns them so on CuPy), ``step`` updates the group with ONE update over the buffer instead of one per
-parameter: a single fused kernel launch for Adam, AdamW and Adagrad on CuPy (``scratchllm/kernels/optim.py``),
-the same NumPy/CuPy expressions over the flat buffer otherwise. The state buffers are then flat too, each
+``flatten_params``; GPT allocates its parameters so, weights >= 2-D first, so both ``decay_groups`` groups are
+one stretch each) and the gradients are views of another buffer laid out alike (GPT.backward returns them
+so), ``step`` updates the group with ONE update over the buffer instead of one per parameter: a single fused
+kernel launch for Adam, AdamW and Adagrad on CuPy (``scratchllm/kernels/optim.py``); on NumPy the same
+expressions over one chunk of the buffer per CPU thread. The state buffers are then flat too, each
 parameter's state array a view of them, so ``state_dict`` and ``load_state_dict`` see no difference. Any other
 layout takes the per-parameter loop; both give the same numbers.
 """
@@ -42,9 +42,13 @@ from . import kernels
 from .backend import get_xp, to_numpy
 from .flat import flat_span, flatten_params
 from .optim_utils import _flag, _number, clip_grad_norm, decay_groups, get_lr
+from .threads import cpu_threads, parallel_map, shard_bounds
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip_grad_norm", "get_lr",
            "flatten_params"]
+
+
+_CHUNK_MIN = 1 << 16  # flat NumPy updates smaller than this stay on one thread (a thread handoff costs more)
 
 
 def _buffer(st, key, p, fill=0.0):
@@ -183,8 +187,17 @@ class Optimizer:
         return True
 
     def _update_flat(self, p, g, st, step, h):
-        """``_update`` over a whole group's flat buffers; subclasses with a fused kernel override it."""
-        self._update(p, g, st, step, h)
+        """``_update`` over a whole group's flat buffers; subclasses with a fused CUDA kernel override it.
+
+        On NumPy the buffers are cut into one chunk per CPU thread and the chunks updated side by side
+        (``threads.py``): the update is elementwise, so the numbers are the same as in one piece."""
+        if get_xp(p) is not np or p.size < _CHUNK_MIN:
+            return self._update(p, g, st, step, h)
+        chunks = shard_bounds(p.size, cpu_threads())
+        subs = [{k: b[sl] for k, b in st.items()} for sl in chunks]  # each chunk's views of the state buffers
+        parallel_map(lambda j: self._update(p[chunks[j]], g[chunks[j]], subs[j], step, h), range(len(chunks)))
+        for key in subs[0].keys() - st.keys():  # state the update created (a first step): the chunks joined
+            st[key] = np.concatenate([sub[key] for sub in subs])
 
     def state_dict(self):
         """A copy of the optimizer's state; layout in the module docstring."""
@@ -339,19 +352,28 @@ class Adam(Optimizer):
                 p *= 1 - lr * wd
             else:
                 g = g + wd * p
+        xp = get_xp(p)
         m, v = _buffer(st, "exp_avg", p), _buffer(st, "exp_avg_sq", p)
-        m += (1 - beta1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+        tmp = xp.subtract(g, m, out=xp.empty_like(p))  # one scratch buffer for every temporary below
+        tmp *= 1 - beta1
+        m += tmp  # m += (1 - beta1) * (g - m), torch's exp_avg.lerp_(grad, 1 - beta1)
         v *= beta2
-        v += (1 - beta2) * (g * g)
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - beta2
+        v += tmp  # v = beta2 * v + (1 - beta2) * g * g
         if h["amsgrad"]:
             v_max = _buffer(st, "max_exp_avg_sq", p)
-            v = get_xp(p).maximum(v_max, v, out=v_max)
-        denom = get_xp(p).sqrt(v) / math.sqrt(1 - beta2**step) + h["eps"]
-        p -= (lr / (1 - beta1**step)) * (m / denom)
+            v = xp.maximum(v_max, v, out=v_max)
+        xp.sqrt(v, out=tmp)
+        tmp /= math.sqrt(1 - beta2**step)
+        tmp += h["eps"]  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr / (1 - beta1**step)
+        p -= tmp  # p -= lr / (1 - beta1^t) * m / denom
 
     def _update_flat(self, p, g, st, step, h):
         if get_xp(p) is np or not kernels.enabled():
-            return self._update(p, g, st, step, h)
+            return super()._update_flat(p, g, st, step, h)
         m, v = _buffer(st, "exp_avg", p), _buffer(st, "exp_avg_sq", p)
         v_max = _buffer(st, "max_exp_avg_sq", p) if h["amsgrad"] else None
         kernels.adam_step(p, g, m, v, v_max, step, h, self._decoupled)  # one fused launch for the group
@@ -408,5 +430,5 @@ class Adagrad(Optimizer):
 
     def _update_flat(self, p, g, st, step, h):
         if get_xp(p) is np or not kernels.enabled():
-            return self._update(p, g, st, step, h)
+            return super()._update_flat(p, g, st, step, h)
         kernels.adagrad_step(p, g, _buffer(st, "sum", p, h["initial_accumulator_value"]), step, h)  # one launch

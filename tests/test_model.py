@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from scratchllm.flat import flat_span
 from scratchllm.gradcheck import gradcheck
 from scratchllm.model import GPT, GPTConfig, param_shapes
 
@@ -268,6 +269,8 @@ def test_batch_shards_on_threads_give_the_one_shard_numbers(threads):
     np.testing.assert_allclose(logits, logits1, rtol=0, atol=1e-14)
     np.testing.assert_allclose(loss, loss1, rtol=1e-14)
     assert list(grads) == list(grads1)
+    for g in (grads, grads1):  # one flat buffer laid out like the params: the optimizer's one-pass path
+        assert flat_span([g[n] for n in sorted(g, key=lambda n: g[n].ndim < 2)]) is not None
     for name in grads:
         np.testing.assert_allclose(grads[name], grads1[name], rtol=1e-12, atol=1e-14, err_msg=name)
 

@@ -544,12 +544,17 @@ def flat_copy(arrays, order):
 FLAT_ORDER = ["w", "t", "b", "s"]  # >= 2-D first: each decay group is one stretch of the buffer
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-piece", "chunk-per-thread"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("groups", [None, lambda p: decay_groups(p, 0.1)], ids=["one-group", "decay-groups"])
 @pytest.mark.parametrize("cls,kwargs", ALL_OPTIONS, ids=ALL_IDS)
-def test_flat_params_and_grads_give_the_same_numbers(monkeypatch, cls, kwargs, groups, dtype):
+def test_flat_params_and_grads_give_the_same_numbers(monkeypatch, cls, kwargs, groups, dtype, chunked):
     """Views of one buffer take the flat path (one update per group; per-parameter when a grad is missing or
-    step counts differ); the numbers, the state dict and a reload are bit for bit the per-parameter loop's."""
+    step counts differ); the numbers, the state dict and a reload are bit for bit the per-parameter loop's.
+    ``chunked``: the flat buffers cut into 3 chunks updated on 3 threads, as on a multi-core CPU."""
+    if chunked:
+        monkeypatch.setattr(optim, "_CHUNK_MIN", 1)
+        monkeypatch.setenv("SCRATCHLLM_THREADS", "3")
     flat_updates = []
     real = cls._update_flat
     monkeypatch.setattr(cls, "_update_flat", lambda self, *a: flat_updates.append(1) or real(self, *a))
