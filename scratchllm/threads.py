@@ -6,6 +6,10 @@ shard on its own thread (data parallelism inside one process, as llm.c's OpenMP 
 releases the GIL inside its loops, so the shards really run side by side; meanwhile OpenBLAS is held at one
 thread per call (``threadpoolctl``), so the cores are not oversubscribed.
 
+The ops use the same threads for large arrays (``parallel_chunks``): their rows (or elements) are cut
+into one contiguous chunk per core and the op's NumPy code runs on each chunk. Inside a batch shard, which
+already has its core, they run in line.
+
 ``SCRATCHLLM_THREADS`` sets the number of threads (default: the CPUs this process may run on).
 """
 
@@ -17,6 +21,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ENV_VAR = "SCRATCHLLM_THREADS"
+PARALLEL_MIN = 1 << 17  # elements (512 KB of float32): less work than this stays on the caller's thread
+PIECE = 1 << 17  # elements per piece of an op's work: a few such arrays fit a core's L2 cache
 
 _pool = None
 _pool_lock = threading.Lock()
@@ -87,3 +93,24 @@ def shard_bounds(n: int, shards: int) -> list:
     shards = max(1, min(shards, n))
     edges = [n * s // shards for s in range(shards + 1)]
     return [slice(edges[s], edges[s + 1]) for s in range(shards)]
+
+
+def parallel_chunks(fn, n: int, size: int, xp=None) -> list:
+    """``fn(rows)`` over contiguous slices ``rows`` that cover ``range(n)`` in order; the results in order.
+
+    The rows are cut into pieces of about ``PIECE`` elements (``size`` is the elements the whole work
+    touches), so that the several passes NumPy makes over a piece find it in the core's cache instead of
+    main memory, and the pieces are dealt out in contiguous runs to the CPU threads (``parallel_map``).
+    Everything runs on the caller's thread when threads do not pay: ``size`` below ``PARALLEL_MIN``, one
+    thread, arrays not on NumPy (``xp``), or already inside parallel work (a batch shard).
+    """
+    rows_per_piece = max(1, PIECE * n // max(size, 1))
+    pieces = [slice(i, min(i + rows_per_piece, n)) for i in range(0, n, rows_per_piece)] or [slice(0, n)]
+    parallel = size >= PARALLEL_MIN and len(pieces) > 1 and not getattr(_inside, "active", False) and (
+        xp is None or xp.__name__ == "numpy")
+    threads = min(cpu_threads(), len(pieces)) if parallel else 1
+    if threads == 1:
+        return [fn(piece) for piece in pieces]
+    runs = shard_bounds(len(pieces), threads)
+    results = parallel_map(lambda run: [fn(piece) for piece in pieces[run]], runs)
+    return [r for run in results for r in run]

@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from scratchllm import threads
+from scratchllm.ops import OPS
 from scratchllm.threads import cpu_threads, parallel_map, shard_bounds
 
 
@@ -80,3 +82,35 @@ def test_cpu_threads_reads_the_environment(monkeypatch):
             cpu_threads()
     monkeypatch.delenv("SCRATCHLLM_THREADS")
     assert cpu_threads() >= 1
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_op_cut_into_pieces_on_threads_gives_the_one_piece_numbers(monkeypatch, name):
+    """Ops cut large arrays into pieces that run on every CPU thread (threads.parallel_chunks). Forcing
+    pieces of a single row on 3 threads must give the one-piece outputs and gradients (to rounding: sums
+    over rows, such as layernorm's dw, are added piece by piece)."""
+    op = OPS[name]
+    inputs = op.make_inputs(dtype="float64", seed=3)
+    out, cache = op.forward(*inputs)
+    dout = np.random.default_rng(4).standard_normal(np.shape(out))
+    grads = op.backward(dout, cache)
+    calls = []
+    real = threads.parallel_map
+    monkeypatch.setattr(threads, "parallel_map", lambda fn, items: calls.append(1) or real(fn, items))
+    monkeypatch.setattr(threads, "PIECE", 1)
+    monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
+    monkeypatch.setenv("SCRATCHLLM_THREADS", "3")
+    out2, cache2 = op.forward(*inputs)
+    grads2 = op.backward(dout, cache2)
+    np.testing.assert_allclose(out2, out, rtol=1e-13, atol=1e-15)
+    for g, g2 in zip(grads, grads2):
+        if g is None:
+            assert g2 is None
+        else:
+            np.testing.assert_allclose(g2, g, rtol=1e-12, atol=1e-14)
+    if name in CUT_OPS:
+        assert calls, f"{name} never ran on threads"
+
+
+CUT_OPS = {"gelu", "gelu_erf", "layernorm", "softmax", "softmax_axis1", "attention", "attention_full",
+           "attention_blocked"}

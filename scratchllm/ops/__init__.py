@@ -89,6 +89,15 @@ def _cross_entropy_inputs(rng, dtype, B, T, V):
     return logits, targets
 
 
+def _attention_in_8_blocks(q, k, v):
+    """``attention_blocked_forward`` with the queries in 8 blocks of at least 2 rows: several blocks at
+    every size (3 at the registry's T=5), and blocks of 128 rows at GPT-2's T=1024."""
+    return attention_blocked_forward(q, k, v, block=max(2, -(-q.shape[2] // 8)))
+
+
+_attention_in_8_blocks.__wrapped__ = attention_blocked_forward  # the op it binds (inspect.unwrap's convention)
+
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
@@ -110,8 +119,8 @@ OPS: dict[str, Op] = {
            dict(N=4, C=6), ("x",), "p=0.25, a fixed seeded mask"),
         Op("attention_dropout", functools.partial(attention_forward, dropout=0.2, rng=99), attention_backward,
            _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal, dropout 0.2 on the weights"),
-        Op("attention_blocked", functools.partial(attention_blocked_forward, block=2), attention_blocked_backward,
-           _attention_inputs, dict(B=2, H=2, T=5, D=3), ("q", "k", "v"), "causal, query blocks of 2"),
+        Op("attention_blocked", _attention_in_8_blocks, attention_blocked_backward, _attention_inputs,
+           dict(B=2, H=2, T=5, D=3), ("q", "k", "v"), "causal, 8 query blocks (of at least 2 rows)"),
         Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,
            dict(B=2, T=4, V=5), ("logits", "targets"), "ignore_index=-1"),
     )

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import erf, get_xp
+from ..threads import parallel_chunks
 from ._checks import check_dout, check_float
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -32,23 +33,35 @@ def gelu_forward(x, approximate="tanh"):
     xp = get_xp(x)
     if xp is not np and kernels.enabled():  # one fused CUDA pass (scratchllm/kernels/gelu.py)
         return kernels.gelu_forward(x, approximate)
-    if approximate == "tanh":
-        # in place on one fresh buffer: u = sqrt(2/pi) * x * (1 + 0.044715 x^2), then th = tanh(u)
-        th = xp.multiply(x, x, out=xp.empty_like(x))  # (...) out= keeps 0-d inputs arrays
-        th *= 0.044715
-        th += 1.0
-        th *= x
-        th *= SQRT_2_OVER_PI  # u
-        xp.tanh(th, out=th)  # (...) tanh(u)
-        out = xp.add(th, 1.0, out=xp.empty_like(x))  # (...)
-        out *= x
-        out *= 0.5  # 0.5 * x * (1 + tanh(u))
-        cache = (x, th, approximate)
-    else:
-        cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))  # (...) Phi(x)
-        out = x * cdf  # (...)
-        cache = (x, cdf, approximate)
-    return out, cache
+    xf = x.reshape(-1)  # (n,) flat: the work is cut into one chunk of elements per CPU thread (threads.py)
+    out, saved = xp.empty_like(xf), xp.empty_like(xf)  # (n,) out, and tanh(u) or Phi(x) for the backward
+    body = _gelu_tanh if approximate == "tanh" else _gelu_erf
+    parallel_chunks(lambda s: body(xf[s], saved[s], out[s]), xf.size, xf.size, xp)
+    cache = (x, saved.reshape(x.shape), approximate)
+    return out.reshape(x.shape), cache
+
+
+def _gelu_tanh(x, th, out):
+    """The tanh form on (a chunk of) x, in place: th = tanh(u), out = 0.5 * x * (1 + th)."""
+    xp = get_xp(x)
+    xp.multiply(x, x, out=th)
+    th *= 0.044715
+    th += 1.0
+    th *= x
+    th *= SQRT_2_OVER_PI  # u = sqrt(2/pi) * x * (1 + 0.044715 x^2)
+    xp.tanh(th, out=th)  # tanh(u)
+    xp.add(th, 1.0, out=out)
+    out *= x
+    out *= 0.5  # 0.5 * x * (1 + tanh(u))
+
+
+def _gelu_erf(x, cdf, out):
+    """The exact form on (a chunk of) x, in place: cdf = Phi(x), out = x * cdf."""
+    get_xp(x).multiply(x, INV_SQRT_2, out=cdf)
+    cdf[...] = erf(cdf)
+    cdf += 1.0
+    cdf *= 0.5  # Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))
+    get_xp(x).multiply(x, cdf, out=out)
 
 
 def gelu_backward(dout, cache):
@@ -68,23 +81,37 @@ def gelu_backward(dout, cache):
     if xp is not np and kernels.enabled():  # one fused CUDA pass
         return kernels.gelu_backward(dout, cache)
     dout = dout.astype(x.dtype, copy=False)
-    if approximate == "tanh":
-        th = saved  # tanh(u), kept from the forward
-        # dlocal = 0.5 * (1 + th + x * (1 - th^2) * du_dx), built in place on two fresh buffers
-        dlocal = xp.multiply(x, x, out=xp.empty_like(x))  # (...)
-        dlocal *= 3.0 * 0.044715
-        dlocal += 1.0
-        dlocal *= SQRT_2_OVER_PI  # du_dx
-        sech2 = xp.multiply(th, th, out=xp.empty_like(x))  # (...)
-        xp.subtract(1.0, sech2, out=sech2)  # 1 - tanh(u)^2
-        dlocal *= sech2
-        dlocal *= x
-        dlocal += th
-        dlocal += 1.0
-        dlocal *= 0.5
-    else:
-        cdf = saved  # Phi(x), kept from the forward
-        pdf = INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # (...) recomputed: one exp is cheaper than caching
-        dlocal = cdf + x * pdf  # (...)
-    dx = dout * dlocal  # (...)
-    return (dx,)
+    xf, saved, doutf = x.reshape(-1), saved.reshape(-1), dout.reshape(-1)  # (n,) flat, cut as in the forward
+    dx = xp.empty_like(xf)  # (n,)
+    body = _gelu_tanh_backward if approximate == "tanh" else _gelu_erf_backward
+    parallel_chunks(lambda s: body(xf[s], saved[s], doutf[s], dx[s]), xf.size, xf.size, xp)
+    return (dx.reshape(x.shape),)
+
+
+def _gelu_tanh_backward(x, th, dout, dx):
+    """dx = dout * 0.5 * (1 + th + x * (1 - th^2) * du_dx) on (a chunk of) x, with th = tanh(u) from the forward."""
+    xp = get_xp(x)
+    sech2 = xp.multiply(th, th)  # (n,)
+    xp.subtract(1.0, sech2, out=sech2)  # 1 - tanh(u)^2
+    xp.multiply(x, x, out=dx)
+    dx *= 3.0 * 0.044715
+    dx += 1.0
+    dx *= SQRT_2_OVER_PI  # du_dx = sqrt(2/pi) * (1 + 3 * 0.044715 * x^2)
+    dx *= sech2
+    dx *= x
+    dx += th
+    dx += 1.0
+    dx *= 0.5  # dlocal = d gelu / dx
+    dx *= dout
+
+
+def _gelu_erf_backward(x, cdf, dout, dx):
+    """dx = dout * (Phi(x) + x * phi(x)) on (a chunk of) x, with cdf = Phi(x) from the forward."""
+    xp = get_xp(x)
+    xp.multiply(x, x, out=dx)
+    dx *= -0.5
+    xp.exp(dx, out=dx)
+    dx *= INV_SQRT_2PI  # phi(x), recomputed: one exp is cheaper than caching it
+    dx *= x
+    dx += cdf
+    dx *= dout

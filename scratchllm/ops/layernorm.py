@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..threads import parallel_chunks
 from ._checks import check_dout, check_float, check_same_dtype
 
 
@@ -32,15 +33,25 @@ def layernorm_forward(x, w, b, eps=1e-5):
     xp = get_xp(x, w, b)
     if xp is not np and kernels.enabled() and x.size:  # the fused CUDA kernel (scratchllm/kernels/layernorm.py)
         return kernels.layernorm_forward(x, w, b, eps)
-    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-    norm = x - mean  # (..., C) xc, normalized in place below
-    var = (norm * norm).mean(axis=-1, keepdims=True)  # (..., 1)
-    rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
-    norm *= rstd  # (..., C) norm = xc * rstd
-    out = norm * w  # (..., C)
+    x2 = x.reshape(-1, C)  # (N, C) rows, cut into pieces that run on every CPU thread (threads.py)
+    out, norm = xp.empty_like(x2), xp.empty_like(x2)  # (N, C)
+    rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)  # (N, 1)
+    parallel_chunks(lambda r: _layernorm_rows(x2[r], w, b, eps, out[r], norm[r], rstd[r]), x2.shape[0], x2.size, xp)
+    cache = (norm.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)  # x and mean are not kept
+    return out.reshape(x.shape), cache
+
+
+def _layernorm_rows(x, w, b, eps, out, norm, rstd):
+    """The forward on some rows x (n, C), into out, norm (n, C) and rstd (n, 1)."""
+    xp = get_xp(x)
+    mean = x.mean(axis=-1, keepdims=True)  # (n, 1)
+    xp.subtract(x, mean, out=norm)  # (n, C) xc, normalized in place below
+    var = xp.multiply(norm, norm, out=out).mean(axis=-1, keepdims=True)  # (n, 1); out is scratch here
+    var += eps
+    xp.divide(1.0, xp.sqrt(var, out=var), out=rstd)  # (n, 1) rstd = 1 / sqrt(var + eps)
+    norm *= rstd  # (n, C) norm = xc * rstd
+    xp.multiply(norm, w, out=out)  # (n, C)
     out += b
-    cache = (norm, rstd, w)  # x and mean are not kept: backward needs only norm and rstd
-    return out, cache
 
 
 def layernorm_backward(dout, cache):
@@ -63,17 +74,30 @@ def layernorm_backward(dout, cache):
         return kernels.layernorm_backward(dout, cache)
     dout = dout.astype(norm.dtype, copy=False)
     C = norm.shape[-1]
-    dout2 = dout.reshape(-1, C)  # (N, C)
-    db = dout2.sum(axis=0)  # (C,)
-    dw = (dout2 * norm.reshape(-1, C)).sum(axis=0)  # (C,)
-    dnorm = dout * w  # (..., C)
-    # dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), in place on dnorm's buffer
-    t = dnorm * norm  # (..., C)
-    t_mean = t.mean(axis=-1, keepdims=True)  # (..., 1) mean(dnorm * norm)
-    dnorm_mean = dnorm.mean(axis=-1, keepdims=True)  # (..., 1) mean(dnorm)
-    get_xp(t).multiply(norm, t_mean, out=t)  # (..., C) norm * mean(dnorm * norm)
-    dx = dnorm  # the buffer is ours: dnorm is not needed any more
-    dx -= dnorm_mean
-    dx -= t
-    dx *= rstd  # (..., C)
-    return dx, dw, db
+    dout2, norm2, rstd2 = dout.reshape(-1, C), norm.reshape(-1, C), rstd.reshape(-1, 1)  # rows, as the forward
+    dx = get_xp(norm).empty_like(norm2)  # (N, C)
+    parts = parallel_chunks(lambda r: _layernorm_rows_backward(dout2[r], norm2[r], rstd2[r], w, dx[r]),
+                            norm2.shape[0], norm2.size, get_xp(norm))
+    dw, db = parts[0]
+    for dw_part, db_part in parts[1:]:  # the pieces' sums over their rows, added in order
+        dw = dw + dw_part
+        db = db + db_part
+    return dx.reshape(norm.shape), dw, db
+
+
+def _layernorm_rows_backward(dout, norm, rstd, w, dx):
+    """The backward on some rows (n, C), into dx; returns these rows' (dw, db) sums."""
+    xp = get_xp(norm)
+    db = dout.sum(axis=0)  # (C,)
+    t = xp.multiply(dout, norm)  # (n, C)
+    dw = t.sum(axis=0)  # (C,)
+    dnorm = xp.multiply(dout, w, out=dx)  # (n, C) in dx's buffer: dx is built from it in place
+    # dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+    xp.multiply(dnorm, norm, out=t)
+    t_mean = t.mean(axis=-1, keepdims=True)  # (n, 1) mean(dnorm * norm)
+    dnorm_mean = dnorm.mean(axis=-1, keepdims=True)  # (n, 1) mean(dnorm)
+    xp.multiply(norm, t_mean, out=t)  # (n, C) norm * mean(dnorm * norm)
+    dnorm -= dnorm_mean
+    dnorm -= t
+    dnorm *= rstd  # (n, C) now dx
+    return dw, db

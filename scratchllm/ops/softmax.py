@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..threads import parallel_chunks
 from ._checks import check_dout, check_float
 
 
@@ -26,11 +27,31 @@ def softmax_forward(x, axis=-1):
     xp = get_xp(x)
     if xp is not np and kernels.enabled() and x.size:  # the fused CUDA kernel (scratchllm/kernels/softmax.py)
         return kernels.softmax_forward(x, axis)
-    y = x - x.max(axis=axis, keepdims=True)  # (...) a fresh buffer, exponentiated and normalized in place
-    xp.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)  # (...)
+    y = xp.empty_like(x)  # (...)
+    along = _pieces_axis(x.ndim, axis)  # cut into pieces along another axis, run on every CPU thread (threads.py)
+    parallel_chunks(lambda r: _softmax_piece(x[along(r)], y[along(r)], axis), x.shape[along.axis], x.size, xp)
     cache = (y, axis)
     return y, cache
+
+
+def _pieces_axis(ndim, axis):
+    """A function rows -> index that slices an array along an axis other than ``axis`` (its ``.axis``)."""
+    cut = 0 if axis % ndim != 0 or ndim == 1 else 1  # ndim == 1: a single piece along the softmax axis itself
+
+    def along(rows):
+        return (slice(None),) * cut + (rows if ndim > 1 else slice(None),)
+
+    along.axis = cut
+    return along
+
+
+def _softmax_piece(x, y, axis):
+    """softmax(x) along ``axis`` into y, for a piece of the input."""
+    xp = get_xp(x)
+    xp.subtract(x, x.max(axis=axis, keepdims=True), out=y)  # exponentiated and normalized in place
+    xp.exp(y, out=y)
+    total = y.sum(axis=axis, keepdims=True)
+    y *= xp.divide(1.0, total, out=total)  # one reciprocal per slice, then multiplies (faster than dividing)
 
 
 def softmax_backward(dout, cache):
@@ -48,8 +69,17 @@ def softmax_backward(dout, cache):
     if get_xp(y) is not np and kernels.enabled() and y.size:  # the fused CUDA kernel
         return kernels.softmax_backward(dout, cache)
     dout = dout.astype(y.dtype, copy=False)
-    dx = dout * y  # (...) reused below: dx = y * (dout - sum(dout * y))
-    total = dx.sum(axis=axis, keepdims=True)  # (..., 1, ...)
-    get_xp(dx).subtract(dout, total, out=dx)
-    dx *= y
+    dx = get_xp(y).empty_like(y)  # (...)
+    along = _pieces_axis(y.ndim, axis)
+    parallel_chunks(lambda r: _softmax_piece_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),
+                    y.shape[along.axis], y.size, get_xp(y))
     return (dx,)
+
+
+def _softmax_piece_backward(dout, y, dx, axis):
+    """dx = y * (dout - sum(dout * y)) along ``axis``, for a piece."""
+    xp = get_xp(y)
+    xp.multiply(dout, y, out=dx)
+    total = dx.sum(axis=axis, keepdims=True)  # (..., 1, ...)
+    xp.subtract(dout, total, out=dx)
+    dx *= y
