@@ -16,10 +16,11 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..threads import parallel_chunks
 from ._checks import check_dout
-from .attention import causal_mask, check_qkv
+from .attention import attention_weights, causal_bias, check_qkv, matrices_backward
 from .dropout import dropout_backward, dropout_forward
-from .softmax import softmax_backward, softmax_forward
+from .softmax import softmax_backward
 
 
 def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
@@ -38,23 +39,28 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
         raise ValueError(f"block must be >= 1; got {block}")
     xp = get_xp(q, k, v)
     scale = 1.0 / math.sqrt(D)
-    out = xp.empty_like(q)  # (B, H, T, D)
+    BH = B * H  # the (batch, head) matrices are independent: pieces of them run on every CPU thread
+    q3, k3, v3 = (a.reshape(BH, -1, D) for a in (q, k, v))  # (BH, T, D), (BH, Tk, D) x 2
+    out = xp.empty((BH, T, D), dtype=q.dtype)  # (BH, T, D)
     blocks = []
     for i0 in range(0, T, block):
         i1 = min(i0 + block, T)
         e = i1 + Tk - T  # keys visible to the block's last row
-        att = q[:, :, i0:i1] @ k[:, :, :e].swapaxes(-1, -2)  # (B, H, i1-i0, e)
-        if xp is not np and kernels.enabled() and att.size:  # scale + mask + softmax: one CUDA pass
+        if xp is not np and kernels.enabled():  # scale + mask + softmax: one CUDA pass
+            att = q[:, :, i0:i1] @ k[:, :, :e].swapaxes(-1, -2)  # (B, H, i1-i0, e)
             p, p_cache = kernels.scaled_causal_softmax_forward(att, scale)
         else:
-            att *= scale
-            att += xp.where(causal_mask(i1 - i0, e, xp), -xp.inf, 0.0).astype(att.dtype)  # the block's diagonal
-            p, p_cache = softmax_forward(att, axis=-1)  # (B, H, i1-i0, e)
-        pd, drop_cache = dropout_forward(p, dropout, rng)
-        out[:, :, i0:i1] = pd @ v[:, :, :e]  # (B, H, i1-i0, D)
+            p = xp.empty((BH, i1 - i0, e), dtype=q.dtype)  # (BH, i1-i0, e)
+            bias = causal_bias(i1 - i0, e, q.dtype, xp)  # the block's diagonal
+            parallel_chunks(lambda r: attention_weights(q3[r, i0:i1], k3[r, :e], scale, bias, p[r]), BH, p.size, xp)
+            p = p.reshape(B, H, i1 - i0, e)
+            p_cache = (p, -1)
+        pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, i1-i0, e) the whole mask: draws in order
+        pd3 = pd.reshape(BH, i1 - i0, e)
+        parallel_chunks(lambda r: xp.matmul(pd3[r], v3[r, :e], out=out[r, i0:i1]), BH, pd3.size, xp)  # pd @ v
         blocks.append((i0, i1, e, p_cache, drop_cache))
     cache = (q, k, v, blocks, scale)
-    return out, cache
+    return out.reshape(B, H, T, D), cache
 
 
 def attention_blocked_backward(dout, cache):
@@ -74,16 +80,28 @@ def attention_blocked_backward(dout, cache):
     check_dout(dout, q.shape)
     dout = dout.astype(q.dtype, copy=False)
     xp = get_xp(q)
-    dq = xp.empty_like(q)  # (B, H, T, D) every row is written once
-    dk = xp.zeros_like(k)  # (B, H, Tk, D) accumulated
-    dv = xp.zeros_like(v)  # (B, H, Tk, D) accumulated
+    B, H, T, D = q.shape
+    BH = B * H
+    q3, k3, v3, dout3 = (a.reshape(BH, -1, D) for a in (q, k, v, dout))
+    dq = xp.empty((BH, T, D), q.dtype)  # every row is written once
+    dk = xp.zeros((BH, k.shape[2], D), q.dtype)  # accumulated over the blocks
+    dv = xp.zeros((BH, k.shape[2], D), q.dtype)  # accumulated over the blocks
     for i0, i1, e, p_cache, drop_cache in blocks:
-        g = dout[:, :, i0:i1]  # (B, H, i1-i0, D)
         (pd,) = dropout_backward(p_cache[0], drop_cache)  # recomputed: p * mask / (1 - dropout)
-        dv[:, :, :e] += pd.swapaxes(-1, -2) @ g  # (B, H, e, D)
-        (dp,) = dropout_backward(g @ v[:, :, :e].swapaxes(-1, -2), drop_cache)  # (B, H, i1-i0, e)
-        (datt,) = softmax_backward(dp, p_cache)
-        datt *= scale
-        dq[:, :, i0:i1] = datt @ k[:, :, :e]  # (B, H, i1-i0, D)
-        dk[:, :, :e] += datt.swapaxes(-1, -2) @ q[:, :, i0:i1]  # (B, H, e, D)
-    return dq, dk, dv
+        p3, pd3 = p_cache[0].reshape(BH, i1 - i0, e), pd.reshape(BH, i1 - i0, e)
+        mask, drop_scale, _ = drop_cache
+        mask3 = None if mask is None else mask.reshape(BH, i1 - i0, e)
+        if xp is not np:  # CuPy: whole arrays (the softmax backward is a fused kernel there)
+            g = dout3[:, i0:i1]  # (BH, i1-i0, D)
+            dv[:, :e] += pd3.swapaxes(-1, -2) @ g
+            (dp,) = dropout_backward(g @ v3[:, :e].swapaxes(-1, -2), (mask3, drop_scale, pd3.shape))
+            (datt,) = softmax_backward(dp.reshape(p_cache[0].shape), p_cache)
+            datt = datt.reshape(p3.shape) * scale
+            dq[:, i0:i1] = datt @ k3[:, :e]
+            dk[:, :e] += datt.swapaxes(-1, -2) @ q3[:, i0:i1]
+            continue
+        parallel_chunks(lambda r: matrices_backward(
+            dout3[r, i0:i1], q3[r, i0:i1], k3[r, :e], v3[r, :e], p3[r], pd3[r],
+            None if mask3 is None else mask3[r], drop_scale, scale, dq[r, i0:i1], dk[r, :e], dv[r, :e],
+            accumulate=True), BH, p3.size, xp)
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)

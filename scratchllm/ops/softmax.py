@@ -29,7 +29,7 @@ def softmax_forward(x, axis=-1):
         return kernels.softmax_forward(x, axis)
     y = xp.empty_like(x)  # (...)
     along = _pieces_axis(x.ndim, axis)  # cut into pieces along another axis, run on every CPU thread (threads.py)
-    parallel_chunks(lambda r: _softmax_piece(x[along(r)], y[along(r)], axis), x.shape[along.axis], x.size, xp)
+    parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), x.shape[along.axis], x.size, xp)
     cache = (y, axis)
     return y, cache
 
@@ -45,8 +45,8 @@ def _pieces_axis(ndim, axis):
     return along
 
 
-def _softmax_piece(x, y, axis):
-    """softmax(x) along ``axis`` into y, for a piece of the input."""
+def softmax_rows(x, y, axis=-1):
+    """softmax(x) along ``axis`` into y (which may be x itself), for a piece of the input."""
     xp = get_xp(x)
     xp.subtract(x, x.max(axis=axis, keepdims=True), out=y)  # exponentiated and normalized in place
     xp.exp(y, out=y)
@@ -71,15 +71,18 @@ def softmax_backward(dout, cache):
     dout = dout.astype(y.dtype, copy=False)
     dx = get_xp(y).empty_like(y)  # (...)
     along = _pieces_axis(y.ndim, axis)
-    parallel_chunks(lambda r: _softmax_piece_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),
+    parallel_chunks(lambda r: softmax_rows_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),
                     y.shape[along.axis], y.size, get_xp(y))
     return (dx,)
 
 
-def _softmax_piece_backward(dout, y, dx, axis):
-    """dx = y * (dout - sum(dout * y)) along ``axis``, for a piece."""
+def softmax_rows_backward(dout, y, dx, axis=-1, scale=1.0):
+    """dx = scale * y * (dout - sum(dout * y)) along ``axis``, into dx (which may be dout itself), for a
+    piece. ``scale`` folds in a factor the caller would otherwise apply in another pass (attention's)."""
     xp = get_xp(y)
-    xp.multiply(dout, y, out=dx)
-    total = dx.sum(axis=axis, keepdims=True)  # (..., 1, ...)
+    prod = xp.multiply(dout, y, out=None if dx is dout else dx)  # dout * y (in dx's buffer unless that is dout)
+    total = prod.sum(axis=axis, keepdims=True)  # (..., 1, ...)
     xp.subtract(dout, total, out=dx)
     dx *= y
+    if scale != 1.0:
+        dx *= scale
