@@ -42,13 +42,10 @@ from . import kernels
 from .backend import get_xp, to_numpy
 from .flat import flat_span, flatten_params
 from .optim_utils import _flag, _number, clip_grad_norm, decay_groups, get_lr
-from .threads import cpu_threads, parallel_map, shard_bounds
+from .threads import parallel_chunks
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip_grad_norm", "get_lr",
            "flatten_params"]
-
-
-_CHUNK_MIN = 1 << 16  # flat NumPy updates smaller than this stay on one thread (a thread handoff costs more)
 
 
 def _buffer(st, key, p, fill=0.0):
@@ -189,14 +186,17 @@ class Optimizer:
     def _update_flat(self, p, g, st, step, h):
         """``_update`` over a whole group's flat buffers; subclasses with a fused CUDA kernel override it.
 
-        On NumPy the buffers are cut into one chunk per CPU thread and the chunks updated side by side
-        (``threads.py``): the update is elementwise, so the numbers are the same as in one piece."""
-        if get_xp(p) is not np or p.size < _CHUNK_MIN:
+        On NumPy the buffers are cut into cache-sized pieces updated on every CPU thread
+        (``threads.parallel_chunks``): the update is elementwise, so the numbers are the same as in one piece."""
+        if get_xp(p) is not np:
             return self._update(p, g, st, step, h)
-        chunks = shard_bounds(p.size, cpu_threads())
-        subs = [{k: b[sl] for k, b in st.items()} for sl in chunks]  # each chunk's views of the state buffers
-        parallel_map(lambda j: self._update(p[chunks[j]], g[chunks[j]], subs[j], step, h), range(len(chunks)))
-        for key in subs[0].keys() - st.keys():  # state the update created (a first step): the chunks joined
+        def piece(r):  # the update on one piece, with views of the state buffers (returned: new state joins)
+            sub = {k: b[r] for k, b in st.items()}
+            self._update(p[r], g[r], sub, step, h)
+            return sub
+
+        subs = parallel_chunks(piece, p.size, p.size)
+        for key in subs[0].keys() - st.keys():  # state the update created (a first step): the pieces joined
             st[key] = np.concatenate([sub[key] for sub in subs])
 
     def state_dict(self):

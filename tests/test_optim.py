@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from scratchllm import optim
+from scratchllm import optim, threads
 from scratchllm.flat import buffer_root, flat_span
 from scratchllm.optim import SGD, Adagrad, Adam, AdamW, clip_grad_norm, decay_groups, get_lr
 
@@ -551,9 +551,10 @@ FLAT_ORDER = ["w", "t", "b", "s"]  # >= 2-D first: each decay group is one stret
 def test_flat_params_and_grads_give_the_same_numbers(monkeypatch, cls, kwargs, groups, dtype, chunked):
     """Views of one buffer take the flat path (one update per group; per-parameter when a grad is missing or
     step counts differ); the numbers, the state dict and a reload are bit for bit the per-parameter loop's.
-    ``chunked``: the flat buffers cut into 3 chunks updated on 3 threads, as on a multi-core CPU."""
+    ``chunked``: the flat buffers cut into pieces of 5 elements updated on 3 threads, as on a multi-core CPU."""
     if chunked:
-        monkeypatch.setattr(optim, "_CHUNK_MIN", 1)
+        monkeypatch.setattr(threads, "PIECE", 5)
+        monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
         monkeypatch.setenv("SCRATCHLLM_THREADS", "3")
     flat_updates = []
     real = cls._update_flat
