@@ -40,7 +40,7 @@ def get_xp(*arrays):
     ``cupy`` if any argument is a CuPy array, else ``numpy``; ``None`` arguments are ignored.
     """
     for a in arrays:
-        if a is not None and _is_cupy_array(a):
+        if a is not None and type(a) is not np.ndarray and _is_cupy_array(a):
             import cupy
 
             return cupy

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 FLOAT_DTYPES = ("float32", "float64")
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # compared as dtypes: no string per call
 
 
 def _describe(a) -> str:
@@ -18,7 +21,7 @@ def check_float(name: str, a, ndim_min: int = 0, ndim: int | None = None) -> Non
     dtype = getattr(a, "dtype", None)
     if dtype is None or getattr(a, "shape", None) is None:
         raise TypeError(f"{name} must be a NumPy or CuPy array; got {_describe(a)}")
-    if str(dtype) not in FLOAT_DTYPES:
+    if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64; got {_describe(a)}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions; got {_describe(a)}")
