@@ -147,28 +147,40 @@ def synchronize(*arrays) -> None:
 def scatter_add(target, indices, values) -> None:
     """``target[indices] += values`` with repeated indices accumulated (in place, on ``target``).
 
-    NumPy's fancy ``+=`` keeps only the last write for a repeated index; ``np.add.at`` accumulates.
-    CuPy spells it ``cupyx.scatter_add``. ``indices`` index the first axis of ``target``.
+    NumPy's fancy ``+=`` keeps only the last write for a repeated index (``np.add.at`` accumulates, one
+    element at a time); here the runs of equal indices are summed first (``_run_sums``). CuPy spells it
+    ``cupyx.scatter_add``. ``indices`` index the first axis of ``target``.
     """
-    xp = get_xp(target)
-    if xp is np:
-        _segment_add(target, np.asarray(indices).reshape(-1), values)
+    if get_xp(target) is np:
+        for rows, sums in _run_sums(np.asarray(indices).reshape(-1), values):
+            target[rows] += sums  # distinct rows: plain fancy += is exact
     else:
         import cupyx
 
         cupyx.scatter_add(target, indices, values)
 
 
-def _segment_add(target, indices, values) -> None:
-    """NumPy's scatter-add: sort the indices, sum each run of equal ones, add each sum once.
+def index_sum(indices, values, n):
+    """A new (n, ...) array whose row i is the sum of the ``values`` rows j with ``indices[j] == i`` (zero
+    where i never occurs): ``scatter_add`` into zeros, but each row is written once, by assignment."""
+    xp = get_xp(values)
+    out = xp.zeros((n,) + tuple(values.shape[1:]), dtype=values.dtype)
+    if xp is np:
+        for rows, sums in _run_sums(np.asarray(indices).reshape(-1), values):
+            out[rows] = sums
+    else:
+        scatter_add(out, indices, values)
+    return out
 
-    ``np.add.at`` does the same one element at a time (about 10 ns per element); this sorts N indices and
-    moves whole rows: 4-8x faster for a small vocabulary, 5x for GPT-2's. Runs of one index (most of them for
-    a large vocabulary) are added directly; only longer runs go through ``np.add.reduceat``, whose cost is
-    per run. Each index's values are summed in their original order (a stable sort): deterministic.
-    """
+
+def _run_sums(indices, values):
+    """``(rows, sums)`` pairs that cover every distinct index once: sort the indices, sum each run of equal
+    ones. ``np.add.at`` does the same one element at a time (about 10 ns each); this moves whole rows, 4-8x
+    faster. Runs of one index (most of them for a large vocabulary) are gathered directly; only longer runs
+    go through ``np.add.reduceat``, whose cost is per run. Each index's values are summed in their original
+    order (a stable sort): deterministic."""
     if indices.size == 0:
-        return
+        return []
     order = np.argsort(indices, kind="stable")  # (N,)
     ids = indices[order]  # (N,) sorted
     first = np.empty(ids.shape, dtype=bool)  # (N,) True where a run of equal ids starts
@@ -177,13 +189,15 @@ def _segment_add(target, indices, values) -> None:
     starts = np.flatnonzero(first)  # (U,)
     lengths = np.diff(starts, append=ids.size)  # (U,)
     single = lengths == 1  # (U,)
+    out = []
     if single.any():
-        target[ids[starts[single]]] += values[order[starts[single]]]  # distinct ids: plain fancy += is exact
+        out.append((ids[starts[single]], values[order[starts[single]]]))
     if not single.all():
         runs = ~single
         rows = order[np.repeat(runs, lengths)]  # (M,) the values of the longer runs, run by run
         run_starts = np.cumsum(lengths[runs]) - lengths[runs]  # (R,)
-        target[ids[starts[runs]]] += np.add.reduceat(values[rows], run_starts, axis=0)
+        out.append((ids[starts[runs]], np.add.reduceat(values[rows], run_starts, axis=0)))
+    return out
 
 
 def erf(x):

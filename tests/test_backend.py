@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scratchllm import backend
-from scratchllm.backend import BackendError, get_xp, resolve_backend, scatter_add, to_numpy
+from scratchllm.backend import BackendError, get_xp, index_sum, resolve_backend, scatter_add, to_numpy
 
 
 def test_get_xp_is_numpy_for_numpy_arrays_and_none():
@@ -92,16 +92,19 @@ def test_scatter_add_accumulates_repeated_indices():
     np.minimum(np.random.default_rng(1).zipf(1.5, 300), 9),  # a skewed, text-like mix of runs and singles
 ])
 def test_scatter_add_equals_np_add_at_onto_a_nonzero_target(ids):
-    """The NumPy path sorts and sums runs (backend._segment_add); np.add.at, one element at a time, is the
-    reference. The target already holds values: scatter-add adds to them, it does not overwrite."""
+    """The NumPy path sorts and sums runs (backend._run_sums); np.add.at, one element at a time, is the
+    reference. The target already holds values: scatter-add adds to them, it does not overwrite. index_sum
+    is the same into zeros."""
     ids = np.asarray(ids, dtype=np.int64)
     rng = np.random.default_rng(2)
     target = rng.standard_normal((10, 3, 2))
     values = rng.standard_normal((ids.size, 3, 2))
     expected = target.copy()
     np.add.at(expected, ids, values)
+    zero_based = expected - target
     scatter_add(target, ids, values)
     np.testing.assert_allclose(target, expected, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(index_sum(ids, values, 10), zero_based, rtol=1e-13, atol=1e-13)
 
 
 def test_to_numpy_erf_and_synchronize():

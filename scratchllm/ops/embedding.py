@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_xp, scatter_add
+from ..backend import get_xp, index_sum
 from ._checks import check_dout, check_float, check_int
 
 
@@ -47,6 +47,5 @@ def embedding_backward(dout, cache):
     V, C = table_shape
     check_dout(dout, idx.shape + (C,))
     xp = get_xp(dout)
-    dtable = xp.zeros((V, C), dtype=dtype)  # (V, C)
-    scatter_add(dtable, idx.reshape(-1), dout.reshape(-1, C).astype(dtype, copy=False))  # rows of dout -> ids
+    dtable = index_sum(idx.reshape(-1), dout.reshape(-1, C).astype(dtype, copy=False), V)  # (V, C) scatter-add
     return None, dtable
