@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .backend import cupy_status, device_info, tune_host_allocator
+from .threads import cpu_threads
 
 MIN_REPEAT_S = 2e-3  # a CPU repeat lasts at least this long (more calls per repeat for tiny ops)
 
@@ -251,8 +252,9 @@ def environment(torch=None) -> dict:
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "background_cpu_busy_pct": background_busy(),
         "numpy": np.__version__, "blas": blas, "blas_threads": _blas_threads(), "scipy": scipy_version,
-        "thread_env": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-                       if v in os.environ},
+        "scratchllm_threads": cpu_threads(),  # batch shards and op pieces at once (threads.py)
+        "thread_env": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                  "SCRATCHLLM_THREADS") if v in os.environ},
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
         "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
@@ -321,7 +323,8 @@ def markdown(result) -> str:
              f"run, {env.get('others_cpu_busy_pct_during_run')}% during it; glibc malloc thresholds raised as "
              f"scratchllm's GPT does: {env.get('host_malloc_tuned')}",
              f"- numpy {env['numpy']} ({env['blas']}, threads "
-             f"{env['blas_threads'] or env['thread_env'] or 'default: one per CPU'}), "
+             f"{env['blas_threads'] or env['thread_env'] or 'default: one per CPU'}); scratchllm threads "
+             f"{env.get('scratchllm_threads')} (batch shards, op pieces); "
              f"torch {env['torch'] or '-'} (threads {env['torch_threads'] or '-'}), python {env['python']}",
              f"- GPU: {env['gpu'].get('name') if env['gpu'] else 'none (' + env['cupy_reason'] + ')'}"]
     for dev in ("cpu", "gpu"):

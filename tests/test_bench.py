@@ -27,6 +27,7 @@ def test_cli_tiny_writes_json_with_environment_and_every_column(tmp_path, capsys
     assert code == 0
     res = json.loads(j.read_text())
     for key in ("time_utc", "git_commit", "cpu", "cpu_count", "numpy", "blas", "python", "torch", "torch_threads",
+                "scratchllm_threads",
                 "thread_env", "load_avg_1m", "background_cpu_busy_pct", "cupy_usable", "gpu"):
         assert key in res["env"], key
     cpu = res["peaks"]["cpu"]
