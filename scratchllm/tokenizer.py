@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import codecs
 import functools
-import heapq
 import json
 from collections import Counter
 from pathlib import Path
+
+from .bpe_train import learn_merges, merge_pair
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
@@ -263,7 +264,7 @@ class ByteBPETokenizer:
             pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, inf))
             if pair not in ranks:
                 break
-            ids = _merge(ids, pair, self._result[pair])
+            ids = merge_pair(ids, pair, self._result[pair])
         return tuple(ids)
 
     def decode(self, ids) -> str:
@@ -340,67 +341,10 @@ def _check_id_table(ids, n: int):
     return None if list(ids) == list(range(n)) else list(ids)
 
 
-def _merge(ids: list[int], pair: tuple, new_id: int) -> list[int]:
-    """Replace every occurrence of ``pair`` in ``ids``, left to right (``aaa`` with ``(a, a)`` -> ``Xa``)."""
-    a, b = pair
-    out, i, n = [], 0, len(ids)
-    while i < n:
-        if ids[i] == a and i + 1 < n and ids[i + 1] == b:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
 def _learn_merges(chunk_counts: Counter, max_merges: int) -> list[tuple[int, int]]:
-    """BPE training over distinct chunks with their counts, updating pair counts incrementally.
-
-    A max-heap of ``(-count, pair)`` gives the most frequent pair, ties to the smallest pair; an entry whose
-    count is no longer the pair's count is stale and skipped (every change pushes a fresh entry).
-    """
+    """BPE merges for distinct text chunks with their counts (``bpe_train.learn_merges`` on their byte ids)."""
     words = [list(_to_bytes(w).translate(_BYTE_TO_ID)) for w in chunk_counts]
-    freqs = list(chunk_counts.values())
-    counts, where = Counter(), {}  # pair -> weighted count; pair -> indices of words that may hold it
-    for w, (word, f) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
-            counts[pair] += f
-            where.setdefault(pair, set()).add(w)
-    heap = [(-c, pair) for pair, c in counts.items()]
-    heapq.heapify(heap)
-    vocab = [bytes([b]) for b in BYTE_ORDER]
-    index = {t: i for i, t in enumerate(vocab)}
-    merges = []
-    while len(vocab) < 256 + max_merges and heap:
-        neg, pair = heapq.heappop(heap)
-        if counts.get(pair, 0) != -neg or neg == 0:
-            continue
-        token = vocab[pair[0]] + vocab[pair[1]]
-        if token not in index:
-            index[token] = len(vocab)
-            vocab.append(token)
-        merges.append(pair)
-        delta = Counter()
-        for w in where.pop(pair):
-            word, f = words[w], freqs[w]
-            new = _merge(word, pair, index[token])
-            if len(new) == len(word):
-                continue  # a stale index entry: the word no longer holds the pair
-            for p in zip(word, word[1:]):
-                delta[p] -= f
-            for p in zip(new, new[1:]):
-                delta[p] += f
-                where.setdefault(p, set()).add(w)
-            words[w] = new
-        for p, d in delta.items():
-            if d:
-                counts[p] += d
-                if counts[p] > 0:
-                    heapq.heappush(heap, (-counts[p], p))
-                else:
-                    del counts[p]
-    return merges
+    return learn_merges(words, list(chunk_counts.values()), [bytes([b]) for b in BYTE_ORDER], max_merges)
 
 
 def _check_header(d, kind: str):
