@@ -40,7 +40,8 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
     xp = get_xp(q, k, v)
     scale = 1.0 / math.sqrt(D)
     BH = B * H  # the (batch, head) matrices are independent: pieces of them run on every CPU thread
-    q3, k3, v3 = (a.reshape(BH, -1, D) for a in (q, k, v))  # (BH, T, D), (BH, Tk, D) x 2
+    # (BH, T, D), (BH, Tk, D) x 2: copies when q, k, v are strided views (GPT's), made once and kept for backward
+    q3, k3, v3 = (a.reshape(BH, -1, D) for a in (q, k, v))
     out = xp.empty((BH, T, D), dtype=q.dtype)  # (BH, T, D)
     blocks = []
     for i0 in range(0, T, block):
@@ -59,7 +60,7 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
         pd3 = pd.reshape(BH, i1 - i0, e)
         parallel_chunks(lambda r: xp.matmul(pd3[r], v3[r, :e], out=out[r, i0:i1]), BH, pd3.size, xp)  # pd @ v
         blocks.append((i0, i1, e, p_cache, drop_cache))
-    cache = (q, k, v, blocks, scale)
+    cache = (q3, k3, v3, (B, H), blocks, scale)
     return out.reshape(B, H, T, D), cache
 
 
@@ -76,16 +77,15 @@ def attention_blocked_backward(dout, cache):
         dq[r]   = datt @ k[:e]
         dk[:e] += datt^T @ q[r]
     """
-    q, k, v, blocks, scale = cache
-    check_dout(dout, q.shape)
-    dout = dout.astype(q.dtype, copy=False)
-    xp = get_xp(q)
-    B, H, T, D = q.shape
-    BH = B * H
-    q3, k3, v3, dout3 = (a.reshape(BH, -1, D) for a in (q, k, v, dout))
-    dq = xp.empty((BH, T, D), q.dtype)  # every row is written once
-    dk = xp.zeros((BH, k.shape[2], D), q.dtype)  # accumulated over the blocks
-    dv = xp.zeros((BH, k.shape[2], D), q.dtype)  # accumulated over the blocks
+    q3, k3, v3, (B, H), blocks, scale = cache
+    BH, T, D = q3.shape
+    Tk = k3.shape[1]
+    check_dout(dout, (B, H, T, D))
+    dout3 = dout.astype(q3.dtype, copy=False).reshape(BH, T, D)  # (BH, T, D)
+    xp = get_xp(q3)
+    dq = xp.empty((BH, T, D), q3.dtype)  # every row is written once
+    dk = xp.zeros((BH, Tk, D), q3.dtype)  # accumulated over the blocks
+    dv = xp.zeros((BH, Tk, D), q3.dtype)  # accumulated over the blocks
     for i0, i1, e, p_cache, drop_cache in blocks:
         (pd,) = dropout_backward(p_cache[0], drop_cache)  # recomputed: p * mask / (1 - dropout)
         p3, pd3 = p_cache[0].reshape(BH, i1 - i0, e), pd.reshape(BH, i1 - i0, e)
@@ -104,4 +104,4 @@ def attention_blocked_backward(dout, cache):
             dout3[r, i0:i1], q3[r, i0:i1], k3[r, :e], v3[r, :e], p3[r], pd3[r],
             None if mask3 is None else mask3[r], drop_scale, scale, dq[r, i0:i1], dk[r, :e], dv[r, :e],
             accumulate=True), BH, p3.size, xp)
-    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+    return dq.reshape(B, H, T, D), dk.reshape(B, H, Tk, D), dv.reshape(B, H, Tk, D)
