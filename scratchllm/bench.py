@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .backend import cupy_status, device_info, tune_host_allocator
+from .shards import default_mode as shard_mode
 from .threads import cpu_threads
 
 MIN_REPEAT_S = 2e-3  # a CPU repeat lasts at least this long (more calls per repeat for tiny ops)
@@ -253,8 +254,9 @@ def environment(torch=None) -> dict:
         "background_cpu_busy_pct": background_busy(),
         "numpy": np.__version__, "blas": blas, "blas_threads": _blas_threads(), "scipy": scipy_version,
         "scratchllm_threads": cpu_threads(),  # batch shards and op pieces at once (threads.py)
+        "scratchllm_shards": shard_mode(),  # where GPT's batch shards 1.. run: processes or threads (shards.py)
         "thread_env": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                                  "SCRATCHLLM_THREADS") if v in os.environ},
+                                                  "SCRATCHLLM_THREADS", "SCRATCHLLM_SHARDS") if v in os.environ},
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
         "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
@@ -324,7 +326,7 @@ def markdown(result) -> str:
              f"scratchllm's GPT does: {env.get('host_malloc_tuned')}",
              f"- numpy {env['numpy']} ({env['blas']}, threads "
              f"{env['blas_threads'] or env['thread_env'] or 'default: one per CPU'}); scratchllm threads "
-             f"{env.get('scratchllm_threads')} (batch shards, op pieces); "
+             f"{env.get('scratchllm_threads')} (batch shards in {env.get('scratchllm_shards', 'threads')}, op pieces); "
              f"torch {env['torch'] or '-'} (threads {env['torch_threads'] or '-'}), python {env['python']}",
              f"- GPU: {env['gpu'].get('name') if env['gpu'] else 'none (' + env['cupy_reason'] + ')'}"]
     for dev in ("cpu", "gpu"):

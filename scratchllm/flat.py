@@ -12,18 +12,19 @@ import numpy as np
 from .backend import get_xp
 
 
-def flatten_params(params, xp=None, dtype=None):
+def flatten_params(params, xp=None, dtype=None, alloc=None):
     """Copy a dict of arrays into ONE contiguous 1-D buffer; return ``(flat, views)``.
 
     ``views`` maps each name, in the dict's order, to a view of ``flat`` with that array's shape and values.
     Optimizers update a group of such views in one pass (module docstring). ``xp`` (default: the arrays'
-    backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype.
+    backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype; ``alloc(n,
+    dtype)`` allocates it instead of ``xp.empty`` (GPT's shared memory for process shards, shards.py).
     """
     arrays = list(params.values())
     xp = xp or get_xp(*arrays)
     dtype = np.dtype(dtype or (arrays[0].dtype if arrays else np.float32))
     sizes = [int(np.prod(a.shape, dtype=np.int64)) for a in arrays]
-    flat = xp.empty(sum(sizes), dtype=dtype)
+    flat = (alloc or xp.empty)(sum(sizes), dtype=dtype)
     views, offset = {}, 0
     for (name, a), n in zip(params.items(), sizes):
         views[name] = flat[offset:offset + n].reshape(a.shape)
@@ -46,8 +47,9 @@ def empty_flat(like):
 
 
 def buffer_root(a):
-    """The array that owns a view's memory (NumPy and CuPy keep it in ``.base``)."""
-    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+    """The array that owns a view's memory (NumPy and CuPy keep it in ``.base``; an array made over a buffer,
+    such as shared memory, has that buffer as its base and is the root itself)."""
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes") and hasattr(a.base, "dtype"):
         a = a.base
     return a
 

@@ -15,7 +15,9 @@ import numpy as np
 
 from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
 from .flat import buffer_root, empty_flat, flatten_params
-from .threads import cpu_threads, parallel_map, shard_bounds
+from .shards import (RemoteCache, ShardWorkers, WorkerExited, default_mode, processes_supported, receive_all,
+                     shared_empty)
+from .threads import blas_one_thread, cpu_threads, in_line, parallel_map, shard_bounds
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                   gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
@@ -113,11 +115,16 @@ class GPT:
         # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is
         # one contiguous stretch, which the optimizer updates at once (optim.py, "Flat fast path": one fused
         # launch on CuPy, one chunk per thread on NumPy). _flat_order is the params' order in the buffer.
+        # On the CPU (Linux) that buffer is shared memory, which batch shards in worker processes read.
         self._flat_order = sorted(self.params, key=lambda k: self.params[k].ndim < 2)
-        _, views = flatten_params({k: self.params[k] for k in self._flat_order})
+        shared = self.backend == "numpy" and processes_supported()
+        _, views = flatten_params({k: self.params[k] for k in self._flat_order}, alloc=shared_empty if shared else None)
         self.params = {k: views[k] for k in self.params}
+        self._shared_params = views if shared else None  # what the shard processes read (shards.py)
+        self._shard_workers = None  # started at the first forward with shards in processes
         self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
         self.threads = cpu_threads()  # on the CPU, batch shards run this many at once (threads.py)
+        self.shard_mode = default_mode()  # "processes" (Linux) or "threads": where shards 1.. run (shards.py)
         self.training = True
 
     def train(self, mode: bool = True) -> "GPT":
@@ -182,13 +189,44 @@ class GPT:
             bounds = shard_bounds(B, shards)
             seeds = self.rng.integers(2**63, size=shards) if drop else [None] * shards  # a dropout stream each
             rngs = [np.random.default_rng(s) if drop else None for s in seeds]
-            outs = parallel_map(lambda j: self._forward_rows(idx[bounds[j]], 0, drop, None, rngs[j]), range(shards))
+            if self._in_processes():
+                outs = self._forward_in_processes(idx, bounds, drop, seeds, rngs)
+            else:
+                outs = parallel_map(lambda j: self._forward_rows(idx[bounds[j]], 0, drop, None, rngs[j]), range(shards))
             logits = xp.concatenate([lg for lg, _ in outs])  # (B, T, V)
             caches = {"shards": [(sl, c) for sl, (_, c) in zip(bounds, outs)]}
         loss = None
         if targets is not None:
             loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
         return logits, loss, caches
+
+    def _in_processes(self) -> bool:
+        if self.shard_mode not in ("processes", "threads"):
+            raise ValueError(f"shard_mode must be 'processes' or 'threads'; got {self.shard_mode!r}")
+        return self.shard_mode == "processes" and self._shared_params is not None
+
+    def _forward_in_processes(self, idx, bounds, drop, seeds, rngs):
+        """``parallel_map`` of ``_forward_rows`` over the shards, shards 1.. in worker processes (shards.py)."""
+        for name, view in self._shared_params.items():  # a rebound parameter: its values to the workers
+            if self.params[name] is not view:
+                view[...] = self.params[name]
+        if self._shard_workers is None:
+            self._shard_workers = ShardWorkers(self, self._shared_params)
+        workers = self._shard_workers.ensure(len(bounds) - 1)
+        keys = [self._shard_workers.next_key() for _ in workers]
+        try:
+            for w, key, sl, seed in zip(workers, keys, bounds[1:], seeds[1:]):
+                w.send("forward", key, idx[sl], drop, seed)
+            try:
+                with blas_one_thread(), in_line():  # shard 0 here, on this core
+                    outs = [self._forward_rows(idx[bounds[0]], 0, drop, None, rngs[0])]
+            finally:
+                replies = receive_all(workers)  # every reply, even when shard 0 failed
+        except WorkerExited:  # a worker died (killed?): the next forward starts fresh ones
+            self._shard_workers.close()
+            self._shard_workers = None
+            raise
+        return outs + [(logits, RemoteCache(w, key)) for logits, w, key in zip(replies, workers, keys)]
 
     def _forward_rows(self, idx, past, drop, kv_cache, rng):
         """Logits (B, T, V) and caches for some rows of the batch: embeddings, blocks, final LayerNorm, head.
@@ -249,8 +287,19 @@ class GPT:
             grads = self._backward_rows(dlogits, cache)
             _, grads = flatten_params({name: grads[name] for name in self._flat_order})  # one buffer like the params
             return {name: grads[name] for name in self.params}  # the params' order
-        # one backward per shard, each on its own thread; their gradients summed in shard order into one buffer
-        outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), cache["shards"])
+        # one backward per shard, each on its own thread or process; their gradients summed in shard order
+        shards = cache["shards"]
+        if any(isinstance(c, RemoteCache) for _, c in shards[1:]):
+            for sl, c in shards[1:]:
+                c.worker.send("backward", c.key, dlogits[sl])
+            try:
+                with blas_one_thread(), in_line():
+                    outs = [self._backward_rows(dlogits[shards[0][0]], shards[0][1])]
+            finally:
+                receive_all([c.worker for _, c in shards[1:]])
+            outs += [c.worker.grads for _, c in shards[1:]]  # each worker's shared gradient buffer
+        else:
+            outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
         _, grads = empty_flat({name: self.params[name] for name in self._flat_order})
         for name in self.params:
             np.add(outs[0][name], outs[1][name], out=grads[name])
@@ -309,7 +358,9 @@ class GPT:
         seen, total, stack = set(), 0, [cache]
         while stack:
             item = stack.pop()
-            if isinstance(item, dict):
+            if isinstance(item, RemoteCache):  # a shard's cache in a worker process: counted there
+                total += item.activation_bytes()
+            elif isinstance(item, dict):
                 stack.extend(item.values())
             elif isinstance(item, (tuple, list)):
                 stack.extend(item)

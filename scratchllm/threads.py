@@ -15,6 +15,7 @@ already has its core, they run in line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -59,6 +60,22 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+@contextlib.contextmanager
+def in_line():
+    """Within the block, ``parallel_chunks`` runs on the caller's thread (as inside a batch shard)."""
+    before = getattr(_inside, "active", False)
+    _inside.active = True
+    try:
+        yield
+    finally:
+        _inside.active = before
+
+
+def blas_one_thread():
+    """A context manager holding OpenBLAS at one thread (the caller has its core; so does every shard)."""
+    return _blas().limit(limits=1)
+
+
 def parallel_map(fn, items) -> list:
     """``[fn(item) for item in items]``, each item on its own thread (the first on the caller's).
 
@@ -78,7 +95,7 @@ def parallel_map(fn, items) -> list:
             _inside.active = False
 
     pool = _get_pool(len(items) - 1)
-    with _blas().limit(limits=1):
+    with blas_one_thread():
         futures = [pool.submit(run, item) for item in items[1:]]
         try:
             first = run(items[0])

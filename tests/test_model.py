@@ -8,8 +8,11 @@ import pytest
 from scratchllm.flat import flat_span
 from scratchllm.gradcheck import gradcheck
 from scratchllm.model import GPT, GPTConfig, param_shapes
+from scratchllm.shards import RemoteCache, processes_supported
 
 TINY = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
+SHARD_MODES = ["threads", pytest.param("processes", marks=pytest.mark.skipif(
+    not processes_supported(), reason="batch shards in processes need fork (Linux)"))]
 
 
 def perturbed_model(cfg=TINY, dtype="float64", seed=0):
@@ -175,17 +178,20 @@ def test_assigning_params_changes_the_model():
     assert not np.allclose(before, model.forward(idx)[0])
 
 
+@pytest.mark.parametrize("mode", SHARD_MODES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_activation_bytes_match_the_documented_budget(threads):
+def test_activation_bytes_match_the_documented_budget(threads, mode):
     cfg = GPTConfig(vocab_size=65, block_size=16, n_layer=3, n_head=2, n_embd=16)
     model = GPT(cfg, backend="numpy")
-    model.threads = threads  # batch shards: the same activations, the positions once per shard
+    model.threads, model.shard_mode = threads, mode  # batch shards: the same activations, positions per shard
     B, T = 4, 16
     idx, targets = batch(cfg, B=B, T=T)
     cache = model.forward(idx, targets)[2]
     L, C, H, V = 3, 16, 2, 65
     floats = B * T * (L * (20 * C + 2) + 2 * C + 2 + V) + L * B * H * T * T
     ints = 8 * B * T * 2 + B * T + 8 * T * threads  # idx, targets (int64), the kept mask (bool), positions
+    if mode == "processes" and threads > 1:  # each worker process also keeps its own copy of its shard's ids
+        ints += 8 * T * (B - B // threads)
     assert model.activation_bytes(cache) == 4 * floats + ints
 
 
@@ -251,8 +257,9 @@ def test_init_false_gives_zeros_of_the_right_shapes_fast():
     assert {k: v.shape for k, v in model.params.items()} == param_shapes(TINY)
 
 
+@pytest.mark.parametrize("mode", SHARD_MODES)
 @pytest.mark.parametrize("threads", [2, 3, 5])
-def test_batch_shards_on_threads_give_the_one_shard_numbers(threads):
+def test_batch_shards_give_the_one_shard_numbers(threads, mode):
     """On the CPU the batch is split into one shard per thread (model.py, threads.py): the logits, the loss
     and every gradient must equal the one-shard computation; targets ignored in one shard only check that the
     shards are weighted by their kept targets, not averaged."""
@@ -262,9 +269,10 @@ def test_batch_shards_on_threads_give_the_one_shard_numbers(threads):
     model.threads = 1
     logits1, loss1, cache1 = model.forward(idx, targets)
     grads1 = model.backward(cache1, dloss=0.7)
-    model.threads = threads
+    model.threads, model.shard_mode = threads, mode
     logits, loss, cache = model.forward(idx, targets)
     assert "shards" in cache and len(cache["shards"]) == min(threads, 4)
+    assert isinstance(cache["shards"][1][1], RemoteCache) == (mode == "processes")
     grads = model.backward(cache, dloss=0.7)
     np.testing.assert_allclose(logits, logits1, rtol=0, atol=1e-14)
     np.testing.assert_allclose(loss, loss1, rtol=1e-14)
@@ -275,10 +283,11 @@ def test_batch_shards_on_threads_give_the_one_shard_numbers(threads):
         np.testing.assert_allclose(grads[name], grads1[name], rtol=1e-12, atol=1e-14, err_msg=name)
 
 
-def test_batch_shards_with_dropout_are_reproducible_and_gradchecked():
+@pytest.mark.parametrize("mode", SHARD_MODES)
+def test_batch_shards_with_dropout_are_reproducible_and_gradchecked(mode):
     cfg = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.3)
     model = perturbed_model(cfg)
-    model.threads = 2
+    model.threads, model.shard_mode = 2, mode
     idx, targets = batch(cfg, B=3)
     runs = []
     for _ in range(2):

@@ -1,0 +1,207 @@
+"""Batch shards in worker processes: GPT's CPU path around Python's GIL.
+
+On the CPU, ``GPT`` splits a batch into one shard per core and runs each shard's forward and backward on
+its own core (threads.py). In threads, the shards contend for the GIL: every NumPy call gives it up and
+takes it back, and at the small arrays of a small model the hand-overs cost more than the arithmetic
+(nanoGPT's CPU recipe, forward + backward of B12 on 2 cores: 31 ms in two threads, 24 ms in two processes,
+22 ms for one shard alone on one core). So on Linux shards 1, 2, ... run in worker processes forked from
+the model, and shard 0 runs in the caller's thread:
+
+- the parameters live in anonymous shared memory from the start (``shared_empty``: GPT's flat buffer), so a
+  worker reads the values the optimizer wrote in place; ``GPT`` copies a parameter that was rebound to
+  another array into that memory before each sharded forward;
+- a worker keeps its shard's caches (the caller holds a ``RemoteCache`` handle; dropping the handle drops
+  the cache in the worker at the next request) and writes its shard's gradients into its own shared buffer,
+  which the caller adds in shard order, as it adds the threads' gradients: both ways give the same bits;
+- token ids, logits and dlogits travel through a pipe (a few MB at char-level vocabularies).
+
+``SCRATCHLLM_SHARDS=threads`` (or ``model.shard_mode = "threads"``) keeps the shards in threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import sys
+import traceback
+import warnings
+import weakref
+
+import numpy as np
+
+from . import threads
+
+ENV_VAR = "SCRATCHLLM_SHARDS"
+MODES = ("processes", "threads")
+
+
+def processes_supported() -> bool:
+    """Process shards need ``fork`` (the worker inherits the model): Linux only (macOS forks unsafely)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def default_mode() -> str:
+    """``SCRATCHLLM_SHARDS`` if set, else processes where supported, else threads."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    if value:
+        if value not in MODES:
+            raise ValueError(f"{ENV_VAR} must be one of {', '.join(MODES)}; got {value!r}")
+        return value if value == "threads" or processes_supported() else "threads"
+    return "processes" if processes_supported() else "threads"
+
+
+def shared_empty(n: int, dtype) -> np.ndarray:
+    """An uninitialised 1-D NumPy array in anonymous shared memory (MAP_SHARED): processes forked later
+    see every write to it, and it theirs."""
+    dtype = np.dtype(dtype)
+    buf = mmap.mmap(-1, max(1, n * dtype.itemsize))  # anonymous maps are shared with forked children
+    return np.frombuffer(buf, dtype=dtype, count=n)
+
+
+class WorkerExited(RuntimeError):
+    """A shard worker process is gone (killed, or out of memory): its shards' caches are lost."""
+
+
+class ShardWorker:
+    """One forked process that runs ``GPT._forward_rows`` / ``_backward_rows`` on the shards sent to it."""
+
+    def __init__(self, model, shared_params: dict):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.grads = {}  # name -> view of this worker's shared gradient buffer (the params' layout)
+        flat = shared_empty(sum(int(v.size) for v in shared_params.values()), model.dtype)
+        offset = 0
+        for name, v in shared_params.items():
+            self.grads[name] = flat[offset:offset + v.size].reshape(v.shape)
+            offset += v.size
+        self.conn, child_conn = ctx.Pipe()
+        self.drops = []  # keys of caches whose handles were garbage-collected: dropped at the next request
+        self.process = ctx.Process(target=_serve, args=(child_conn, model, shared_params, self.grads),
+                                   daemon=True, name="scratchllm-shard")
+        with warnings.catch_warnings():  # Python >= 3.12 warns about fork in a threaded process: the child
+            warnings.simplefilter("ignore", DeprecationWarning)  # runs NumPy on its own data only (OpenBLAS
+            self.process.start()  # re-creates its threads after fork), never the parent's other threads' work
+        child_conn.close()
+
+    def send(self, kind, *args):
+        drops, self.drops[:] = list(self.drops), []
+        try:
+            self.conn.send((kind, drops) + args)
+        except (BrokenPipeError, OSError) as e:
+            raise WorkerExited(f"a shard worker process has exited ({self.process.exitcode}); "
+                               f"set SCRATCHLLM_SHARDS=threads to run shards in threads") from e
+
+    def receive(self):
+        while not self.conn.poll(1.0):  # returns as soon as the reply is there
+            if not self.process.is_alive():
+                raise WorkerExited(f"a shard worker process exited (code {self.process.exitcode}) during a "
+                                   f"request; set SCRATCHLLM_SHARDS=threads to run shards in threads")
+        status, payload = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"in a shard worker process: {payload}")
+        return payload
+
+    def close(self):
+        try:
+            self.conn.send(("close", []))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
+
+
+def receive_all(workers) -> list:
+    """Every worker's reply, in order. An error is raised only after every reply is in, so that no reply
+    is left in a pipe for the next request to mistake for its own."""
+    replies, error = [], None
+    for w in workers:
+        try:
+            replies.append(w.receive())
+        except RuntimeError as e:
+            replies.append(None)
+            error = error or e
+    if error is not None:
+        raise error
+    return replies
+
+
+class RemoteCache:
+    """The caller's handle on a shard's cache kept in a worker process."""
+
+    def __init__(self, worker: ShardWorker, key: int):
+        self.worker, self.key = worker, key
+        weakref.finalize(self, worker.drops.append, key)  # list.append: safe at any point a GC runs
+
+    def activation_bytes(self) -> int:
+        self.worker.send("bytes", self.key)
+        return self.worker.receive()
+
+
+class ShardWorkers:
+    """The worker processes of one model, started on demand (shard j >= 1 runs on worker j - 1)."""
+
+    def __init__(self, model, shared_params: dict):
+        self._model = weakref.ref(model)
+        self._shared = shared_params
+        self.workers = []
+        self._keys = itertools.count()
+        self._finalizer = weakref.finalize(model, ShardWorkers._close_all, self.workers)
+
+    def ensure(self, n: int) -> list:
+        while len(self.workers) < n:
+            self.workers.append(ShardWorker(self._model(), self._shared))
+        return self.workers[:n]
+
+    def next_key(self) -> int:
+        return next(self._keys)
+
+    @staticmethod
+    def _close_all(workers):
+        for w in workers:
+            w.close()
+        workers.clear()
+
+    def close(self):
+        self._finalizer()
+
+
+def _serve(conn, model, shared_params, grads):
+    """A worker's loop: one request at a time, in order; every reply is ("ok", result) or ("error", text)."""
+    threads._inside.active = True  # ops run in line: this process is one core's shard
+    threads._blas().limit(limits=1)  # and BLAS on this core only, for the life of the process
+    model.params = dict(shared_params)  # the shared values, whatever the parent had bound at fork time
+    caches = {}
+    while True:
+        try:
+            kind, drops, *args = conn.recv()
+        except (EOFError, OSError):
+            return
+        for key in drops:
+            caches.pop(key, None)
+        if kind == "close":
+            return
+        try:
+            if kind == "forward":
+                key, idx, drop, seed = args
+                rng = np.random.default_rng(seed) if drop else None
+                logits, caches[key] = model._forward_rows(idx, 0, drop, None, rng)  # (b, T, V)
+                reply = logits
+            elif kind == "backward":
+                key, dlogits = args
+                shard_grads = model._backward_rows(dlogits, caches[key])
+                for name, view in grads.items():
+                    view[...] = shard_grads[name]
+                reply = None
+            elif kind == "bytes":
+                reply = model.activation_bytes(caches[args[0]])
+            elif kind == "count":  # caches held (tests)
+                reply = len(caches)
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+            conn.send(("ok", reply))
+        except Exception as e:  # the caller raises it; the worker goes on serving
+            conn.send(("error", "".join(traceback.format_exception_only(type(e), e)).strip()))

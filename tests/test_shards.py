@@ -1,0 +1,121 @@
+"""Batch shards in worker processes (scratchllm/shards.py): the same numbers as threads, live parameters,
+errors that surface instead of hanging, and no process or cache left behind."""
+
+import gc
+
+import numpy as np
+import pytest
+
+from scratchllm import shards
+from scratchllm.model import GPT, GPTConfig
+from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
+from scratchllm.shards import RemoteCache, WorkerExited
+
+pytestmark = pytest.mark.skipif(not shards.processes_supported(), reason="process shards need fork (Linux)")
+
+CFG = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
+
+
+def data(B=4, T=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, CFG.vocab_size, (B, T)), rng.integers(0, CFG.vocab_size, (B, T))
+
+
+def train(mode, steps=3, threads=2):
+    model = GPT(CFG, seed=1, backend="numpy")
+    model.threads, model.shard_mode = threads, mode
+    opt = AdamW(decay_groups(model.params, 0.1), lr=1e-2)
+    losses = []
+    for step in range(steps):
+        idx, targets = data(seed=step)
+        _, loss, cache = model.forward(idx, targets)
+        grads = model.backward(cache)
+        clip_grad_norm(grads, 1.0)
+        opt.step(grads)  # in place: the workers must read the new values at the next forward
+        losses.append(float(loss))
+    return model, losses
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_training_in_processes_gives_the_bits_of_threads(threads):
+    """Dropout streams, optimizer updates in place and the shard-ordered gradient sum: bit for bit."""
+    a, losses_a = train("threads", threads=threads)
+    b, losses_b = train("processes", threads=threads)
+    assert losses_a == losses_b and losses_a[0] != losses_a[-1]
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+
+
+def test_a_rebound_parameter_reaches_the_workers():
+    model = GPT(CFG, seed=1, backend="numpy").eval()
+    model.shard_mode, model.threads = "processes", 2
+    idx, _ = data()
+    before = model.forward(idx)[0]
+    model.params["h.1.mlp.c_fc.bias"] = np.full(4 * CFG.n_embd, 0.3, np.float32)  # a new array, not in place
+    after = model.forward(idx)[0]
+    model.shard_mode = "threads"
+    np.testing.assert_array_equal(after, model.forward(idx)[0])
+    assert not np.allclose(before[2:], after[2:])  # rows of the worker's shard changed too
+
+
+def test_worker_errors_are_raised_and_the_worker_goes_on():
+    model = GPT(CFG, backend="numpy")
+    model.shard_mode, model.threads = "processes", 2
+    idx, targets = data()
+    model.forward(idx, targets)
+    worker = model._shard_workers.workers[0]
+    worker.send("no-such-request")
+    with pytest.raises(RuntimeError, match="in a shard worker process: ValueError: unknown request"):
+        worker.receive()
+    _, loss, cache = model.forward(idx, targets)  # still serving, and in step with its requests
+    assert np.isfinite(loss) and set(model.backward(cache)) == set(model.params)
+
+
+def test_a_killed_worker_raises_and_the_next_forward_starts_a_new_one():
+    model = GPT(CFG, backend="numpy")
+    model.shard_mode, model.threads = "processes", 2
+    idx, targets = data()
+    _, _, cache = model.forward(idx, targets)
+    worker = model._shard_workers.workers[0]
+    worker.process.kill()
+    worker.process.join(5)
+    with pytest.raises(WorkerExited, match="shard worker process"):
+        model.backward(cache)
+    with pytest.raises(WorkerExited, match="SCRATCHLLM_SHARDS=threads"):
+        model.forward(idx, targets)
+    _, loss, cache = model.forward(idx, targets)  # fresh workers
+    assert model._shard_workers.workers[0] is not worker and np.isfinite(loss)
+    assert set(model.backward(cache)) == set(model.params)
+
+
+def test_dropped_caches_are_freed_in_the_worker_and_workers_end_with_the_model():
+    model = GPT(CFG, backend="numpy")
+    model.shard_mode, model.threads = "processes", 2
+    idx, targets = data()
+    caches = [model.forward(idx, targets)[2] for _ in range(3)]
+    assert isinstance(caches[0]["shards"][1][1], RemoteCache)
+    worker = model._shard_workers.workers[0]
+    worker.send("count")
+    assert worker.receive() == 3
+    del caches
+    gc.collect()
+    worker.send("count")  # the drops travel with the next request
+    assert worker.receive() == 0
+    process = worker.process
+    del model, worker
+    gc.collect()
+    process.join(5)
+    assert not process.is_alive()
+
+
+def test_the_shard_mode_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("SCRATCHLLM_SHARDS", "threads")
+    assert GPT(CFG, backend="numpy").shard_mode == "threads"
+    monkeypatch.setenv("SCRATCHLLM_SHARDS", "fibers")
+    with pytest.raises(ValueError, match="SCRATCHLLM_SHARDS must be one of processes, threads; got 'fibers'"):
+        GPT(CFG, backend="numpy")
+    monkeypatch.delenv("SCRATCHLLM_SHARDS")
+    model = GPT(CFG, backend="numpy")
+    model.shard_mode, model.threads = "cores", 2
+    with pytest.raises(ValueError, match="shard_mode must be 'processes' or 'threads'; got 'cores'"):
+        model.forward(*data())
