@@ -164,12 +164,28 @@ def index_sum(indices, values, n):
     """A new (n, ...) array whose row i is the sum of the ``values`` rows j with ``indices[j] == i`` (zero
     where i never occurs): ``scatter_add`` into zeros, but each row is written once, by assignment."""
     xp = get_xp(values)
-    out = xp.zeros((n,) + tuple(values.shape[1:]), dtype=values.dtype)
     if xp is np:
+        out = _zeros_on_every_core((n,) + tuple(values.shape[1:]), values.dtype)
         for rows, sums in _run_sums(np.asarray(indices).reshape(-1), values):
             out[rows] = sums
     else:
+        out = xp.zeros((n,) + tuple(values.shape[1:]), dtype=values.dtype)
         scatter_add(out, indices, values)
+    return out
+
+
+def _zeros_on_every_core(shape, dtype):
+    """``np.zeros``, written by every CPU thread at once when large (an embedding gradient: GPT-2's is
+    154 MB, 9.5 -> 6.6 ms on 2 cores). The threads' memory is reused, not fresh from the OS (see
+    ``tune_host_allocator``), so it must be written."""
+    from .threads import PARALLEL_MIN, cpu_threads, parallel_map, shard_bounds
+
+    out = np.empty(shape, dtype=dtype)
+    flat = out.reshape(-1)
+    if flat.size < 16 * PARALLEL_MIN:
+        flat.fill(0)
+    else:
+        parallel_map(lambda part: flat[part].fill(0), shard_bounds(flat.size, cpu_threads()))
     return out
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from scratchllm import backend
-from scratchllm.backend import BackendError, get_xp, index_sum, resolve_backend, scatter_add, to_numpy
+from scratchllm.backend import (BackendError, get_xp, index_sum, resolve_backend, scatter_add, to_numpy,
+                                tune_host_allocator)
 
 
 def test_get_xp_is_numpy_for_numpy_arrays_and_none():
@@ -144,3 +145,18 @@ def test_gradcheck_on_cupy_directional():
 
     for name, op in OPS.items():
         assert gradcheck(op.forward, op.backward, op.make_inputs(xp=cupy), mode="directional").ok, name
+
+
+def test_index_sum_into_a_large_table_is_zero_outside_the_indices():
+    """Above 2 M elements the zeros are written by every CPU thread (backend._zeros_on_every_core); the
+    memory is reused, so a stale value anywhere would show."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 40_000, 300)
+    values = rng.standard_normal((300, 64)).astype(np.float32)
+    tune_host_allocator()  # freed blocks stay in the heap (GPT does this on the CPU)
+    junk = np.full(40_000 * 64, 7.0, np.float32)  # freed, then handed out again to index_sum
+    del junk
+    result = index_sum(ids, values, 40_000)
+    expected = np.zeros((40_000, 64), np.float32)
+    np.add.at(expected, ids, values)
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
