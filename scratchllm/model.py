@@ -9,6 +9,7 @@ GPT-2's Conv1D, and the output head is tied to ``wte.weight``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -210,7 +211,7 @@ class GPT:
         for name, view in self._shared_params.items():  # a rebound parameter: its values to the workers
             if self.params[name] is not view:
                 view[...] = self.params[name]
-        if self._shard_workers is None:
+        if self._shard_workers is None or self._shard_workers.pid != os.getpid():
             self._shard_workers = ShardWorkers(self, self._shared_params)
         workers = self._shard_workers.ensure(len(bounds) - 1)
         keys = [self._shard_workers.next_key() for _ in workers]

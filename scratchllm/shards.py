@@ -148,8 +148,9 @@ class ShardWorkers:
         self._model = weakref.ref(model)
         self._shared = shared_params
         self.workers = []
+        self.pid = os.getpid()  # a process forked from this one (a data loader's?) must start its own workers
         self._keys = itertools.count()
-        self._finalizer = weakref.finalize(model, ShardWorkers._close_all, self.workers)
+        self._finalizer = weakref.finalize(model, ShardWorkers._close_all, self.workers, self.pid)
 
     def ensure(self, n: int) -> list:
         while len(self.workers) < n:
@@ -160,9 +161,10 @@ class ShardWorkers:
         return next(self._keys)
 
     @staticmethod
-    def _close_all(workers):
-        for w in workers:
-            w.close()
+    def _close_all(workers, pid):
+        if os.getpid() == pid:  # not the workers of the process this one was forked from
+            for w in workers:
+                w.close()
         workers.clear()
 
     def close(self):

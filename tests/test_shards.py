@@ -119,3 +119,27 @@ def test_the_shard_mode_setting_is_checked(monkeypatch):
     model.shard_mode, model.threads = "cores", 2
     with pytest.raises(ValueError, match="shard_mode must be 'processes' or 'threads'; got 'cores'"):
         model.forward(*data())
+
+
+def test_a_process_forked_from_the_model_owner_starts_its_own_workers():
+    import multiprocessing
+
+    model = GPT(CFG, backend="numpy").eval()
+    model.shard_mode, model.threads = "processes", 2
+    idx, _ = data()
+    expected = model.forward(idx)[0]  # this process's workers are up
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    ours = model._shard_workers.workers[0].process.pid
+
+    def in_child():  # a data loader's fork, say: it must not talk to this process's workers
+        logits = model.forward(idx)[0]
+        queue.put((logits, model._shard_workers.workers[0].process.pid))
+
+    child = ctx.Process(target=in_child)
+    child.start()
+    got, theirs = queue.get(timeout=60)
+    child.join(10)
+    np.testing.assert_array_equal(got, expected)
+    assert theirs != ours
+    np.testing.assert_array_equal(model.forward(idx)[0], expected)  # ours untouched by the child's
