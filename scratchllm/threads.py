@@ -2,9 +2,10 @@
 
 NumPy's elementwise ops and reductions use one core; only its matrix products (OpenBLAS) use them all. On
 the CPU, ``GPT`` therefore splits a batch into shards, one per core, and runs the Transformer blocks of each
-shard on its own thread (data parallelism inside one process, as llm.c's OpenMP loops split B*T). NumPy
-releases the GIL inside its loops, so the shards really run side by side; meanwhile OpenBLAS is held at one
-thread per call (``threadpoolctl``), so the cores are not oversubscribed.
+shard on its own core (data parallelism, as llm.c's OpenMP loops split B*T): in threads here, or in worker
+processes on Linux (shards.py; in threads the GIL hand-over at every NumPy call costs about a fifth of a small
+model's step). NumPy releases the GIL inside its loops, so threads really run side by side; meanwhile
+OpenBLAS is held at one thread per call (``threadpoolctl``), so the cores are not oversubscribed.
 
 The ops use the same threads for large arrays (``parallel_chunks``): their rows (or elements) are cut
 into one contiguous chunk per core and the op's NumPy code runs on each chunk. Inside a batch shard, which
