@@ -16,9 +16,8 @@ import numpy as np
 
 from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
 from .flat import buffer_root, empty_flat, flatten_params
-from .shards import (RemoteCache, ShardWorkers, WorkerExited, default_mode, processes_supported, receive_all,
-                     shared_empty)
-from .threads import blas_one_thread, cpu_threads, in_line, parallel_map, shard_bounds
+from .shards import RemoteCache, ShardWorkers, default_mode, processes_supported, shared_empty
+from .threads import cpu_threads, parallel_map, shard_bounds
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                   gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
@@ -211,23 +210,12 @@ class GPT:
         for name, view in self._shared_params.items():  # a rebound parameter: its values to the workers
             if self.params[name] is not view:
                 view[...] = self.params[name]
-        if self._shard_workers is None or self._shard_workers.pid != os.getpid():
+        if self._shard_workers is None or self._shard_workers.closed or self._shard_workers.pid != os.getpid():
             self._shard_workers = ShardWorkers(self, self._shared_params)
-        workers = self._shard_workers.ensure(len(bounds) - 1)
-        keys = [self._shard_workers.next_key() for _ in workers]
-        try:
-            for w, key, sl, seed in zip(workers, keys, bounds[1:], seeds[1:]):
-                w.send("forward", key, idx[sl], drop, seed)
-            try:
-                with blas_one_thread(), in_line():  # shard 0 here, on this core
-                    outs = [self._forward_rows(idx[bounds[0]], 0, drop, None, rngs[0])]
-            finally:
-                replies = receive_all(workers)  # every reply, even when shard 0 failed
-        except WorkerExited:  # a worker died (killed?): the next forward starts fresh ones
-            self._shard_workers.close()
-            self._shard_workers = None
-            raise
-        return outs + [(logits, RemoteCache(w, key)) for logits, w, key in zip(replies, workers, keys)]
+        requests = [(idx[sl], drop, seed) for sl, seed in zip(bounds[1:], seeds[1:])]
+        out0, outs = self._shard_workers.forward(
+            requests, lambda: self._forward_rows(idx[bounds[0]], 0, drop, None, rngs[0]))
+        return [out0] + outs  # (logits, cache) per shard; a worker's cache is a RemoteCache handle
 
     def _forward_rows(self, idx, past, drop, kv_cache, rng):
         """Logits (B, T, V) and caches for some rows of the batch: embeddings, blocks, final LayerNorm, head.
@@ -291,14 +279,10 @@ class GPT:
         # one backward per shard, each on its own thread or process; their gradients summed in shard order
         shards = cache["shards"]
         if any(isinstance(c, RemoteCache) for _, c in shards[1:]):
-            for sl, c in shards[1:]:
-                c.worker.send("backward", c.key, dlogits[sl])
-            try:
-                with blas_one_thread(), in_line():
-                    outs = [self._backward_rows(dlogits[shards[0][0]], shards[0][1])]
-            finally:
-                receive_all([c.worker for _, c in shards[1:]])
-            outs += [c.worker.grads for _, c in shards[1:]]  # each worker's shared gradient buffer
+            out0, outs = shards[1][1].owner.backward(  # each worker's grads: its shared gradient buffer
+                [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]],
+                lambda: self._backward_rows(dlogits[shards[0][0]], shards[0][1]))
+            outs = [out0] + outs
         else:
             outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
         _, grads = empty_flat({name: self.params[name] for name in self._flat_order})

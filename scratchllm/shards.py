@@ -13,7 +13,10 @@ the model, and shard 0 runs in the caller's thread:
 - a worker keeps its shard's caches (the caller holds a ``RemoteCache`` handle; dropping the handle drops
   the cache in the worker at the next request) and writes its shard's gradients into its own shared buffer,
   which the caller adds in shard order, as it adds the threads' gradients: both ways give the same bits;
-- token ids, logits and dlogits travel through a pipe (a few MB at char-level vocabularies).
+- token ids, logits and dlogits travel through a pipe, pickled: a few MB a step at char-level vocabularies,
+  but about 0.4 GB each way at GPT-2's (B4 T1024 on 2 shards), which costs a fraction of that step;
+- any interruption of an exchange (Ctrl-C in the caller, an error in shard 0) closes the workers, and the
+  next forward forks fresh ones; a worker's own error comes back as ``WorkerError`` and it goes on serving.
 
 ``SCRATCHLLM_SHARDS=threads`` (or ``model.shard_mode = "threads"``) keeps the shards in threads.
 """
@@ -23,7 +26,9 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 import weakref
@@ -60,7 +65,11 @@ def shared_empty(n: int, dtype) -> np.ndarray:
 
 
 class WorkerExited(RuntimeError):
-    """A shard worker process is gone (killed, or out of memory): its shards' caches are lost."""
+    """A shard worker process is gone (killed, or closed after an interrupted exchange): its caches are lost."""
+
+
+class WorkerError(RuntimeError):
+    """An exception inside a shard worker process, reported back; the worker goes on serving."""
 
 
 class ShardWorker:
@@ -78,6 +87,7 @@ class ShardWorker:
             offset += v.size
         self.conn, child_conn = ctx.Pipe()
         self.drops = []  # keys of caches whose handles were garbage-collected: dropped at the next request
+        self.seq = 0  # number of the last request; the worker echoes it with the reply
         self.process = ctx.Process(target=_serve, args=(child_conn, model, shared_params, self.grads),
                                    daemon=True, name="scratchllm-shard")
         with warnings.catch_warnings():  # Python >= 3.12 warns about fork in a threaded process: the child
@@ -85,32 +95,46 @@ class ShardWorker:
             self.process.start()  # re-creates its threads after fork), never the parent's other threads' work
         child_conn.close()
 
+    def _exited(self, when):
+        return WorkerExited(f"a shard worker process has exited (code {self.process.exitcode}) {when}; "
+                            f"set SCRATCHLLM_SHARDS=threads to run shards in threads")
+
     def send(self, kind, *args):
-        drops, self.drops[:] = list(self.drops), []
+        drops = []
+        while self.drops:  # one at a time: a finalizer may append meanwhile
+            drops.append(self.drops.pop())
+        self.seq += 1
         try:
-            self.conn.send((kind, drops) + args)
-        except (BrokenPipeError, OSError) as e:
-            raise WorkerExited(f"a shard worker process has exited ({self.process.exitcode}); "
-                               f"set SCRATCHLLM_SHARDS=threads to run shards in threads") from e
+            self.conn.send((self.seq, kind, drops) + args)
+        except (OSError, ValueError) as e:  # broken pipe, or our end already closed
+            raise self._exited("before a request") from e
 
     def receive(self):
-        while not self.conn.poll(1.0):  # returns as soon as the reply is there
-            if not self.process.is_alive():
-                raise WorkerExited(f"a shard worker process exited (code {self.process.exitcode}) during a "
-                                   f"request; set SCRATCHLLM_SHARDS=threads to run shards in threads")
-        status, payload = self.conn.recv()
+        """The reply to the last request (older replies, which an interruption may leave, are skipped)."""
+        while True:
+            while not self.conn.poll(1.0):  # returns as soon as the reply is there
+                if not self.process.is_alive():
+                    raise self._exited("during a request")
+            try:
+                seq, status, payload = self.conn.recv()
+            except (EOFError, OSError) as e:  # died while writing its reply
+                raise self._exited("during a reply") from e
+            if seq == self.seq:
+                break
         if status == "error":
-            raise RuntimeError(f"in a shard worker process: {payload}")
+            raise WorkerError(f"in a shard worker process: {payload}")
         return payload
 
-    def close(self):
-        try:
-            self.conn.send(("close", []))
-        except (BrokenPipeError, OSError):
-            pass
-        self.process.join(timeout=5)
+    def close(self, kill=False):
+        if not kill:
+            try:
+                self.conn.send((0, "close", []))
+            except (OSError, ValueError):
+                pass
+            self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.kill()
+            self.process.join(timeout=5)
         self.conn.close()
 
 
@@ -121,7 +145,7 @@ def receive_all(workers) -> list:
     for w in workers:
         try:
             replies.append(w.receive())
-        except RuntimeError as e:
+        except (WorkerError, WorkerExited) as e:
             replies.append(None)
             error = error or e
     if error is not None:
@@ -132,13 +156,14 @@ def receive_all(workers) -> list:
 class RemoteCache:
     """The caller's handle on a shard's cache kept in a worker process."""
 
-    def __init__(self, worker: ShardWorker, key: int):
-        self.worker, self.key = worker, key
+    def __init__(self, owner: "ShardWorkers", worker: ShardWorker, key: int):
+        self.owner, self.worker, self.key = owner, worker, key
         weakref.finalize(self, worker.drops.append, key)  # list.append: safe at any point a GC runs
 
     def activation_bytes(self) -> int:
-        self.worker.send("bytes", self.key)
-        return self.worker.receive()
+        with self.owner._lock:
+            self.worker.send("bytes", self.key)
+            return self.worker.receive()
 
 
 class ShardWorkers:
@@ -149,37 +174,85 @@ class ShardWorkers:
         self._shared = shared_params
         self.workers = []
         self.pid = os.getpid()  # a process forked from this one (a data loader's?) must start its own workers
+        self.closed = False
         self._keys = itertools.count()
-        self._finalizer = weakref.finalize(model, ShardWorkers._close_all, self.workers, self.pid)
+        self._lock = threading.Lock()  # one exchange at a time (two threads calling forward on one model)
+        self._finalizer = weakref.finalize(model, ShardWorkers._close_all, self.workers, self.pid, False)
 
-    def ensure(self, n: int) -> list:
+    def forward(self, requests, local):
+        """Send ``("forward", idx, drop, seed)`` request j to worker j, run ``local()`` (shard 0) here; return
+        (local's result, [(logits, RemoteCache)] per worker)."""
+        with self._lock:
+            workers = self._ensure(len(requests))
+            keys = [next(self._keys) for _ in workers]
+            handles = [RemoteCache(self, w, key) for w, key in zip(workers, keys)]  # dropped again if we fail
+            result, replies = self._exchange(workers, [("forward", key) + r for key, r in zip(keys, requests)], local)
+            return result, list(zip(replies, handles))
+
+    def backward(self, handles, dlogits, local):
+        """Send each handle's worker its shard's dlogits, run ``local()`` (shard 0) here; return (local's
+        result, each worker's gradients: views of its shared buffer, valid until its next backward)."""
+        with self._lock:
+            if self.closed:
+                raise WorkerExited("the shard worker processes that held this forward's caches were closed "
+                                   "(an interrupted or failed exchange); run the forward again")
+            workers = [h.worker for h in handles]
+            requests = [("backward", h.key, d) for h, d in zip(handles, dlogits)]
+            result, _ = self._exchange(workers, requests, local)
+            return result, [w.grads for w in workers]
+
+    def _exchange(self, workers, requests, local):
+        try:
+            for w, request in zip(workers, requests):
+                w.send(*request)
+            try:
+                with threads.blas_one_thread(), threads.in_line():  # shard 0 on this core
+                    result = local()
+            except BaseException:
+                try:  # every reply read before shard 0's exception goes on
+                    receive_all(workers)
+                except (WorkerError, WorkerExited):
+                    pass
+                raise
+            return result, receive_all(workers)
+        except WorkerError:
+            raise  # reported by a worker after its reply: every pipe is in step
+        except BaseException:  # Ctrl-C, shard 0 failing, a worker gone: replies may be left in a pipe
+            self.close(kill=True)
+            raise
+
+    def _ensure(self, n: int) -> list:
+        if self.closed:
+            raise WorkerExited("the shard workers were closed")
         while len(self.workers) < n:
             self.workers.append(ShardWorker(self._model(), self._shared))
         return self.workers[:n]
 
-    def next_key(self) -> int:
-        return next(self._keys)
-
     @staticmethod
-    def _close_all(workers, pid):
+    def _close_all(workers, pid, kill):
         if os.getpid() == pid:  # not the workers of the process this one was forked from
             for w in workers:
-                w.close()
+                w.close(kill=kill)
         workers.clear()
 
-    def close(self):
-        self._finalizer()
+    def close(self, kill=False):
+        """End the worker processes (``kill``: at once, without asking); the next forward starts new ones."""
+        self.closed = True
+        if self._finalizer.detach() is not None:
+            ShardWorkers._close_all(self.workers, self.pid, kill)
 
 
 def _serve(conn, model, shared_params, grads):
-    """A worker's loop: one request at a time, in order; every reply is ("ok", result) or ("error", text)."""
+    """A worker's loop: one request at a time, in order; every reply is (seq, "ok", result) or (seq, "error",
+    text), seq the request's number."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the caller decides
     threads._inside.active = True  # ops run in line: this process is one core's shard
     threads._blas().limit(limits=1)  # and BLAS on this core only, for the life of the process
     model.params = dict(shared_params)  # the shared values, whatever the parent had bound at fork time
     caches = {}
     while True:
         try:
-            kind, drops, *args = conn.recv()
+            seq, kind, drops, *args = conn.recv()
         except (EOFError, OSError):
             return
         for key in drops:
@@ -204,6 +277,6 @@ def _serve(conn, model, shared_params, grads):
                 reply = len(caches)
             else:
                 raise ValueError(f"unknown request {kind!r}")
-            conn.send(("ok", reply))
+            conn.send((seq, "ok", reply))
         except Exception as e:  # the caller raises it; the worker goes on serving
-            conn.send(("error", "".join(traceback.format_exception_only(type(e), e)).strip()))
+            conn.send((seq, "error", "".join(traceback.format_exception_only(type(e), e)).strip()))

@@ -79,10 +79,10 @@ def test_a_killed_worker_raises_and_the_next_forward_starts_a_new_one():
     worker = model._shard_workers.workers[0]
     worker.process.kill()
     worker.process.join(5)
-    with pytest.raises(WorkerExited, match="shard worker process"):
-        model.backward(cache)
     with pytest.raises(WorkerExited, match="SCRATCHLLM_SHARDS=threads"):
-        model.forward(idx, targets)
+        model.backward(cache)
+    with pytest.raises(WorkerExited, match="were closed"):  # the other caches of those workers are gone too
+        model.backward(cache)
     _, loss, cache = model.forward(idx, targets)  # fresh workers
     assert model._shard_workers.workers[0] is not worker and np.isfinite(loss)
     assert set(model.backward(cache)) == set(model.params)
@@ -143,3 +143,37 @@ def test_a_process_forked_from_the_model_owner_starts_its_own_workers():
     np.testing.assert_array_equal(got, expected)
     assert theirs != ours
     np.testing.assert_array_equal(model.forward(idx)[0], expected)  # ours untouched by the child's
+
+
+def test_an_interrupted_exchange_leaves_no_reply_behind(monkeypatch):
+    """Ctrl-C (or any error) in shard 0 while a worker computes: the workers are closed, so no stale reply
+    can answer a later request; the next forward starts fresh ones and gets the right numbers."""
+    model = GPT(CFG, backend="numpy").eval()
+    model.shard_mode, model.threads = "processes", 2
+    idx, _ = data()
+    expected = model.forward(idx)[0]
+    first = model._shard_workers.workers[0]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(GPT, "_forward_rows", interrupted)  # in this process only: the worker forked before
+        with pytest.raises(KeyboardInterrupt):
+            model.forward(data(seed=5)[0])
+    np.testing.assert_array_equal(model.forward(idx)[0], expected)
+    assert model._shard_workers.workers[0] is not first and not first.process.is_alive()
+
+
+def test_a_ctrl_c_sent_to_the_workers_is_left_to_the_caller():
+    import os
+    import signal
+
+    model = GPT(CFG, backend="numpy").eval()
+    model.shard_mode, model.threads = "processes", 2
+    idx, _ = data()
+    expected = model.forward(idx)[0]
+    worker = model._shard_workers.workers[0]
+    os.kill(worker.process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    np.testing.assert_array_equal(model.forward(idx)[0], expected)
+    assert model._shard_workers.workers[0] is worker and worker.process.is_alive()
