@@ -88,8 +88,8 @@ class ShardWorker:
         self.conn, child_conn = ctx.Pipe()
         self.drops = []  # keys of caches whose handles were garbage-collected: dropped at the next request
         self.seq = 0  # number of the last request; the worker echoes it with the reply
-        self.process = ctx.Process(target=_serve, args=(child_conn, model, shared_params, self.grads),
-                                   daemon=True, name="scratchllm-shard")
+        self.process = ctx.Process(target=_serve, args=(child_conn, self.conn, os.getpid(), model, shared_params,
+                                                        self.grads), daemon=True, name="scratchllm-shard")
         with warnings.catch_warnings():  # Python >= 3.12 warns about fork in a threaded process: the child
             warnings.simplefilter("ignore", DeprecationWarning)  # runs NumPy on its own data only (OpenBLAS
             self.process.start()  # re-creates its threads after fork), never the parent's other threads' work
@@ -242,9 +242,10 @@ class ShardWorkers:
             ShardWorkers._close_all(self.workers, self.pid, kill)
 
 
-def _serve(conn, model, shared_params, grads):
+def _serve(conn, parent_end, parent_pid, model, shared_params, grads):
     """A worker's loop: one request at a time, in order; every reply is (seq, "ok", result) or (seq, "error",
-    text), seq the request's number."""
+    text), seq the request's number. It ends on "close", when the pipe closes, or when the parent is gone."""
+    parent_end.close()  # the fork copied the parent's end too: holding it, we would never see the pipe close
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the caller decides
     threads._inside.active = True  # ops run in line: this process is one core's shard
     threads._blas().limit(limits=1)  # and BLAS on this core only, for the life of the process
@@ -252,6 +253,9 @@ def _serve(conn, model, shared_params, grads):
     caches = {}
     while True:
         try:
+            while not conn.poll(1.0):
+                if os.getppid() != parent_pid:  # the parent died (kill -9?) without closing the pipe
+                    return
             seq, kind, drops, *args = conn.recv()
         except (EOFError, OSError):
             return

@@ -177,3 +177,42 @@ def test_a_ctrl_c_sent_to_the_workers_is_left_to_the_caller():
     os.kill(worker.process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
     np.testing.assert_array_equal(model.forward(idx)[0], expected)
     assert model._shard_workers.workers[0] is worker and worker.process.is_alive()
+
+
+def test_workers_end_when_the_model_process_is_killed(tmp_path):
+    """kill -9 of the process that owns the model: its workers must not live on (orphans waiting forever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import sys, time, numpy as np\n"
+        "from scratchllm.model import GPT, GPTConfig\n"
+        "m = GPT(GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=16), backend='numpy')\n"
+        "m.shard_mode, m.threads = 'processes', 3\n"
+        "m.forward(np.zeros((4, 8), np.int64))\n"
+        "print(' '.join(str(w.process.pid) for w in m._shard_workers.workers), flush=True)\n"
+        "time.sleep(60)\n")
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in owner.stdout.readline().split()]
+    assert len(pids) == 2
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait(10)
+
+    def running(pid):  # neither gone nor a zombie
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(running(p) for p in pids):
+        time.sleep(0.1)
+    alive = [p for p in pids if running(p)]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their model's process"
