@@ -198,7 +198,8 @@ class OtherLoad:
     """CPU time used by OTHER processes between ``start()`` and ``pct()``, as % of all CPUs (Linux only).
 
     A 2-core machine shared with another job gives noisy, unfair numbers (torch's 2-thread parallel regions
-    suffer most): /proc/stat's busy time minus this process's own CPU time says how quiet the machine was."""
+    suffer most): /proc/stat's busy time minus this process's own CPU time (and its child processes': GPT's
+    shard workers) says how quiet the machine was."""
 
     def start(self):
         self.t0 = self._sample()
@@ -212,7 +213,23 @@ class OtherLoad:
         except (OSError, ValueError):
             return None
         hz, own = os.sysconf("SC_CLK_TCK"), os.times()
-        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz, sum(v) / hz, own.user + own.system
+        own = own.user + own.system + own.children_user + own.children_system + OtherLoad._children_ticks() / hz
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz, sum(v) / hz, own
+
+    @staticmethod
+    def _children_ticks():
+        """CPU ticks (user + system) of this process's live children, from /proc/<pid>/stat."""
+        me, ticks = os.getpid(), 0
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()  # after the name: state, ppid, ...
+                except OSError:
+                    continue
+                if int(fields[1]) == me:
+                    ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return ticks
 
     def pct(self):
         t1 = self._sample()

@@ -1,6 +1,7 @@
 """`scratchllm bench`: the harness runs, checks before it times, records its environment, and fails loudly."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -209,3 +210,22 @@ def test_gpu_clock_logic_with_a_fake_cupy(monkeypatch):
     assert len(flushes) == 3 and flushes[0] * 4 == 256 * 2**20 and len(calls) == 2 + 3  # 2 warm-up calls
     fast = bench.measure(lambda: None, "cupy", repeats=3)
     assert fast["number"] > 1 and fast["median_ms"] < 1
+
+
+def test_other_load_counts_our_child_processes_as_our_own():
+    """GPT's shard workers are child processes: their CPU time is ours, not 'other processes' (noise)."""
+    from scratchllm.bench import OtherLoad
+
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs /proc")
+    before = OtherLoad._children_ticks()
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                              "while time.process_time() < 0.5: pass\n"
+                              "print('spent', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "spent"  # 0.5 s of its own CPU time, and alive
+        spent = (OtherLoad._children_ticks() - before) / os.sysconf("SC_CLK_TCK")
+    finally:
+        child.communicate("")
+    assert 0.45 <= spent < 5
