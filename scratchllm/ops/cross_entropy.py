@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..threads import parallel_chunks
 from ._checks import check_float, check_int
 
 
@@ -40,8 +41,8 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
         raise ValueError(f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}; "
                          f"got {int(t[bad][0])}")
     t_safe = xp.where(keep & ~bad, t, 0)  # (N,) ignored (and bad) rows read column 0, then get weight 0
-    m = x.max(axis=-1, keepdims=True)  # (N, 1)
-    lse = m[:, 0] + xp.log(xp.exp(x - m).sum(axis=-1))  # (N,)
+    lse = xp.empty(x.shape[0], dtype=x.dtype)  # (N,), rows cut into cache-sized pieces on every CPU thread
+    parallel_chunks(lambda r: _logsumexp_rows(x[r], lse[r]), x.shape[0], x.size, xp)
     picked = xp.take_along_axis(x, t_safe[:, None], axis=-1)[:, 0]  # (N,)
     nll = xp.where(keep, lse - picked, 0)  # (N,)
     if xp is np:
@@ -52,6 +53,16 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
     loss = (nll.sum() / count).astype(logits.dtype)  # ()
     cache = (logits, lse, t_safe, keep, count)  # logits by reference: backward recomputes softmax
     return loss, cache
+
+
+def _logsumexp_rows(x, lse):
+    """lse = max + log(sum(exp(x - max))) along the rows of a piece x (n, V), into lse (n,)."""
+    xp = get_xp(x)
+    top = xp.take_along_axis(x, x.argmax(axis=-1)[:, None], axis=-1)  # (n, 1) the row max, read at argmax
+    e = xp.subtract(x, top)  # (n, V) a piece-sized temporary
+    xp.exp(e, out=e)
+    total = e @ xp.ones(x.shape[-1], dtype=x.dtype)  # (n,) row sums as a matrix-vector product
+    xp.add(top[:, 0], xp.log(total, out=total), out=lse)
 
 
 def cross_entropy_backward(dout, cache):
@@ -77,7 +88,15 @@ def cross_entropy_backward(dout, cache):
     x = logits.reshape(-1, V)  # (N, V)
     scale = xp.asarray(dout, dtype=logits.dtype).reshape(()) / count  # () dout / M (count is max(M, 1))
     w = xp.where(keep, scale, 0).astype(logits.dtype)  # (N,) per-row weight; 0 for ignored rows
-    dx = xp.exp(x - lse[:, None])  # (N, V) softmax, recomputed
-    dx[xp.arange(N), t_safe] -= 1.0  # (N, V) minus the one-hot target (t_safe: distinct rows, no repeats)
-    dx *= w[:, None]  # (N, V)
+    dx = xp.empty_like(x)  # (N, V) w * softmax, recomputed, in cache-sized pieces on every CPU thread
+    parallel_chunks(lambda r: _weighted_softmax_rows(x[r], lse[r], w[r], dx[r]), N, x.size, xp)
+    dx[xp.arange(N), t_safe] -= w  # (N, V) minus w * the one-hot target (t_safe: distinct rows, no repeats)
     return dx.reshape(logits.shape), None
+
+
+def _weighted_softmax_rows(x, lse, w, dx):
+    """dx = w * exp(x - lse) for a piece of rows x (n, V), lse and w (n,)."""
+    xp = get_xp(x)
+    xp.subtract(x, lse[:, None], out=dx)
+    xp.exp(dx, out=dx)
+    dx *= w[:, None]
