@@ -213,9 +213,12 @@ class GPT:
         if self._shard_workers is None or self._shard_workers.closed or self._shard_workers.pid != os.getpid():
             self._shard_workers = ShardWorkers(self, self._shared_params)
         requests = [(idx[sl], drop, seed) for sl, seed in zip(bounds[1:], seeds[1:])]
+        rows = max(sl.stop - sl.start for sl in bounds)
         out0, outs = self._shard_workers.forward(
-            requests, lambda: self._forward_rows(idx[bounds[0]], 0, drop, None, rngs[0]))
-        return [out0] + outs  # (logits, cache) per shard; a worker's cache is a RemoteCache handle
+            requests, lambda: self._forward_rows(idx[bounds[0]], 0, drop, None, rngs[0]),
+            logits_bytes=rows * idx.shape[1] * self.cfg.vocab_size * self.dtype.itemsize)
+        # (logits, cache) per shard; a worker's logits are a view (forward copies them), its cache a handle
+        return [out0] + outs
 
     def _forward_rows(self, idx, past, drop, kv_cache, rng):
         """Logits (B, T, V) and caches for some rows of the batch: embeddings, blocks, final LayerNorm, head.

@@ -13,8 +13,10 @@ the model, and shard 0 runs in the caller's thread:
 - a worker keeps its shard's caches (the caller holds a ``RemoteCache`` handle; dropping the handle drops
   the cache in the worker at the next request) and writes its shard's gradients into its own shared buffer,
   which the caller adds in shard order, as it adds the threads' gradients: both ways give the same bits;
-- token ids, logits and dlogits travel through a pipe, pickled: a few MB a step at char-level vocabularies,
-  but about 0.4 GB each way at GPT-2's (B4 T1024 on 2 shards), which costs a fraction of that step;
+- token ids travel through a pipe; logits and dlogits through a shared buffer per worker (``pack``/``unpack``;
+  at GPT-2's vocabulary a shard's logits are hundreds of MB, which a pipe would take longer to carry than the
+  shard takes to compute), sized at twice the first shard's logits (pages are only paid for when touched);
+  a larger request falls back to the pipe;
 - any interruption of an exchange (Ctrl-C in the caller, an error in shard 0) closes the workers, and the
   next forward forks fresh ones; a worker's own error comes back as ``WorkerError`` and it goes on serving.
 
@@ -39,6 +41,7 @@ from . import threads
 
 ENV_VAR = "SCRATCHLLM_SHARDS"
 MODES = ("processes", "threads")
+TRANSFER_MIN_BYTES = 16 << 20  # a worker's shared buffer for logits and dlogits holds at least this
 
 
 def processes_supported() -> bool:
@@ -75,10 +78,11 @@ class WorkerError(RuntimeError):
 class ShardWorker:
     """One forked process that runs ``GPT._forward_rows`` / ``_backward_rows`` on the shards sent to it."""
 
-    def __init__(self, model, shared_params: dict):
+    def __init__(self, model, shared_params: dict, transfer_bytes: int):
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
+        self.transfer = shared_empty(transfer_bytes, np.uint8)  # logits out, dlogits in (``pack``)
         self.grads = {}  # name -> view of this worker's shared gradient buffer (the params' layout)
         flat = shared_empty(sum(int(v.size) for v in shared_params.values()), model.dtype)
         offset = 0
@@ -89,7 +93,8 @@ class ShardWorker:
         self.drops = []  # keys of caches whose handles were garbage-collected: dropped at the next request
         self.seq = 0  # number of the last request; the worker echoes it with the reply
         self.process = ctx.Process(target=_serve, args=(child_conn, self.conn, os.getpid(), model, shared_params,
-                                                        self.grads), daemon=True, name="scratchllm-shard")
+                                                        self.grads, self.transfer),
+                                   daemon=True, name="scratchllm-shard")
         with warnings.catch_warnings():  # Python >= 3.12 warns about fork in a threaded process: the child
             warnings.simplefilter("ignore", DeprecationWarning)  # runs NumPy on its own data only (OpenBLAS
             self.process.start()  # re-creates its threads after fork), never the parent's other threads' work
@@ -138,6 +143,25 @@ class ShardWorker:
         self.conn.close()
 
 
+def pack(transfer, a):
+    """``a`` for the other side of a pipe: written into the shared ``transfer`` buffer when it fits (the
+    message then says only where), else sent whole through the pipe."""
+    if a.nbytes <= transfer.size:
+        transfer[:a.nbytes].view(a.dtype).reshape(a.shape)[...] = a
+        return ("shared", a.shape, a.dtype.str)
+    return ("pipe", a)
+
+
+def unpack(transfer, message):
+    """The array ``pack`` sent: a view of ``transfer`` (valid until the next request to that worker) or the
+    array itself."""
+    if message[0] == "pipe":
+        return message[1]
+    _, shape, dtype = message
+    dtype = np.dtype(dtype)
+    return transfer[:int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def receive_all(workers) -> list:
     """Every worker's reply, in order. An error is raised only after every reply is in, so that no reply
     is left in a pipe for the next request to mistake for its own."""
@@ -179,15 +203,17 @@ class ShardWorkers:
         self._lock = threading.Lock()  # one exchange at a time (two threads calling forward on one model)
         self._finalizer = weakref.finalize(model, ShardWorkers._close_all, self.workers, self.pid, False)
 
-    def forward(self, requests, local):
+    def forward(self, requests, local, logits_bytes):
         """Send ``("forward", idx, drop, seed)`` request j to worker j, run ``local()`` (shard 0) here; return
-        (local's result, [(logits, RemoteCache)] per worker)."""
+        (local's result, [(logits, RemoteCache)] per worker). A worker's logits are a view of its transfer
+        buffer: copy them before its next request. ``logits_bytes``: the largest shard's logits."""
         with self._lock:
-            workers = self._ensure(len(requests))
+            workers = self._ensure(len(requests), logits_bytes)
             keys = [next(self._keys) for _ in workers]
             handles = [RemoteCache(self, w, key) for w, key in zip(workers, keys)]  # dropped again if we fail
             result, replies = self._exchange(workers, [("forward", key) + r for key, r in zip(keys, requests)], local)
-            return result, list(zip(replies, handles))
+            logits = [unpack(w.transfer, reply) for w, reply in zip(workers, replies)]
+            return result, list(zip(logits, handles))
 
     def backward(self, handles, dlogits, local):
         """Send each handle's worker its shard's dlogits, run ``local()`` (shard 0) here; return (local's
@@ -197,7 +223,7 @@ class ShardWorkers:
                 raise WorkerExited("the shard worker processes that held this forward's caches were closed "
                                    "(an interrupted or failed exchange); run the forward again")
             workers = [h.worker for h in handles]
-            requests = [("backward", h.key, d) for h, d in zip(handles, dlogits)]
+            requests = [("backward", h.key, pack(h.worker.transfer, d)) for h, d in zip(handles, dlogits)]
             result, _ = self._exchange(workers, requests, local)
             return result, [w.grads for w in workers]
 
@@ -221,11 +247,12 @@ class ShardWorkers:
             self.close(kill=True)
             raise
 
-    def _ensure(self, n: int) -> list:
+    def _ensure(self, n: int, logits_bytes: int) -> list:
         if self.closed:
             raise WorkerExited("the shard workers were closed")
         while len(self.workers) < n:
-            self.workers.append(ShardWorker(self._model(), self._shared))
+            transfer = max(2 * logits_bytes, TRANSFER_MIN_BYTES)  # address space: pages cost once written
+            self.workers.append(ShardWorker(self._model(), self._shared, transfer))
         return self.workers[:n]
 
     @staticmethod
@@ -242,7 +269,7 @@ class ShardWorkers:
             ShardWorkers._close_all(self.workers, self.pid, kill)
 
 
-def _serve(conn, parent_end, parent_pid, model, shared_params, grads):
+def _serve(conn, parent_end, parent_pid, model, shared_params, grads, transfer):
     """A worker's loop: one request at a time, in order; every reply is (seq, "ok", result) or (seq, "error",
     text), seq the request's number. It ends on "close", when the pipe closes, or when the parent is gone."""
     parent_end.close()  # the fork copied the parent's end too: holding it, we would never see the pipe close
@@ -268,10 +295,10 @@ def _serve(conn, parent_end, parent_pid, model, shared_params, grads):
                 key, idx, drop, seed = args
                 rng = np.random.default_rng(seed) if drop else None
                 logits, caches[key] = model._forward_rows(idx, 0, drop, None, rng)  # (b, T, V)
-                reply = logits
+                reply = pack(transfer, logits)
             elif kind == "backward":
                 key, dlogits = args
-                shard_grads = model._backward_rows(dlogits, caches[key])
+                shard_grads = model._backward_rows(unpack(transfer, dlogits), caches[key])
                 for name, view in grads.items():
                     view[...] = shard_grads[name]
                 reply = None

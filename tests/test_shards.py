@@ -216,3 +216,23 @@ def test_workers_end_when_the_model_process_is_killed(tmp_path):
     for p in alive:
         os.kill(p, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their model's process"
+
+
+def test_logits_larger_than_the_shared_buffer_go_through_the_pipe(monkeypatch):
+    """The transfer buffer is sized at the first forward; a larger batch later falls back to the pipe."""
+    monkeypatch.setattr(shards, "TRANSFER_MIN_BYTES", 0)
+    model = GPT(CFG, seed=3, backend="numpy").eval()
+    model.shard_mode, model.threads = "processes", 2
+    small, _ = data(B=2)
+    model.forward(small)  # the worker's buffer: twice one row's logits
+    worker = model._shard_workers.workers[0]
+    assert worker.transfer.size == 2 * CFG.block_size * CFG.vocab_size * 4
+    big, targets = data(B=8)  # four rows a shard: through the pipe, both ways
+    got = model.forward(big, targets)
+    grads = model.backward(got[2])
+    model.shard_mode = "threads"
+    expected = model.forward(big, targets)
+    np.testing.assert_array_equal(got[0], expected[0])
+    for name, g in model.backward(expected[2]).items():
+        np.testing.assert_array_equal(grads[name], g, err_msg=name)
+    assert model._shard_workers.workers[0] is worker
