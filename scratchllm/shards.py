@@ -231,15 +231,8 @@ class ShardWorkers:
         try:
             for w, request in zip(workers, requests):
                 w.send(*request)
-            try:
-                with threads.blas_one_thread(), threads.in_line():  # shard 0 on this core
-                    result = local()
-            except BaseException:
-                try:  # every reply read before shard 0's exception goes on
-                    receive_all(workers)
-                except (WorkerError, WorkerExited):
-                    pass
-                raise
+            with threads.blas_one_thread(), threads.in_line():  # shard 0 on this core
+                result = local()
             return result, receive_all(workers)
         except WorkerError:
             raise  # reported by a worker after its reply: every pipe is in step

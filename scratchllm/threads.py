@@ -89,11 +89,8 @@ def parallel_map(fn, items) -> list:
         return [fn(item) for item in items]
 
     def run(item):
-        _inside.active = True
-        try:
+        with in_line():
             return fn(item)
-        finally:
-            _inside.active = False
 
     pool = _get_pool(len(items) - 1)
     with blas_one_thread():
