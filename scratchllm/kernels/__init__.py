@@ -6,6 +6,9 @@ Dispatch: each op checks, at the top of its forward and backward, ``xp is not np
 and then calls the kernel here. ``enabled()`` is True when CuPy imports AND a GPU really computes AND the
 environment variable ``SCRATCHLLM_KERNELS`` is not ``"0"`` (set it to 0 to compare with the plain CuPy ops).
 
+The same switch turns off the fused CPU kernels (``scratchllm/kernels/cpu/``, compiled by Numba when it is
+installed), which the ops dispatch NumPy arrays to when ``cpu_enabled()``.
+
 Importing this package does not import cupy: the families (``layernorm``, ``softmax``, ``gelu``,
 ``cross_entropy``, ``optim``) are loaded on first use, and their CUDA sources are plain module-level strings
 that the tests compile with nvcc on a machine without a GPU. Float32 and float64 are both compiled (C++
@@ -14,6 +17,7 @@ templates, or the ElementwiseKernel type placeholder). docs/gpu.md describes eve
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -32,7 +36,7 @@ _EXPORTS = {
     "adam_step": "optim", "adagrad_step": "optim",
 }
 
-__all__ = ["ENV_VAR", "FAMILIES", "enabled", "status", *_EXPORTS]
+__all__ = ["ENV_VAR", "FAMILIES", "enabled", "status", "cpu_enabled", "cpu_status", *_EXPORTS]
 
 
 def status() -> tuple[bool, str]:
@@ -48,6 +52,31 @@ def status() -> tuple[bool, str]:
 def enabled() -> bool:
     """True when CuPy arrays go to the fused kernels (CuPy and a GPU usable, ``SCRATCHLLM_KERNELS`` != 0)."""
     return status()[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_reason():
+    """None when Numba imports, else why not (looked up once: the import takes a few hundred ms)."""
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # ImportError, or a Numba that rejects this NumPy
+        return f"numba does not import ({type(exc).__name__}: {exc}); pip install scratchllm[fast]"
+    return None
+
+
+def cpu_status() -> tuple[bool, str]:
+    """``(enabled, reason)``: whether the ops dispatch NumPy arrays to the fused CPU kernels, and why (not)."""
+    if os.environ.get(ENV_VAR, "1").strip() == "0":
+        return False, f"{ENV_VAR}=0 turns the fused kernels off"
+    reason = _numba_reason()
+    if reason is not None:
+        return False, f"no fused CPU kernels: {reason}"
+    return True, f"fused CPU kernels (Numba) on ({ENV_VAR}=0 turns them off)"
+
+
+def cpu_enabled() -> bool:
+    """True when NumPy arrays go to the fused CPU kernels (Numba imports, ``SCRATCHLLM_KERNELS`` != 0)."""
+    return os.environ.get(ENV_VAR, "1").strip() != "0" and _numba_reason() is None
 
 
 def __getattr__(name):  # PEP 562: load a family (and so cupy) only when one of its kernels is first used

@@ -11,7 +11,7 @@ from ..backend import get_xp
 from ._checks import check_dout, check_float, check_same_dtype
 from .dropout import dropout_backward, dropout_forward
 from ..threads import parallel_chunks
-from .softmax import softmax_backward, softmax_forward, softmax_rows, softmax_rows_backward
+from .softmax import fused_rows, softmax_backward, softmax_forward, softmax_rows, softmax_rows_backward
 
 
 def causal_mask(Tq, Tk, xp):
@@ -82,9 +82,14 @@ def causal_bias(Tq, Tk, dtype, xp):
 
 
 def attention_weights(q, k, scale, bias, p):
-    """p = softmax(q @ k^T * scale + bias) for some of the (batch, head) matrices, into p (n, Tq, Tk)."""
+    """p = softmax(q @ k^T * scale + bias) for some of the (batch, head) matrices, into p (n, Tq, Tk).
+    ``bias`` is ``causal_bias(Tq, Tk)`` or None; the fused CPU kernel masks the same entries by index."""
     xp = get_xp(q)
     xp.matmul(q, k.swapaxes(-1, -2), out=p)  # (n, Tq, Tk) att, scaled, masked and normalized in place
+    if fused_rows(p):  # scale + mask + softmax in one loop per row (scratchllm/kernels/cpu/softmax.py)
+        from ..kernels.cpu import softmax as fused
+        fused.scaled_causal_softmax_rows(p, p, p.dtype.type(scale), bias is not None)  # masks as bias would
+        return
     p *= scale
     if bias is not None:
         p += bias

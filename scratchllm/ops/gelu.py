@@ -37,6 +37,9 @@ def gelu_forward(x, approximate="tanh"):
     xp = get_xp(x)
     if xp is not np and kernels.enabled():  # one fused CUDA pass (scratchllm/kernels/gelu.py)
         return kernels.gelu_forward(x, approximate)
+    if xp is np and kernels.cpu_enabled():  # one loop (scratchllm/kernels/cpu/gelu.py)
+        from ..kernels.cpu import gelu as fused
+        return fused.gelu_forward(x, approximate)
     xf = x.reshape(-1)  # (n,) flat: the work is cut into one chunk of elements per CPU thread (threads.py)
     out, saved = xp.empty_like(xf), xp.empty_like(xf)  # (n,) out, and tanh(u) or Phi(x) for the backward
     body = _gelu_tanh if approximate == "tanh" else _gelu_erf
@@ -116,6 +119,9 @@ def gelu_backward(dout, cache):
     xp = get_xp(x)
     if xp is not np and kernels.enabled():  # one fused CUDA pass
         return kernels.gelu_backward(dout, cache)
+    if xp is np and kernels.cpu_enabled():  # the fused CPU kernel
+        from ..kernels.cpu import gelu as fused
+        return fused.gelu_backward(dout, cache)
     dout = dout.astype(x.dtype, copy=False)
     xf, saved, doutf = x.reshape(-1), saved.reshape(-1), dout.reshape(-1)  # (n,) flat, cut as in the forward
     dx = xp.empty_like(xf)  # (n,)

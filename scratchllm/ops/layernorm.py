@@ -33,6 +33,9 @@ def layernorm_forward(x, w, b, eps=1e-5):
     xp = get_xp(x, w, b)
     if xp is not np and kernels.enabled() and x.size:  # the fused CUDA kernel (scratchllm/kernels/layernorm.py)
         return kernels.layernorm_forward(x, w, b, eps)
+    if xp is np and kernels.cpu_enabled() and x.size:  # one loop per row (scratchllm/kernels/cpu/layernorm.py)
+        from ..kernels.cpu import layernorm as fused
+        return fused.layernorm_forward(x, w, b, eps)
     x2 = x.reshape(-1, C)  # (N, C) rows, cut into pieces that run on every CPU thread (threads.py)
     out, norm = xp.empty_like(x2), xp.empty_like(x2)  # (N, C)
     rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)  # (N, 1)
@@ -79,6 +82,9 @@ def layernorm_backward(dout, cache):
     check_dout(dout, norm.shape)
     if get_xp(norm) is not np and kernels.enabled() and norm.size:  # the fused CUDA kernels
         return kernels.layernorm_backward(dout, cache)
+    if get_xp(norm) is np and kernels.cpu_enabled() and norm.size:  # the fused CPU kernel
+        from ..kernels.cpu import layernorm as fused
+        return fused.layernorm_backward(dout, cache)
     dout = dout.astype(norm.dtype, copy=False)
     C = norm.shape[-1]
     dout2, norm2, rstd2 = dout.reshape(-1, C), norm.reshape(-1, C), rstd.reshape(-1, 1)  # rows, as the forward

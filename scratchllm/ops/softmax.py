@@ -49,6 +49,10 @@ def softmax_rows(x, y, axis=-1):
     """softmax(x) along ``axis`` into y (which may be x itself), for a piece of the input."""
     xp = get_xp(x)
     last = axis in (-1, x.ndim - 1)
+    if last and fused_rows(x, y):  # one loop per row (scratchllm/kernels/cpu/softmax.py)
+        from ..kernels.cpu import softmax as fused
+        fused.softmax_rows(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), x.dtype.type(1.0))
+        return
     if last:  # the max read at argmax: NumPy's argmax is 2x faster than its max along short rows
         top = xp.take_along_axis(x, x.argmax(axis=-1)[..., None], axis=-1)  # (..., 1)
     else:
@@ -60,6 +64,13 @@ def softmax_rows(x, y, axis=-1):
     else:
         total = y.sum(axis=axis, keepdims=True)  # (..., 1, ...)
     y *= xp.divide(1.0, total, out=total)  # one reciprocal per slice, then multiplies (faster than dividing)
+
+
+def fused_rows(*arrays):
+    """True when the fused CPU kernels are on and every array is a C-contiguous NumPy array of one dtype
+    (rows of the last axis, viewed as (n, C) without a copy)."""
+    return (all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
+            and arrays[0].size > 0 and kernels.cpu_enabled())
 
 
 def softmax_backward(dout, cache):
@@ -88,6 +99,11 @@ def softmax_rows_backward(dout, y, dx, axis=-1, scale=1.0):
     """dx = scale * y * (dout - sum(dout * y)) along ``axis``, into dx (which may be dout itself), for a
     piece. ``scale`` folds in a factor the caller would otherwise apply in another pass (attention's)."""
     xp = get_xp(y)
+    if axis in (-1, y.ndim - 1) and fused_rows(dout, y, dx):  # the fused CPU kernel
+        from ..kernels.cpu import softmax as fused
+        rows = [a.reshape(-1, a.shape[-1]) for a in (dout, y, dx)]
+        fused.softmax_rows_backward(*rows, y.dtype.type(scale))
+        return
     if axis in (-1, y.ndim - 1):  # sum(dout * y) along the last axis: a dot product per row, by matmul
         total = (dout[..., None, :] @ y[..., :, None])[..., 0]  # (..., 1)
     else:

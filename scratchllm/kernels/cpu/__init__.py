@@ -1,0 +1,32 @@
+"""Optional fused CPU kernels for the hot ops, compiled by Numba (``pip install scratchllm[fast]``).
+
+They are to the NumPy ops what the CUDA kernels in ``scratchllm/kernels/`` are to the CuPy ones: each
+family has its op in ``scratchllm/ops/`` as its reference, with the same signature, return values and
+cache layout (a kernel forward's cache works with the NumPy backward and the other way round), and
+``tests/kernels/test_cpu_kernels.py`` proves the two equal. Where NumPy makes one pass over memory per
+arithmetic step (an op is 5 to 18 passes), a kernel runs one loop per row or element: layernorm, softmax
+(and attention's scaled causal softmax) and GELU.
+
+Dispatch: each op checks ``xp is np and kernels.cpu_enabled()`` at the top of its forward and backward.
+That is True when Numba imports and ``SCRATCHLLM_KERNELS`` is not ``"0"`` (set it to 0 to run the NumPy
+code). Importing this package does not import Numba; the families load on first use and compile on
+their first call for each dtype (about a second each; ``cache=True`` keeps the machine code in
+``__pycache__`` for the next process).
+
+Float32 arithmetic stays float32 and float64 stays float64: the kernels write their constants as
+float32 only where float32 is exact (0, 1/2, 1) and otherwise through ``_math.cast``; accumulators start
+at a float32 zero and take the array's type. ``REDUCE`` lets LLVM reorder the sums of a row into vector
+lanes (like NumPy's pairwise sums, not the same order as a sequential loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ZERO, ONE = np.float32(0.0), np.float32(1.0)
+REDUCE = {"reassoc", "contract"}  # fastmath flags: vectorized sums and fused multiply-adds
+# Numba options of every kernel: no GIL (the ops run kernels on every core in threads), machine code cached
+# on disk, and NumPy's error model (x / 0 gives inf, as in NumPy; Python's model would check every division
+# for ZeroDivisionError, and that branch keeps LLVM from vectorizing the loop)
+JIT = {"cache": True, "error_model": "numpy"}
+KERNEL = {**JIT, "nogil": True}

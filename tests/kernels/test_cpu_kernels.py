@@ -1,0 +1,205 @@
+"""The fused CPU kernels (scratchllm/kernels/cpu/, Numba) against their references, the NumPy ops.
+
+Each op is run twice on the same inputs, once through the kernel (the default when Numba imports) and once
+with ``SCRATCHLLM_KERNELS=0`` (the NumPy code): outputs, caches and gradients must agree, a kernel cache must
+work with the NumPy backward and the other way round, and the float64 kernels must pass the finite-difference
+gradcheck themselves. The NumPy reference keeps its own gradchecks in tests/ops.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from scratchllm import kernels, ops  # noqa: E402
+from scratchllm.kernels.cpu import _math  # noqa: E402
+from scratchllm.ops.attention_blocked import attention_blocked_backward, attention_blocked_forward  # noqa: E402
+from tests.helpers import assert_gradcheck, normal, random_dout, seeds  # noqa: E402
+
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def run(forward, backward, inputs, reference, monkeypatch, seed=7):
+    """(out, cache, grads) of one op, through the kernels or (reference=True) the NumPy code."""
+    monkeypatch.setenv(kernels.ENV_VAR, "0" if reference else "1")
+    out, cache = forward(*inputs)
+    grads = backward(random_dout(out, seed), cache)
+    return out, cache, grads
+
+
+def assert_same(a, b, dtype):
+    for x, y in zip(a, b):
+        if isinstance(x, np.ndarray):
+            np.testing.assert_allclose(x, y, **TOL[dtype])
+
+
+CASES = {  # name -> (forward, backward, input builder(seed, dtype))
+    "layernorm": (ops.layernorm_forward, ops.layernorm_backward,
+                  lambda s, d: (normal(s, (3, 5, 37), d, 2.0) + 1.5, normal(s + 1, (37,), d), normal(s + 2, (37,), d))),
+    "softmax": (ops.softmax_forward, ops.softmax_backward, lambda s, d: (normal(s, (2, 7, 45), d, 3.0),)),
+    "gelu": (ops.gelu_forward, ops.gelu_backward, lambda s, d: (normal(s, (6, 41), d, 3.0),)),
+    "gelu_erf": (lambda x: ops.gelu_forward(x, approximate="none"), ops.gelu_backward,
+                 lambda s, d: (normal(s, (6, 41), d, 3.0),)),
+    "attention": (ops.attention_forward, ops.attention_backward,
+                  lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
+    "attention_full": (lambda q, k, v: ops.attention_forward(q, k, v, causal=False), ops.attention_backward,
+                       lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
+    "attention_kv": (ops.attention_forward, ops.attention_backward,  # 7 queries, the last of 23 positions
+                     lambda s, d: (normal(s, (2, 2, 7, 4), d),) + tuple(normal(s + i, (2, 2, 23, 4), d) for i in (1, 2))),
+    "attention_blocked": (lambda q, k, v: attention_blocked_forward(q, k, v, block=5), attention_blocked_backward,
+                          lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_equals_the_numpy_op(name, dtype, monkeypatch):
+    forward, backward, build = CASES[name]
+    inputs = build(3, dtype)
+    out_k, cache_k, grads_k = run(forward, backward, inputs, False, monkeypatch)
+    out_r, cache_r, grads_r = run(forward, backward, inputs, True, monkeypatch)
+    assert out_k.dtype == dtype and all(g.dtype == dtype for g in grads_k)
+    np.testing.assert_allclose(out_k, out_r, **TOL[dtype])
+    assert_same(grads_k, grads_r, dtype)
+
+
+@pytest.mark.parametrize("name", ["layernorm", "softmax", "gelu", "gelu_erf", "attention"])
+def test_caches_are_interchangeable(name, monkeypatch):
+    """A kernel forward's cache works with the NumPy backward, and the other way round."""
+    forward, backward, build = CASES[name]
+    inputs = build(5, np.float64)
+    dout = None
+    for fwd_ref, bwd_ref in ((False, True), (True, False)):
+        monkeypatch.setenv(kernels.ENV_VAR, "0" if fwd_ref else "1")
+        out, cache = forward(*inputs)
+        dout = random_dout(out) if dout is None else dout
+        monkeypatch.setenv(kernels.ENV_VAR, "0" if bwd_ref else "1")
+        mixed = backward(dout, cache)
+        monkeypatch.setenv(kernels.ENV_VAR, "0")
+        _, ref_cache = forward(*inputs)
+        assert_same(mixed, backward(dout, ref_cache), np.float64)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float64_kernels_pass_the_gradcheck(name, monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
+    forward, backward, build = CASES[name]
+    assert_gradcheck(forward, backward, build(11, np.float64), mode="auto")
+
+
+def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
+    """With the kernels on, each op's work goes through them (a broken kernel shows), and off it does not."""
+    from scratchllm.kernels.cpu import gelu, layernorm, softmax
+
+    def broken(*args, **kw):
+        raise RuntimeError("kernel called")
+
+    x = normal(0, (4, 32))
+    cases = [(layernorm, "layernorm_forward", lambda: ops.layernorm_forward(x, x[0], x[1])),
+             (softmax, "softmax_rows", lambda: ops.softmax_forward(x)),
+             (gelu, "gelu_forward", lambda: ops.gelu_forward(x)),
+             (softmax, "scaled_causal_softmax_rows", lambda: ops.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3))]
+    for module, name, call in cases:
+        monkeypatch.setattr(module, name, broken)
+        monkeypatch.setenv(kernels.ENV_VAR, "1")
+        with pytest.raises(RuntimeError, match="kernel called"):
+            call()
+        monkeypatch.setenv(kernels.ENV_VAR, "0")
+        call()  # the NumPy code
+        monkeypatch.undo()
+
+
+def test_status_names_the_switch(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
+    assert kernels.cpu_enabled() and "Numba" in kernels.cpu_status()[1]
+    monkeypatch.setenv(kernels.ENV_VAR, "0")
+    assert not kernels.cpu_enabled()
+    assert kernels.cpu_status() == (False, f"{kernels.ENV_VAR}=0 turns the fused kernels off")
+
+
+@given(seed=seeds, n=st.integers(1, 5), C=st.integers(1, 70), scale=st.sampled_from([0.5, 3.0, 30.0]),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_softmax_and_layernorm_rows_of_any_length(seed, n, C, scale, dtype):
+    """Row lengths below, at and around the 16 lanes of the row max, against the NumPy code. (Layernorm from
+    C = 2: a one-entry row is constant, its rstd = 1/sqrt(eps) = 316 amplifies float32 rounding 300x, and
+    tests/ops/test_layernorm.py covers constant rows.)"""
+    import os
+
+    x = normal(seed, (n, C), dtype, scale)
+    w, b = normal(seed + 1, (C,), dtype), normal(seed + 2, (C,), dtype)
+    dout = normal(seed + 3, (n, C), dtype)
+    results = []
+    for switch in ("1", "0"):
+        os.environ[kernels.ENV_VAR] = switch
+        try:
+            y, sc = ops.softmax_forward(x)
+            results.append((y, *ops.softmax_backward(dout, sc)))
+            if C > 1:
+                o, lc = ops.layernorm_forward(x, w, b)
+                results[-1] += (o, *ops.layernorm_backward(dout, lc))
+        finally:
+            del os.environ[kernels.ENV_VAR]
+    assert_same(results[0], results[1], dtype)
+
+
+def test_masked_entries_are_exact_zeros_and_nan_rows_stay_nan(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
+    x = normal(1, (3, 40), np.float32, 4.0)
+    x[0, 17:] = -np.inf  # a masked tail
+    x[1, 30] = np.nan
+    y, _ = ops.softmax_forward(x)
+    assert np.all(y[0, 17:] == 0) and y[0, :17].sum() == pytest.approx(1, abs=1e-6)
+    assert np.isnan(y[1]).all() and np.isfinite(y[2]).all()
+    q, k, v = (normal(i, (1, 2, 33, 4), np.float32) for i in range(3))
+    _, cache = ops.attention_forward(q, k, v)
+    p = cache[3][0]
+    assert np.array_equal(p == 0, np.triu(np.ones((33, 33), bool), 1)[None, None].repeat(2, 1))
+
+
+def test_softmax_in_place_equals_out_of_place(monkeypatch):
+    """The kernels work in place (attention's p, datt) and out of place alike."""
+    from scratchllm.kernels.cpu import softmax
+
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
+    x = normal(2, (9, 50), np.float32, 3.0)
+    y = np.empty_like(x)
+    softmax.softmax_rows(x, y, np.float32(0.7))
+    z = x.copy()
+    softmax.softmax_rows(z, z, np.float32(0.7))
+    np.testing.assert_array_equal(y, z)
+    dout = normal(3, x.shape, np.float32)
+    dx = np.empty_like(x)
+    softmax.softmax_rows_backward(dout, y, dx, np.float32(0.7))
+    d2 = dout.copy()
+    softmax.softmax_rows_backward(d2, y, d2, np.float32(0.7))
+    np.testing.assert_array_equal(dx, d2)
+    np.testing.assert_allclose(dx, 0.7 * y * (dout - (dout * y).sum(-1, keepdims=True)), rtol=1e-5, atol=1e-6)
+
+
+def test_float32_math_accuracy():
+    """The vectorized float32 exp, tanh and Phi against float64, over their whole working range."""
+    from numba import njit
+
+    @njit
+    def apply(x, e, t, c):
+        for i in range(x.size):
+            e[i], t[i], c[i] = _math.exp(x[i]), _math.tanh(x[i]), _math.phi_cdf(x[i])
+
+    x = np.linspace(-100, 88, 400_001).astype(np.float32)
+    e, t, c = (np.empty_like(x) for _ in range(3))
+    apply(x, e, t, c)
+    x64 = x.astype(np.float64)
+    live = x > _math.EXP_LO
+    exact = np.exp(x64[live])
+    assert np.max(np.abs(e[live] - exact) / exact) < 2.5e-7  # 2 ulp
+    assert np.all(e[~live] == 0)
+    assert np.max(np.abs(t - np.tanh(x64))) < 3e-7
+    phi = 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x64[::50]]))
+    assert np.max(np.abs(c[::50] - phi)) < 4e-7
+    nan = np.array([np.nan], np.float32)
+    apply(nan, e[:1], t[:1], c[:1])
+    assert np.isnan(e[0]) and np.isnan(t[0])
