@@ -17,7 +17,7 @@ import numpy as np
 from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
 from .flat import buffer_root, empty_flat, flatten_params
 from .shards import RemoteCache, ShardWorkers, default_mode, processes_supported, shared_empty
-from .threads import cpu_threads, parallel_map, shard_bounds
+from .threads import cpu_threads, parallel_chunks, parallel_map, shard_bounds
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                   gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
@@ -289,10 +289,15 @@ class GPT:
         else:
             outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
         _, grads = empty_flat({name: self.params[name] for name in self._flat_order})
-        for name in self.params:
-            np.add(outs[0][name], outs[1][name], out=grads[name])
-            for shard_grads in outs[2:]:
-                grads[name] += shard_grads[name]
+        names = list(self.params)
+
+        def add(rows):  # some parameters' sums over the shards; memory-bound, so on every core
+            for name in names[rows]:
+                np.add(outs[0][name], outs[1][name], out=grads[name])
+                for shard_grads in outs[2:]:
+                    grads[name] += shard_grads[name]
+
+        parallel_chunks(add, len(names), sum(int(p.size) for p in self.params.values()), np)
         return {name: grads[name] for name in self.params}
 
     def _backward_rows(self, dlogits, caches) -> dict:

@@ -48,6 +48,18 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip
            "flatten_params"]
 
 
+def _fused_optim(p):
+    """The module of fused update kernels for ``p``'s arrays, or None for the plain update: the CUDA
+    kernels (``kernels/optim.py``) for CuPy, the Numba ones (``kernels/cpu/optim.py``) for NumPy."""
+    if get_xp(p) is not np:
+        return kernels if kernels.enabled() else None
+    if not kernels.cpu_enabled():
+        return None
+    from .kernels.cpu import optim as cpu_optim
+
+    return cpu_optim
+
+
 def _buffer(st, key, p, fill=0.0):
     """The state array ``st[key]``, created as ``full_like(p, fill)`` (same backend and dtype) on first use."""
     if key not in st:
@@ -372,11 +384,12 @@ class Adam(Optimizer):
         p -= tmp  # p -= lr / (1 - beta1^t) * m / denom
 
     def _update_flat(self, p, g, st, step, h):
-        if get_xp(p) is np or not kernels.enabled():
+        fused = _fused_optim(p)
+        if fused is None:
             return super()._update_flat(p, g, st, step, h)
         m, v = _buffer(st, "exp_avg", p), _buffer(st, "exp_avg_sq", p)
         v_max = _buffer(st, "max_exp_avg_sq", p) if h["amsgrad"] else None
-        kernels.adam_step(p, g, m, v, v_max, step, h, self._decoupled)  # one fused launch for the group
+        fused.adam_step(p, g, m, v, v_max, step, h, self._decoupled)  # one fused pass for the group
 
 
 class AdamW(Adam):
@@ -429,6 +442,7 @@ class Adagrad(Optimizer):
         p -= clr * (g / (get_xp(p).sqrt(s) + h["eps"]))
 
     def _update_flat(self, p, g, st, step, h):
-        if get_xp(p) is np or not kernels.enabled():
+        fused = _fused_optim(p)
+        if fused is None:
             return super()._update_flat(p, g, st, step, h)
-        kernels.adagrad_step(p, g, _buffer(st, "sum", p, h["initial_accumulator_value"]), step, h)  # one launch
+        fused.adagrad_step(p, g, _buffer(st, "sum", p, h["initial_accumulator_value"]), step, h)  # one pass

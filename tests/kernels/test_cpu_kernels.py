@@ -203,3 +203,29 @@ def test_float32_math_accuracy():
     nan = np.array([np.nan], np.float32)
     apply(nan, e[:1], t[:1], c[:1])
     assert np.isnan(e[0]) and np.isnan(t[0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda params: __import__("scratchllm.optim", fromlist=["AdamW"]).AdamW(params, lr=0.01, weight_decay=0.1),
+    lambda params: __import__("scratchllm.optim", fromlist=["Adam"]).Adam(params, lr=0.01, weight_decay=0.1,
+                                                                          amsgrad=True, maximize=True),
+    lambda params: __import__("scratchllm.optim", fromlist=["Adagrad"]).Adagrad(params, lr=0.1, lr_decay=0.01,
+                                                                                weight_decay=0.1),
+], ids=["adamw", "adam_amsgrad_maximize", "adagrad"])
+def test_fused_optimizer_steps_are_bit_identical_to_numpy(make, monkeypatch):
+    """The update kernels repeat the NumPy update's float32 operations in order: the same bits."""
+    from scratchllm.flat import flatten_params
+
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.ENV_VAR, switch)
+        _, params = flatten_params({"a": normal(0, (300, 7), np.float32), "b": normal(1, (5,), np.float32)})
+        opt = make(params)
+        for step in range(3):
+            _, grads = flatten_params({n: normal(10 + step, p.shape, np.float32) for n, p in params.items()})
+            opt.step(grads)
+        results.append({n: p.copy() for n, p in params.items()} | {
+            f"{n}.{k}": np.array(v) for n, st in opt.state.items() for k, v in st.items()})
+    assert results[0].keys() == results[1].keys() and len(results[0]) > 2
+    for key in results[0]:
+        np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
