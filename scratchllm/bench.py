@@ -33,6 +33,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from .blas import status as shard_gemm_status
+from .kernels import cpu_status
 from .backend import cupy_status, device_info, tune_host_allocator
 from .bench_load import OtherLoad, background_busy  # noqa: F401 (OtherLoad: part of bench's API)
 from .shards import default_mode as shard_mode
@@ -221,8 +223,11 @@ def environment(torch=None) -> dict:
         "numpy": np.__version__, "blas": blas, "blas_threads": _blas_threads(), "scipy": scipy_version,
         "scratchllm_threads": cpu_threads(),  # batch shards and op pieces at once (threads.py)
         "scratchllm_shards": shard_mode(),  # where GPT's batch shards 1.. run: processes or threads (shards.py)
+        "cpu_kernels": cpu_status()[1],  # the fused Numba kernels (kernels/cpu/), or why not
+        "shard_gemm": shard_gemm_status()[1],  # MKL's GEMM in single-core shards (blas.py), or why not
         "thread_env": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                                  "SCRATCHLLM_THREADS", "SCRATCHLLM_SHARDS") if v in os.environ},
+                                                  "SCRATCHLLM_THREADS", "SCRATCHLLM_SHARDS", "SCRATCHLLM_KERNELS",
+                                                  "SCRATCHLLM_MKL") if v in os.environ},
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
         "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
@@ -294,6 +299,7 @@ def markdown(result) -> str:
              f"{env['blas_threads'] or env['thread_env'] or 'default: one per CPU'}); scratchllm threads "
              f"{env.get('scratchllm_threads')} (batch shards in {env.get('scratchllm_shards', 'threads')}, op pieces); "
              f"torch {env['torch'] or '-'} (threads {env['torch_threads'] or '-'}), python {env['python']}",
+             f"- CPU kernels: {env.get('cpu_kernels', '-')}; GEMM in batch shards: {env.get('shard_gemm', '-')}",
              f"- GPU: {env['gpu'].get('name') if env['gpu'] else 'none (' + env['cupy_reason'] + ')'}"]
     for dev in ("cpu", "gpu"):
         if dev in peaks:

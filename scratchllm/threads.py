@@ -72,6 +72,11 @@ def in_line():
         _inside.active = before
 
 
+def in_line_active() -> bool:
+    """True on a thread that runs a single-core batch shard (inside ``in_line``, or in a shard worker)."""
+    return getattr(_inside, "active", False)
+
+
 def blas_one_thread():
     """A context manager holding OpenBLAS at one thread (the caller has its core; so does every shard)."""
     return _blas().limit(limits=1)

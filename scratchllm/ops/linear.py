@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backend import get_xp
+from ..blas import matmul  # a @ b (through MKL in a single-core shard when it is installed: blas.py)
 from ._checks import check_dout, check_float, check_same_dtype
 
 
@@ -24,7 +25,7 @@ def linear_forward(x, w, b=None):
         if b.shape[0] != w.shape[1]:
             raise ValueError(f"b must have shape ({w.shape[1]},) to match w {w.shape}; got {b.shape}")
     check_same_dtype(x=x, w=w, b=b)
-    out = x.reshape(-1, x.shape[-1]) @ w  # (N, Cout) one GEMM over all rows, not one per leading index
+    out = matmul(x.reshape(-1, x.shape[-1]), w)  # (N, Cout) one GEMM over all rows, not one per leading index
     if b is not None:
         out += b  # (N, Cout) in place on the fresh product
     cache = (x, w, b is not None)
@@ -46,7 +47,7 @@ def linear_backward(dout, cache):
     Cin, Cout = w.shape
     check_dout(dout, x.shape[:-1] + (Cout,))
     dout2 = dout.astype(w.dtype, copy=False).reshape(-1, Cout)  # (N, Cout)
-    dx = (dout2 @ w.T).reshape(x.shape)  # (..., Cin)
-    dw = x.reshape(-1, Cin).T @ dout2  # (Cin, Cout)
+    dx = matmul(dout2, w.T).reshape(x.shape)  # (..., Cin)
+    dw = matmul(x.reshape(-1, Cin).T, dout2)  # (Cin, Cout)
     db = get_xp(dout2).ones(dout2.shape[0], dtype=dout2.dtype) @ dout2 if has_bias else None  # (Cout,) row sum
     return dx, dw, db

@@ -1,0 +1,81 @@
+"""blas.matmul: MKL's GEMM inside single-core shards (when installed), NumPy's everywhere else."""
+
+import numpy as np
+import pytest
+
+from scratchllm import blas
+from scratchllm.threads import in_line
+
+needs_mkl = pytest.mark.skipif(not blas.status()[0], reason=f"MKL not usable: {blas.status()[1]}")
+
+
+def layouts(rng, rows, cols, dtype):
+    """The same (rows, cols) matrix as: row-major, transposed row-major, and a row-major slice of a wider
+    array (leading dimension > cols)."""
+    m = rng.standard_normal((rows, cols)).astype(dtype)
+    wide = np.zeros((rows, cols + 3), dtype)
+    wide[:, :cols] = m
+    return {"C": m, "T": np.ascontiguousarray(m.T).T, "slice": wide[:, :cols]}
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(7, 5, 3), (1, 9, 4), (6, 1, 5), (33, 17, 1), (64, 128, 96)])
+def test_every_layout_matches_numpy(M, K, N, dtype):
+    rng = np.random.default_rng(M * 100 + K * 10 + N)
+    A, B = layouts(rng, M, K, dtype), layouts(rng, K, N, dtype)
+    expected = A["C"].astype(np.float64) @ B["C"].astype(np.float64)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    with in_line():
+        for la, a in A.items():
+            for lb, b in B.items():
+                out = blas.matmul(a, b)
+                assert out.dtype == dtype and out.shape == (M, N) and out.flags.c_contiguous, (la, lb)
+                np.testing.assert_allclose(out, expected, **tol, err_msg=f"{la} @ {lb}")
+
+
+class _Called(Exception):
+    pass
+
+
+class _FakeLib:
+    """Stands in for libmkl_rt: any GEMM call raises, so a test sees whether MKL was asked."""
+
+    def __getattr__(self, name):
+        def call(*args):
+            raise _Called(name)
+        return call
+
+
+def test_mkl_only_inside_single_core_shards_and_only_when_allowed(monkeypatch):
+    monkeypatch.setattr(blas, "_library", lambda: (_FakeLib(), None))
+    monkeypatch.delenv(blas.ENV_VAR, raising=False)
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)
+    np.testing.assert_array_equal(blas.matmul(a, b), a @ b)  # outside a shard: NumPy's multi-threaded BLAS
+    with in_line():
+        with pytest.raises(_Called, match="cblas_sgemm"):
+            blas.matmul(a, b)
+        with pytest.raises(_Called, match="cblas_dgemm"):
+            blas.matmul(a.astype(np.float64), b.astype(np.float64))
+        # what MKL is not given: mixed dtypes, integers, 3-D, empty, and strides of neither layout
+        for x, y in ((a, b.astype(np.float64)), (a.astype(np.int64), b.astype(np.int64)),
+                     (np.ones((2, 4, 3), np.float32), b), (np.ones((0, 3), np.float32), b),
+                     (np.ones((8, 6), np.float32)[::2, ::2], b)):
+            np.testing.assert_array_equal(blas.matmul(x, y), x @ y)
+        monkeypatch.setenv(blas.ENV_VAR, "0")
+        np.testing.assert_array_equal(blas.matmul(a, b), a @ b)
+    assert blas.status() == (False, f"{blas.ENV_VAR}=0: NumPy's BLAS everywhere")
+
+
+def test_without_mkl_everything_is_numpy(monkeypatch):
+    monkeypatch.setattr(blas, "_library", lambda: (None, "MKL is not installed"))
+    a, b = np.arange(12.0).reshape(4, 3), np.arange(6.0).reshape(3, 2)
+    with in_line():
+        np.testing.assert_array_equal(blas.matmul(a, b), a @ b)
+    assert blas.status() == (False, "MKL is not installed")
+
+
+@needs_mkl
+def test_status_says_sequential():
+    ok, text = blas.status()
+    assert ok and "sequential" in text and "Math Kernel Library" in text
