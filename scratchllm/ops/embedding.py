@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..backend import get_xp, index_sum
 from ._checks import check_dout, check_float, check_int
 
@@ -47,5 +48,8 @@ def embedding_backward(dout, cache):
     V, C = table_shape
     check_dout(dout, idx.shape + (C,))
     xp = get_xp(dout)
+    if xp is np and kernels.cpu_enabled():  # one loop over the tokens (scratchllm/kernels/cpu/embedding.py)
+        from ..kernels.cpu import embedding as fused
+        return fused.embedding_backward(dout, cache)
     dtable = index_sum(idx.reshape(-1), dout.reshape(-1, C).astype(dtype, copy=False), V)  # (V, C) scatter-add
     return None, dtable

@@ -50,6 +50,8 @@ CASES = {  # name -> (forward, backward, input builder(seed, dtype))
                        lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
     "attention_kv": (ops.attention_forward, ops.attention_backward,  # 7 queries, the last of 23 positions
                      lambda s, d: (normal(s, (2, 2, 7, 4), d),) + tuple(normal(s + i, (2, 2, 23, 4), d) for i in (1, 2))),
+    "embedding": (ops.embedding_forward, ops.embedding_backward,  # 40 tokens of 9 ids: most ids repeat
+                  lambda s, d: (np.random.default_rng(s).integers(0, 9, (4, 10)), normal(s, (9, 6), d))),
     "attention_blocked": (lambda q, k, v: attention_blocked_forward(q, k, v, block=5), attention_blocked_backward,
                           lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
 }
@@ -62,7 +64,7 @@ def test_kernel_equals_the_numpy_op(name, dtype, monkeypatch):
     inputs = build(3, dtype)
     out_k, cache_k, grads_k = run(forward, backward, inputs, False, monkeypatch)
     out_r, cache_r, grads_r = run(forward, backward, inputs, True, monkeypatch)
-    assert out_k.dtype == dtype and all(g.dtype == dtype for g in grads_k)
+    assert out_k.dtype == dtype and all(g.dtype == dtype for g in grads_k if g is not None)
     np.testing.assert_allclose(out_k, out_r, **TOL[dtype])
     assert_same(grads_k, grads_r, dtype)
 
@@ -93,7 +95,7 @@ def test_float64_kernels_pass_the_gradcheck(name, monkeypatch):
 
 def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
     """With the kernels on, each op's work goes through them (a broken kernel shows), and off it does not."""
-    from scratchllm.kernels.cpu import gelu, layernorm, softmax
+    from scratchllm.kernels.cpu import embedding, gelu, layernorm, softmax
 
     def broken(*args, **kw):
         raise RuntimeError("kernel called")
@@ -102,7 +104,9 @@ def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
     cases = [(layernorm, "layernorm_forward", lambda: ops.layernorm_forward(x, x[0], x[1])),
              (softmax, "softmax_rows", lambda: ops.softmax_forward(x)),
              (gelu, "gelu_forward", lambda: ops.gelu_forward(x)),
-             (softmax, "scaled_causal_softmax_rows", lambda: ops.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3))]
+             (softmax, "scaled_causal_softmax_rows", lambda: ops.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3)),
+             (embedding, "embedding_backward", lambda: ops.embedding_backward(x, ops.embedding_forward(
+                 np.arange(4), x)[1]))]
     for module, name, call in cases:
         monkeypatch.setattr(module, name, broken)
         monkeypatch.setenv(kernels.ENV_VAR, "1")
@@ -229,3 +233,13 @@ def test_fused_optimizer_steps_are_bit_identical_to_numpy(make, monkeypatch):
     assert results[0].keys() == results[1].keys() and len(results[0]) > 2
     for key in results[0]:
         np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
+
+
+def test_embedding_kernel_refuses_ids_outside_the_table(monkeypatch):
+    """The scatter kernel does not check its writes, so its wrapper checks the ids (a hand-made cache)."""
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
+    dout = normal(0, (2, 3, 4))
+    for bad in (-1, 5):
+        ids = np.array([[0, 1, 2], [3, 4, bad]])
+        with pytest.raises(ValueError, match=r"\[0, 5\)"):
+            ops.embedding_backward(dout, (ids, (5, 4), np.float64))
