@@ -95,7 +95,7 @@ def cmd_info(args) -> int:
     print(f"python     {platform.python_version()} ({platform.machine()}, {platform.system()})")
     print(f"backend    auto -> {resolve_backend('auto')} ({reason}); "
           f"SCRATCHLLM_BACKEND={os.environ.get('SCRATCHLLM_BACKEND', '(unset)')}")
-    for dist in ("numpy", "scipy", "cupy-cuda12x", "torch", "transformers", "hypothesis"):
+    for dist in ("numpy", "scipy", "numba", "mkl", "cupy-cuda12x", "torch", "transformers", "hypothesis"):
         print(f"{dist:<10} {_version(dist) or '-'}")
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     print(f"blas       {blas.get('name', '?')} {blas.get('version', '')}".rstrip())
@@ -112,6 +112,10 @@ def cmd_info(args) -> int:
         pass
     gpu = device_info() if usable else {}
     print("gpu        " + (", ".join(f"{k}={v}" for k, v in gpu.items()) if gpu else "none usable"))
+    from . import blas, kernels
+
+    print(f"kernels    CUDA: {kernels.status()[1]}; CPU: {kernels.cpu_status()[1]}")
+    print(f"shard GEMM {blas.status()[1]}")
     return 0
 
 
