@@ -32,7 +32,7 @@ from . import threads
 
 ENV_VAR = "SCRATCHLLM_MKL"
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
-_SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL
+_SEQUENTIAL, _LP64 = 1, 0  # MKL_THREADING_SEQUENTIAL, MKL_INTERFACE_LP64
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,9 +48,16 @@ def _library():
         return None, "MKL is not installed (pip install mkl, or scratchllm[fast])"
     try:
         lib = ctypes.CDLL(candidates[0])
-        lib.MKL_Set_Threading_Layer(ctypes.c_int(_SEQUENTIAL))  # before any computation: no MKL threads
+        # 32-bit integers (the argtypes below) and no MKL threads. Each call returns the layer in force, which
+        # is not the one asked for when MKL already ran in this process (an MKL-linked NumPy, say): then the
+        # GEMMs could start threads or read our ints as 64-bit, so MKL is not used.
+        interface = lib.MKL_Set_Interface_Layer(ctypes.c_int(_LP64))
+        threading = lib.MKL_Set_Threading_Layer(ctypes.c_int(_SEQUENTIAL))
     except (OSError, AttributeError) as exc:
         return None, f"MKL did not load from {candidates[0]}: {exc}"
+    if interface != _LP64 or threading != _SEQUENTIAL:
+        return None, (f"MKL is already set up otherwise in this process (interface layer {interface}, threading "
+                      f"layer {threading}; scratchllm needs LP64 and sequential)")
     for name, real in (("cblas_sgemm", ctypes.c_float), ("cblas_dgemm", ctypes.c_double)):
         getattr(lib, name).restype = None
         getattr(lib, name).argtypes = [ctypes.c_int] * 6 + [real, ctypes.c_void_p, ctypes.c_int,

@@ -53,7 +53,7 @@ def _fused_optim(p):
     kernels (``kernels/optim.py``) for CuPy, the Numba ones (``kernels/cpu/optim.py``) for NumPy."""
     if get_xp(p) is not np:
         return kernels if kernels.enabled() else None
-    if not kernels.cpu_enabled():
+    if not kernels.cpu_kernel_for(p):  # a float32 or float64 NumPy buffer (and Numba installed)
         return None
     from .kernels.cpu import optim as cpu_optim
 

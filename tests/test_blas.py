@@ -69,6 +69,7 @@ def test_mkl_only_inside_single_core_shards_and_only_when_allowed(monkeypatch):
 
 def test_without_mkl_everything_is_numpy(monkeypatch):
     monkeypatch.setattr(blas, "_library", lambda: (None, "MKL is not installed"))
+    monkeypatch.delenv(blas.ENV_VAR, raising=False)
     a, b = np.arange(12.0).reshape(4, 3), np.arange(6.0).reshape(3, 2)
     with in_line():
         np.testing.assert_array_equal(blas.matmul(a, b), a @ b)
@@ -79,3 +80,32 @@ def test_without_mkl_everything_is_numpy(monkeypatch):
 def test_status_says_sequential():
     ok, text = blas.status()
     assert ok and "sequential" in text and "Math Kernel Library" in text
+
+
+@needs_mkl
+def test_transposed_and_sliced_operands_reach_mkl_as_such(monkeypatch):
+    """Each layout goes to MKL (not to the NumPy fallback) with the transpose flag and leading dimension
+    that describe it."""
+    lib, _ = blas._library()
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            real = getattr(lib, name)
+
+            def call(*args):
+                calls.append(args[1:3] + (args[8], args[10]))  # (trans a, trans b, lda, ldb)
+                return real(*args)
+            return call
+
+    monkeypatch.setattr(blas, "_library", lambda: (Recording(), None))
+    rng = np.random.default_rng(0)
+    A, B = layouts(rng, 6, 4, np.float32), layouts(rng, 4, 5, np.float32)
+    expected = {"C": (blas._NO_TRANS, 4), "T": (blas._TRANS, 6), "slice": (blas._NO_TRANS, 7)}
+    expected_b = {"C": (blas._NO_TRANS, 5), "T": (blas._TRANS, 4), "slice": (blas._NO_TRANS, 8)}
+    with in_line():
+        for la, a in A.items():
+            for lb, b in B.items():
+                calls.clear()
+                np.testing.assert_allclose(blas.matmul(a, b), A["C"] @ B["C"], rtol=1e-5, atol=1e-5)
+                assert calls == [(expected[la][0], expected_b[lb][0], expected[la][1], expected_b[lb][1])], (la, lb)

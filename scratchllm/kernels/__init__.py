@@ -21,6 +21,8 @@ import functools
 import importlib
 import os
 
+import numpy as np
+
 from ..backend import cupy_status
 
 ENV_VAR = "SCRATCHLLM_KERNELS"
@@ -36,7 +38,7 @@ _EXPORTS = {
     "adam_step": "optim", "adagrad_step": "optim",
 }
 
-__all__ = ["ENV_VAR", "FAMILIES", "enabled", "status", "cpu_enabled", "cpu_status", *_EXPORTS]
+__all__ = ["ENV_VAR", "FAMILIES", "enabled", "status", "cpu_enabled", "cpu_kernel_for", "cpu_status", *_EXPORTS]
 
 
 def status() -> tuple[bool, str]:
@@ -77,6 +79,16 @@ def cpu_status() -> tuple[bool, str]:
 def cpu_enabled() -> bool:
     """True when NumPy arrays go to the fused CPU kernels (Numba imports, ``SCRATCHLLM_KERNELS`` != 0)."""
     return os.environ.get(ENV_VAR, "1").strip() != "0" and _numba_reason() is None
+
+
+_CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the CPU kernels are compiled for
+
+
+def cpu_kernel_for(*arrays) -> bool:
+    """True when these NumPy arrays go to the fused CPU kernels: ``cpu_enabled()``, and each is a plain
+    ``ndarray`` of float32 or float64 in native byte order (float16, byte-swapped and subclassed arrays
+    take the NumPy code, which handles them)."""
+    return all(type(a) is np.ndarray and a.dtype in _CPU_DTYPES for a in arrays) and cpu_enabled()
 
 
 def __getattr__(name):  # PEP 562: load a family (and so cupy) only when one of its kernels is first used

@@ -18,7 +18,7 @@ from .. import kernels
 from ..backend import get_xp
 from ..threads import parallel_chunks
 from ._checks import check_dout
-from .attention import attention_weights, causal_bias, check_qkv, matrices_backward
+from .attention import attention_weights, causal_mask, check_qkv, matrices_backward
 from .dropout import dropout_backward, dropout_forward
 from .softmax import softmax_backward
 
@@ -52,8 +52,8 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
             p, p_cache = kernels.scaled_causal_softmax_forward(att, scale)
         else:
             p = xp.empty((BH, i1 - i0, e), dtype=q.dtype)  # (BH, i1-i0, e)
-            bias = causal_bias(i1 - i0, e, q.dtype, xp)  # the block's diagonal
-            parallel_chunks(lambda r: attention_weights(q3[r, i0:i1], k3[r, :e], scale, bias, p[r]), BH, p.size, xp)
+            mask = causal_mask(i1 - i0, e, xp)  # the block's diagonal
+            parallel_chunks(lambda r: attention_weights(q3[r, i0:i1], k3[r, :e], scale, mask, p[r]), BH, p.size, xp)
             p = p.reshape(B, H, i1 - i0, e)
             p_cache = (p, -1)
         pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, i1-i0, e) the whole mask: draws in order

@@ -37,7 +37,7 @@ def gelu_forward(x, approximate="tanh"):
     xp = get_xp(x)
     if xp is not np and kernels.enabled():  # one fused CUDA pass (scratchllm/kernels/gelu.py)
         return kernels.gelu_forward(x, approximate)
-    if xp is np and kernels.cpu_enabled():  # one loop (scratchllm/kernels/cpu/gelu.py)
+    if kernels.cpu_kernel_for(x):  # one loop (scratchllm/kernels/cpu/gelu.py)
         from ..kernels.cpu import gelu as fused
         return fused.gelu_forward(x, approximate)
     xf = x.reshape(-1)  # (n,) flat: the work is cut into one chunk of elements per CPU thread (threads.py)
@@ -119,7 +119,7 @@ def gelu_backward(dout, cache):
     xp = get_xp(x)
     if xp is not np and kernels.enabled():  # one fused CUDA pass
         return kernels.gelu_backward(dout, cache)
-    if xp is np and kernels.cpu_enabled():  # the fused CPU kernel
+    if kernels.cpu_kernel_for(x, saved):  # the fused CPU kernel
         from ..kernels.cpu import gelu as fused
         return fused.gelu_backward(dout, cache)
     dout = dout.astype(x.dtype, copy=False)

@@ -33,7 +33,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     xp = get_xp(x, w, b)
     if xp is not np and kernels.enabled() and x.size:  # the fused CUDA kernel (scratchllm/kernels/layernorm.py)
         return kernels.layernorm_forward(x, w, b, eps)
-    if xp is np and kernels.cpu_enabled() and x.size:  # one loop per row (scratchllm/kernels/cpu/layernorm.py)
+    if kernels.cpu_kernel_for(x, w, b) and x.size:  # one loop per row (scratchllm/kernels/cpu/layernorm.py)
         from ..kernels.cpu import layernorm as fused
         return fused.layernorm_forward(x, w, b, eps)
     x2 = x.reshape(-1, C)  # (N, C) rows, cut into pieces that run on every CPU thread (threads.py)
@@ -82,7 +82,7 @@ def layernorm_backward(dout, cache):
     check_dout(dout, norm.shape)
     if get_xp(norm) is not np and kernels.enabled() and norm.size:  # the fused CUDA kernels
         return kernels.layernorm_backward(dout, cache)
-    if get_xp(norm) is np and kernels.cpu_enabled() and norm.size:  # the fused CPU kernel
+    if kernels.cpu_kernel_for(norm, w) and norm.size:  # the fused CPU kernel
         from ..kernels.cpu import layernorm as fused
         return fused.layernorm_backward(dout, cache)
     dout = dout.astype(norm.dtype, copy=False)

@@ -29,19 +29,20 @@ def softmax_forward(x, axis=-1):
         return kernels.softmax_forward(x, axis)
     y = xp.empty_like(x)  # (...)
     along = _pieces_axis(x.ndim, axis)  # cut into pieces along another axis, run on every CPU thread (threads.py)
-    parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), x.shape[along.axis], x.size, xp)
+    parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), along.count(x.shape), x.size, xp)
     cache = (y, axis)
     return y, cache
 
 
 def _pieces_axis(ndim, axis):
-    """A function rows -> index that slices an array along an axis other than ``axis`` (its ``.axis``)."""
-    cut = 0 if axis % ndim != 0 or ndim == 1 else 1  # ndim == 1: a single piece along the softmax axis itself
+    """A function rows -> index that slices an array along an axis other than ``axis``; its ``.count(shape)``
+    is the number of rows to cut (1 for a 1-D array: one piece, the whole softmax axis)."""
+    cut = 0 if axis % ndim != 0 or ndim == 1 else 1
 
     def along(rows):
         return (slice(None),) * cut + (rows if ndim > 1 else slice(None),)
 
-    along.axis = cut
+    along.count = lambda shape: shape[cut] if ndim > 1 else 1
     return along
 
 
@@ -67,10 +68,14 @@ def softmax_rows(x, y, axis=-1):
 
 
 def fused_rows(*arrays):
-    """True when the fused CPU kernels are on and every array is a C-contiguous NumPy array of one dtype
-    (rows of the last axis, viewed as (n, C) without a copy)."""
-    return (all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
-            and arrays[0].size > 0 and kernels.cpu_enabled())
+    """True when the fused CPU kernels take these arrays (``kernels.cpu_kernel_for``): C-contiguous, of one
+    dtype (rows of the last axis, viewed as (n, C) without a copy), and any two either the very same
+    memory (in place) or apart (a partial overlap would read entries already written)."""
+    first = arrays[0]
+    return (first.size > 0 and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays)
+            and kernels.cpu_kernel_for(*arrays)
+            and all(a.ctypes.data == b.ctypes.data and a.shape == b.shape or not np.may_share_memory(a, b)
+                    for i, a in enumerate(arrays) for b in arrays[i + 1:]))
 
 
 def softmax_backward(dout, cache):
@@ -91,7 +96,7 @@ def softmax_backward(dout, cache):
     dx = get_xp(y).empty_like(y)  # (...)
     along = _pieces_axis(y.ndim, axis)
     parallel_chunks(lambda r: softmax_rows_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),
-                    y.shape[along.axis], y.size, get_xp(y))
+                    along.count(y.shape), y.size, get_xp(y))
     return (dx,)
 
 

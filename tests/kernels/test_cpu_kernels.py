@@ -67,6 +67,20 @@ def test_kernel_equals_the_numpy_op(name, dtype, monkeypatch):
     assert out_k.dtype == dtype and all(g.dtype == dtype for g in grads_k if g is not None)
     np.testing.assert_allclose(out_k, out_r, **TOL[dtype])
     assert_same(grads_k, grads_r, dtype)
+    flat_k, flat_r = flatten_cache(cache_k), flatten_cache(cache_r)  # the same layout, the same values
+    assert [(type(a), np.shape(a)) for a in flat_k] == [(type(a), np.shape(a)) for a in flat_r]
+    for a, b in zip(flat_k, flat_r):
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, **TOL[dtype])
+        else:
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+
+
+def flatten_cache(cache):
+    """A cache's leaves in order (tuples and lists opened)."""
+    if isinstance(cache, (tuple, list)):
+        return [leaf for item in cache for leaf in flatten_cache(item)]
+    return [cache]
 
 
 @pytest.mark.parametrize("name", ["layernorm", "softmax", "gelu", "gelu_erf", "attention"])
@@ -101,9 +115,22 @@ def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
         raise RuntimeError("kernel called")
 
     x = normal(0, (4, 32))
+    from scratchllm.kernels.cpu import optim
+    from scratchllm.optim import AdamW
+
+    flat = np.zeros(20)
+    params, grads = {"p": flat[:10].reshape(2, 5)}, {"p": flat[10:].reshape(2, 5)}
+    monkeypatch.setenv(kernels.ENV_VAR, "0")
+    _, ln_cache = ops.layernorm_forward(x, x[0], x[1])
+    _, sm_cache = ops.softmax_forward(x)
+    _, ge_cache = ops.gelu_forward(x)
     cases = [(layernorm, "layernorm_forward", lambda: ops.layernorm_forward(x, x[0], x[1])),
+             (layernorm, "layernorm_backward", lambda: ops.layernorm_backward(x, ln_cache)),
              (softmax, "softmax_rows", lambda: ops.softmax_forward(x)),
+             (softmax, "softmax_rows_backward", lambda: ops.softmax_backward(x, sm_cache)),
              (gelu, "gelu_forward", lambda: ops.gelu_forward(x)),
+             (gelu, "gelu_backward", lambda: ops.gelu_backward(x, ge_cache)),
+             (optim, "adam_step", lambda: AdamW(params).step(grads)),
              (softmax, "scaled_causal_softmax_rows", lambda: ops.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3)),
              (embedding, "embedding_backward", lambda: ops.embedding_backward(x, ops.embedding_forward(
                  np.arange(4), x)[1]))]
@@ -136,7 +163,7 @@ def test_softmax_and_layernorm_rows_of_any_length(seed, n, C, scale, dtype):
     x = normal(seed, (n, C), dtype, scale)
     w, b = normal(seed + 1, (C,), dtype), normal(seed + 2, (C,), dtype)
     dout = normal(seed + 3, (n, C), dtype)
-    results = []
+    results, before = [], os.environ.get(kernels.ENV_VAR)
     for switch in ("1", "0"):
         os.environ[kernels.ENV_VAR] = switch
         try:
@@ -145,8 +172,11 @@ def test_softmax_and_layernorm_rows_of_any_length(seed, n, C, scale, dtype):
             if C > 1:
                 o, lc = ops.layernorm_forward(x, w, b)
                 results[-1] += (o, *ops.layernorm_backward(dout, lc))
-        finally:
-            del os.environ[kernels.ENV_VAR]
+        finally:  # as it was (hypothesis cannot use monkeypatch)
+            if before is None:
+                del os.environ[kernels.ENV_VAR]
+            else:
+                os.environ[kernels.ENV_VAR] = before
     assert_same(results[0], results[1], dtype)
 
 
@@ -243,3 +273,48 @@ def test_embedding_kernel_refuses_ids_outside_the_table(monkeypatch):
         ids = np.array([[0, 1, 2], [3, 4, bad]])
         with pytest.raises(ValueError, match=r"\[0, 5\)"):
             ops.embedding_backward(dout, (ids, (5, 4), np.float64))
+
+
+def test_arrays_the_kernels_are_not_built_for_take_the_numpy_code(monkeypatch):
+    """With the kernels on: subclassed arrays in the ops (they accept native float32/float64 only), float16 and
+    byte-swapped buffers in the optimizers (they accept any float), and partly overlapping in-place views."""
+    from scratchllm.flat import flatten_params
+    from scratchllm.optim import Adagrad, AdamW
+
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
+    class Tagged(np.ndarray):
+        pass
+
+    x = normal(0, (3, 20), np.float32, 2.0)
+    a, w, b = x.view(Tagged), np.asarray(x[0]).view(Tagged), np.asarray(x[1]).view(Tagged)
+    for forward, backward, inputs in ((ops.softmax_forward, ops.softmax_backward, (a,)),
+                                      (ops.gelu_forward, ops.gelu_backward, (a,)),
+                                      (ops.layernorm_forward, ops.layernorm_backward, (a, w, b))):
+        out, cache = forward(*inputs)
+        assert type(out) is Tagged  # the NumPy code keeps the subclass; a kernel would not
+        backward(np.ones_like(out), cache)
+    for dt in (np.float16, ">f4"):
+        _, params = flatten_params({"w": np.ones((4, 3), dt)})
+        _, grads = flatten_params({"w": np.full((4, 3), 0.5, dt)})
+        for opt in (AdamW(params, lr=0.1), Adagrad(params, lr=0.1)):
+            opt.step(grads)
+        assert np.all(params["w"] < 1)
+    from scratchllm.ops.softmax import softmax_rows
+
+    buf = (np.arange(12) / 3).reshape(4, 3).astype(np.float32)  # y one row below x: overlapping views
+    expected = np.exp(buf[:3] - buf[:3].max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    softmax_rows(buf[:3], buf[1:])
+    np.testing.assert_allclose(buf[1:], expected, rtol=1e-6)
+
+
+def test_a_nan_score_in_a_future_key_does_not_reach_earlier_queries(monkeypatch):
+    """Masked scores are overwritten, not added to (NaN + -inf is NaN): kernel, NumPy code and torch agree."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 1, 4, 8)).astype(np.float32)
+    k = q.copy()
+    k[0, 0, 3, 0] = np.nan  # key 3: only query 3 sees it
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.ENV_VAR, switch)
+        for out in (ops.attention_forward(q, k, q)[0], attention_blocked_forward(q, k, q, block=2)[0]):
+            assert np.isnan(out).any(-1).ravel().tolist() == [False, False, False, True], switch

@@ -41,3 +41,16 @@ def test_logits_of_plus_minus_1e4_stay_finite(dtype):
 def test_bad_axis_is_refused():
     with pytest.raises(ValueError, match="axis 3 is out of range"):
         softmax_forward(np.zeros((2, 3)), axis=3)
+
+
+def test_a_long_1d_softmax_is_one_piece_not_a_race():
+    """A 1-D x has no other axis to cut along: every thread used to compute the whole of it into the same y
+    (wrong sums in about half of these calls)."""
+    x = np.random.default_rng(0).standard_normal(2_000_000).astype(np.float32)
+    expected = np.exp(x.astype(np.float64) - x.max())
+    expected /= expected.sum()
+    for _ in range(10):
+        y, cache = softmax_forward(x)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-12)
+        (dx,) = softmax_backward(np.ones_like(x), cache)
+        assert np.abs(dx).max() < 1e-9  # sum(y) = 1: the gradient of a constant

@@ -21,12 +21,46 @@ lanes (like NumPy's pairwise sums, not the same order as a sequential loop).
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
 REDUCE = {"reassoc", "contract"}  # fastmath flags: vectorized sums and fused multiply-adds
-# Numba options of every kernel: no GIL (the ops run kernels on every core in threads), machine code cached
-# on disk, and NumPy's error model (x / 0 gives inf, as in NumPy; Python's model would check every division
-# for ZeroDivisionError, and that branch keeps LLVM from vectorizing the loop)
-JIT = {"cache": True, "error_model": "numpy"}
-KERNEL = {**JIT, "nogil": True}
+# Numba options of every kernel: NumPy's error model (x / 0 gives inf, as in NumPy; Python's model would
+# check every division for ZeroDivisionError, and that branch keeps LLVM from vectorizing the loop), and no
+# GIL (the ops run kernels on every core in threads)
+OPTIONS = {"error_model": "numpy", "nogil": True}
+HERE = Path(__file__).parent
+
+
+def _cache_dir() -> str:
+    """Where the kernels' machine code is cached: a folder named after a hash of every file in this package.
+
+    Numba keys a function's disk cache on that function's own source file only, not on the ``_math.py``
+    functions it inlines or the flags above; keyed on all of them, an edit anywhere here recompiles every
+    kernel instead of loading stale code. Next to the sources when that is writable, else in ~/.cache."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(HERE.glob("*.py")))).hexdigest()[:16]
+    base = HERE / "__pycache__" if os.access(HERE, os.W_OK) else Path.home() / ".cache" / "scratchllm"
+    return str(base / f"numba-{digest}")
+
+
+CACHE_DIR = _cache_dir()
+
+
+def jit(**options):
+    """``numba.njit`` with the kernels' ``OPTIONS`` (plus ``options``, e.g. fastmath), its machine code cached
+    on disk in ``CACHE_DIR`` (Numba reads its cache setting when a function is decorated)."""
+    import numba
+
+    def decorate(fn):
+        saved = numba.config.CACHE_DIR
+        numba.config.CACHE_DIR = CACHE_DIR
+        try:
+            return numba.njit(cache=True, **OPTIONS, **options)(fn)
+        finally:
+            numba.config.CACHE_DIR = saved
+
+    return decorate

@@ -20,10 +20,12 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic, overload
 
-from . import JIT
+from . import jit
+
+OVERLOAD = {"error_model": "numpy"}  # compiled into the calling kernel (and cached with it)
 
 LOG2E = 1.4426950408889634
 LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 = LN2_HI + LN2_LO; LN2_HI has 9 significant bits
@@ -51,7 +53,7 @@ def _pow2_float32(typingctx, k):
     return types.float32(types.float32), codegen
 
 
-@njit(**JIT, fastmath={"contract"})  # fused multiply-adds; no reassociation (it would undo the two-part ln 2)
+@jit(fastmath={"contract"})  # fused multiply-adds; no reassociation (it would undo the two-part ln 2)
 def exp_float32(x):
     """exp(x) for a float32 x (see the module docstring)."""
     f = np.float32
@@ -73,7 +75,7 @@ def exp(x):
     return np.exp(x)
 
 
-@overload(exp, jit_options=JIT)
+@overload(exp, jit_options=OVERLOAD)
 def _exp_overload(x):
     if x == types.float32:
         return lambda x: exp_float32(x)
@@ -85,7 +87,7 @@ def tanh(x):
     return np.tanh(x)
 
 
-@overload(tanh, jit_options=JIT)
+@overload(tanh, jit_options=OVERLOAD)
 def _tanh_overload(x):
     if x == types.float32:
         return lambda x: np.float32(1.0) - np.float32(2.0) / (np.float32(1.0) + exp_float32(x + x))
@@ -97,14 +99,14 @@ def phi_cdf(x):
     return 0.5 * (1.0 + math.erf(x * INV_SQRT_2))
 
 
-@overload(phi_cdf, jit_options=JIT)
+@overload(phi_cdf, jit_options=OVERLOAD)
 def _phi_cdf_overload(x):
     if x == types.float32:
         return lambda x: _phi_cdf_float32(x)
     return lambda x: 0.5 * (1.0 + math.erf(x * INV_SQRT_2))
 
 
-@njit(**JIT, fastmath={"contract"})
+@jit(fastmath={"contract"})
 def _phi_cdf_float32(x):
     """Phi(x) by A&S 7.1.26 (max error 3e-7, as ops/gelu.py's NumPy float32 path):
     h = 0.5 * t * P(t) * exp(-x^2 / 2), t = 1 / (1 + p |x| / sqrt(2));  Phi = h for x < 0, 1 - h for x >= 0."""
@@ -123,7 +125,7 @@ def cast(c, like):
     return c
 
 
-@overload(cast, jit_options=JIT)
+@overload(cast, jit_options=OVERLOAD)
 def _cast_overload(c, like):
     if like == types.float32:
         return lambda c, like: np.float32(c)
@@ -133,7 +135,7 @@ def _cast_overload(c, like):
 LANES = 16  # running maxima in row_max: one per float32 lane of a 512-bit vector
 
 
-@njit(**JIT)
+@jit()
 def row_max(x, n, lanes):
     """max(x[:n]) for n >= 1, with ``lanes`` a (LANES,) scratch array of x's dtype.
 

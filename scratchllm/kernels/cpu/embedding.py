@@ -10,14 +10,13 @@ numbers do not depend on the thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ...backend import _zeros_on_every_core
 from ...threads import PARALLEL_MIN, cpu_threads, parallel_map, shard_bounds
-from . import KERNEL
+from . import jit
 
 
-@njit(**KERNEL)
+@jit()
 def _scatter_rows(ids, values, table, c0, c1):
     """table[ids[j], c0:c1] += values[j, c0:c1] for j = 0, 1, ... in order."""
     for j in range(ids.shape[0]):

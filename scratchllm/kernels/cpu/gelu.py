@@ -9,17 +9,16 @@ Phi of ``_math.py`` (errors 2e-7 and 3e-7 absolute); float64 the C library's tan
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ...threads import parallel_chunks
-from . import KERNEL, ONE
+from . import ONE, jit
 from ._math import SQRT_2_OVER_PI, cast, exp, phi_cdf, tanh
 
 INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 HALF = np.float32(0.5)
 
 
-@njit(**KERNEL, fastmath={"contract"})
+@jit(fastmath={"contract"})
 def _tanh_forward(x, th, out):
     """u = sqrt(2/pi) * x * (1 + 0.044715 x^2);  th = tanh(u);  out = 0.5 * x * (1 + th)."""
     for i in range(x.shape[0]):
@@ -29,7 +28,7 @@ def _tanh_forward(x, th, out):
         out[i] = HALF * v * (ONE + t)
 
 
-@njit(**KERNEL, fastmath={"contract"})
+@jit(fastmath={"contract"})
 def _tanh_backward(x, th, dout, dx):
     """dx = dout * 0.5 * (1 + th + x * (1 - th^2) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2))."""
     for i in range(x.shape[0]):
@@ -38,7 +37,7 @@ def _tanh_backward(x, th, dout, dx):
         dx[i] = dout[i] * HALF * (ONE + t + v * (ONE - t * t) * du_dx)
 
 
-@njit(**KERNEL, fastmath={"contract"})
+@jit(fastmath={"contract"})
 def _erf_forward(x, cdf, out):
     """cdf = Phi(x);  out = x * cdf."""
     for i in range(x.shape[0]):
@@ -47,7 +46,7 @@ def _erf_forward(x, cdf, out):
         out[i] = x[i] * c
 
 
-@njit(**KERNEL, fastmath={"contract"})
+@jit(fastmath={"contract"})
 def _erf_backward(x, cdf, dout, dx):
     """dx = dout * (Phi(x) + x * phi(x)),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi) (recomputed, not cached)."""
     for i in range(x.shape[0]):

@@ -12,13 +12,12 @@ depend on the thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ...threads import parallel_chunks
-from . import KERNEL, ONE, REDUCE, ZERO
+from . import ONE, REDUCE, ZERO, jit
 
 
-@njit(**KERNEL, fastmath=REDUCE)
+@jit(fastmath=REDUCE)
 def _forward_rows(x, w, b, eps, inv_c, out, norm, rstd):
     """Rows x (n, C) -> out, norm (n, C), rstd (n, 1):
     mean = sum(x) / C;  var = sum((x - mean)^2) / C;  rstd = 1 / sqrt(var + eps);
@@ -41,7 +40,7 @@ def _forward_rows(x, w, b, eps, inv_c, out, norm, rstd):
             out[i, j] = v * w[j] + b[j]
 
 
-@njit(**KERNEL, fastmath=REDUCE)
+@jit(fastmath=REDUCE)
 def _backward_rows(dout, norm, rstd, w, inv_c, dx, dw, db):
     """Rows (n, C) -> dx (n, C); adds the rows' sums into dw, db (C,):
     db += sum(dout);  dw += sum(dout * norm);  dnorm = dout * w;

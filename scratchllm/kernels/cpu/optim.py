@@ -15,13 +15,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from ...threads import parallel_chunks
-from . import KERNEL
+from . import jit
 
 
-@njit(**KERNEL)
+@jit()
 def _adam(p, g, m, v, v_max, amsgrad, maximize, decoupled, weight_decay, decay, one_minus_beta1, beta2,
           one_minus_beta2, bias_correction2_sqrt, eps, step_size):
     for i in range(p.shape[0]):
@@ -41,7 +40,7 @@ def _adam(p, g, m, v, v_max, amsgrad, maximize, decoupled, weight_decay, decay, 
         p[i] = p[i] - m[i] / denom * step_size  # step_size = lr / (1 - beta1^t)
 
 
-@njit(**KERNEL)
+@jit()
 def _adagrad(p, g, s, maximize, weight_decay, clr, eps):
     for i in range(p.shape[0]):
         grad = -g[i] if maximize else g[i]

@@ -15,13 +15,12 @@ The backward is one sweep for sum(dout * y) and one to write dx.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from . import KERNEL, ONE, REDUCE, ZERO
+from . import ONE, REDUCE, ZERO, jit
 from ._math import LANES, exp, row_max
 
 
-@njit(**KERNEL, fastmath=REDUCE)
+@jit(fastmath=REDUCE)
 def _softmax_row(x, y, scale, visible, lanes):
     """y[:visible] = softmax(x[:visible] * scale), y[visible:] = 0, for one row (y may be x)."""
     top = row_max(x, visible, lanes) * scale  # scale > 0: max(x * scale) = max(x) * scale
@@ -39,7 +38,7 @@ def _softmax_row(x, y, scale, visible, lanes):
         y[j] = ZERO
 
 
-@njit(**KERNEL, fastmath=REDUCE)
+@jit(fastmath=REDUCE)
 def softmax_rows(x, y, scale):
     """y = softmax(x * scale) along the last axis of (n, C) rows (y may be x)."""
     lanes = np.empty(LANES, x.dtype)  # row_max's scratch
@@ -47,7 +46,7 @@ def softmax_rows(x, y, scale):
         _softmax_row(x[i], y[i], scale, x.shape[1], lanes)
 
 
-@njit(**KERNEL, fastmath=REDUCE)
+@jit(fastmath=REDUCE)
 def scaled_causal_softmax_rows(att, p, scale, causal):
     """p = softmax(att * scale, masked) for (n, Tq, Tk) scores (p may be att). Causal: query i is position
     i + Tk - Tq and sees keys j <= i + Tk - Tq; the rest of its row is 0."""
@@ -59,7 +58,7 @@ def scaled_causal_softmax_rows(att, p, scale, causal):
             _softmax_row(att[m, i], p[m, i], scale, visible, lanes)
 
 
-@njit(**KERNEL, fastmath=REDUCE)
+@jit(fastmath=REDUCE)
 def softmax_rows_backward(dout, y, dx, scale):
     """dx = scale * y * (dout - sum(dout * y)) along the last axis of (n, C) rows (dx may be dout)."""
     n, C = y.shape
