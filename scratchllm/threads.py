@@ -24,6 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 ENV_VAR = "SCRATCHLLM_THREADS"
 PARALLEL_MIN = 1 << 17  # elements (512 KB of float32): less work than this stays on the caller's thread
+# The same for a fused CPU kernel (kernels/cpu/), which does in one pass what NumPy does in 5 to 18: handing
+# work to another thread costs 60-90 us on the CI machine's VM, and below a million elements a kernel on one
+# core measured as fast or faster than on two (layernorm at 256 x 1024: 126 us on one core, 237 on two)
+KERNEL_PARALLEL_MIN = 1 << 20
 PIECE = 1 << 17  # elements per piece of an op's work: a few such arrays fit a core's L2 cache
 
 _pool = None
@@ -115,18 +119,19 @@ def shard_bounds(n: int, shards: int) -> list:
     return [slice(edges[s], edges[s + 1]) for s in range(shards)]
 
 
-def parallel_chunks(fn, n: int, size: int, xp=None) -> list:
+def parallel_chunks(fn, n: int, size: int, xp=None, fused: bool = False) -> list:
     """``fn(rows)`` over contiguous slices ``rows`` that cover ``range(n)`` in order; the results in order.
 
     The rows are cut into pieces of about ``PIECE`` elements (``size`` is the elements the whole work
     touches), so that the several passes NumPy makes over a piece find it in the core's cache instead of
     main memory, and the pieces are dealt out in contiguous runs to the CPU threads (``parallel_map``).
-    Everything runs on the caller's thread when threads do not pay: ``size`` below ``PARALLEL_MIN``, one
-    thread, arrays not on NumPy (``xp``), or already inside parallel work (a batch shard).
+    Everything runs on the caller's thread when threads do not pay: ``size`` below ``PARALLEL_MIN`` (below
+    ``KERNEL_PARALLEL_MIN`` when ``fused``: the work is a fused kernel's one pass), one thread, arrays not on
+    NumPy (``xp``), or already inside parallel work (a batch shard).
     """
     rows_per_piece = max(1, PIECE * n // max(size, 1))
     pieces = [slice(i, min(i + rows_per_piece, n)) for i in range(0, n, rows_per_piece)] or [slice(0, n)]
-    parallel = size >= PARALLEL_MIN and len(pieces) > 1 and not getattr(_inside, "active", False) and (
+    parallel = size >= (KERNEL_PARALLEL_MIN if fused else PARALLEL_MIN) and len(pieces) > 1 and not getattr(_inside, "active", False) and (
         xp is None or xp.__name__ == "numpy")
     threads = min(cpu_threads(), len(pieces)) if parallel else 1
     if threads == 1:

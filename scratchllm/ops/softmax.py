@@ -27,9 +27,13 @@ def softmax_forward(x, axis=-1):
     xp = get_xp(x)
     if xp is not np and kernels.enabled() and x.size:  # the fused CUDA kernel (scratchllm/kernels/softmax.py)
         return kernels.softmax_forward(x, axis)
-    y = xp.empty_like(x)  # (...)
-    along = _pieces_axis(x.ndim, axis)  # cut into pieces along another axis, run on every CPU thread (threads.py)
-    parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), along.count(x.shape), x.size, xp)
+    y = xp.empty_like(x, order="C")  # (...) C order, so that its rows below are views
+    if axis in (-1, x.ndim - 1):  # the rows of the last axis, whatever the leading axes: (N, C)
+        x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])
+        parallel_chunks(lambda r: softmax_rows(x2[r], y2[r]), x2.shape[0], x.size, xp, kernels.cpu_kernel_for(x))
+    else:  # cut into pieces along another axis, run on every CPU thread (threads.py)
+        along = _pieces_axis(x.ndim, axis)
+        parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), along.count(x.shape), x.size, xp)
     cache = (y, axis)
     return y, cache
 
@@ -93,10 +97,17 @@ def softmax_backward(dout, cache):
     if get_xp(y) is not np and kernels.enabled() and y.size:  # the fused CUDA kernel
         return kernels.softmax_backward(dout, cache)
     dout = dout.astype(y.dtype, copy=False)
-    dx = get_xp(y).empty_like(y)  # (...)
-    along = _pieces_axis(y.ndim, axis)
-    parallel_chunks(lambda r: softmax_rows_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),
-                    along.count(y.shape), y.size, get_xp(y))
+    xp = get_xp(y)
+    dx = xp.empty_like(y, order="C")  # (...) C order, as the forward's y
+    if axis in (-1, y.ndim - 1):  # rows of the last axis: (N, C), as the forward
+        C = y.shape[-1]
+        dout2, y2, dx2 = dout.reshape(-1, C), y.reshape(-1, C), dx.reshape(-1, C)
+        parallel_chunks(lambda r: softmax_rows_backward(dout2[r], y2[r], dx2[r]), y2.shape[0], y.size, xp,
+                        kernels.cpu_kernel_for(y))
+    else:
+        along = _pieces_axis(y.ndim, axis)
+        parallel_chunks(lambda r: softmax_rows_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),
+                        along.count(y.shape), y.size, xp)
     return (dx,)
 
 

@@ -132,27 +132,53 @@ def _cast_overload(c, like):
     return lambda c, like: np.float64(c)
 
 
-LANES = 16  # running maxima in row_max: one per float32 lane of a 512-bit vector
+@intrinsic
+def _order_key(typingctx, x):
+    """An integer that orders like the float ``x``: its IEEE bits, with the magnitude bits flipped for
+    negative x (sign-magnitude to two's complement). -inf < ... < -0 < 0 < ... < inf < NaN keep their order."""
+    if x not in (types.float32, types.float64):
+        return None
+    width = x.bitwidth
+    integer = types.int32 if width == 32 else types.int64
+
+    def codegen(context, builder, signature, args):
+        return _flip_magnitude(builder, builder.bitcast(args[0], ir.IntType(width)), width)
+
+    return integer(x), codegen
+
+
+@intrinsic
+def _from_order_key(typingctx, key):
+    """The float whose ``_order_key`` is ``key`` (the flip undoes itself)."""
+    if key not in (types.int32, types.int64):
+        return None
+    width = key.bitwidth
+    real = types.float32 if width == 32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        bits = _flip_magnitude(builder, args[0], width)
+        return builder.bitcast(bits, ir.FloatType() if width == 32 else ir.DoubleType())
+
+    return real(key), codegen
+
+
+def _flip_magnitude(builder, bits, width):
+    """bits ^ ((bits >> (width - 1)) & 0x7F..F): all-ones sign extension selects the negative numbers."""
+    integer = ir.IntType(width)
+    sign = builder.ashr(bits, ir.Constant(integer, width - 1))
+    return builder.xor(bits, builder.and_(sign, ir.Constant(integer, (1 << (width - 1)) - 1)))
 
 
 @jit()
-def row_max(x, n, lanes):
-    """max(x[:n]) for n >= 1, with ``lanes`` a (LANES,) scratch array of x's dtype.
+def row_max(x, i, n):
+    """max(x[i, :n]) for n >= 1, exact, with NaN (of either sign) propagated as in NumPy.
 
-    LLVM does not vectorize a running max (NaN rules), so this keeps LANES running maxima, one per vector
-    lane, over the row's whole groups of LANES entries, then reduces them and the remainder (4x faster).
-    A NaN entry is skipped here; the softmax's exp brings it back (its row comes out NaN, as in NumPy)."""
-    top = x[0]
-    full = n - n % LANES
-    if full:
-        for lane in range(LANES):
-            lanes[lane] = x[lane]
-        for j0 in range(LANES, full, LANES):
-            for lane in range(LANES):
-                v = x[j0 + lane]
-                lanes[lane] = v if v > lanes[lane] else lanes[lane]
-        for lane in range(LANES):
-            top = lanes[lane] if lanes[lane] > top else top
-    for j in range(full, n):
-        top = x[j] if x[j] > top else top
-    return top
+    LLVM does not vectorize a running max of floats (its NaN rules), but it does vectorize one of integers:
+    the max runs over ``_order_key(x)``, which orders like x, and maps back (4x faster than 16 running float
+    maxima). A NaN's key lies above +inf (positive sign bit) or below -inf (negative): the first gives a NaN
+    max, the second is skipped here and brings its row to NaN through the caller's exp(x - max)."""
+    top = _order_key(x[i, 0])
+    for j in range(1, n):
+        key = _order_key(x[i, j])
+        top = key if key > top else top
+    return _from_order_key(top)

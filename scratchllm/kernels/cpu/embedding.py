@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import _zeros_on_every_core
-from ...threads import PARALLEL_MIN, cpu_threads, parallel_map, shard_bounds
+from ... import threads as threads_module
+from ...threads import cpu_threads, parallel_map, shard_bounds
 from . import jit
 
 
@@ -33,6 +34,6 @@ def embedding_backward(dout, cache):
         raise ValueError(f"the cache's token ids must lie in [0, {V}); got {ids.min()} .. {ids.max()}")
     values = np.ascontiguousarray(dout.reshape(-1, C).astype(dtype, copy=False))  # (N, C)
     table = _zeros_on_every_core((V, C), dtype)  # (V, C)
-    threads = cpu_threads() if values.size >= PARALLEL_MIN else 1
+    threads = cpu_threads() if values.size >= threads_module.KERNEL_PARALLEL_MIN else 1
     parallel_map(lambda cols: _scatter_rows(ids, values, table, cols.start, cols.stop), shard_bounds(C, threads))
     return None, table

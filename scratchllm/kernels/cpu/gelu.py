@@ -59,7 +59,7 @@ def gelu_forward(x, approximate="tanh"):
     xf = np.ascontiguousarray(x).reshape(-1)  # (n,) flat, one chunk of elements per CPU thread
     out, saved = np.empty_like(xf), np.empty_like(xf)  # (n,) out, and tanh(u) or Phi(x)
     body = _tanh_forward if approximate == "tanh" else _erf_forward
-    parallel_chunks(lambda s: body(xf[s], saved[s], out[s]), xf.size, xf.size, np)
+    parallel_chunks(lambda s: body(xf[s], saved[s], out[s]), xf.size, xf.size, np, fused=True)
     return out.reshape(x.shape), (x, saved.reshape(x.shape), approximate)
 
 
@@ -71,5 +71,5 @@ def gelu_backward(dout, cache):
     doutf = np.ascontiguousarray(dout.astype(x.dtype, copy=False)).reshape(-1)  # (n,)
     dx = np.empty_like(xf)  # (n,)
     body = _tanh_backward if approximate == "tanh" else _erf_backward
-    parallel_chunks(lambda s: body(xf[s], savedf[s], doutf[s], dx[s]), xf.size, xf.size, np)
+    parallel_chunks(lambda s: body(xf[s], savedf[s], doutf[s], dx[s]), xf.size, xf.size, np, fused=True)
     return (dx.reshape(x.shape),)

@@ -72,7 +72,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     rstd = np.empty((x2.shape[0], 1), dtype=x.dtype)  # (N, 1)
     t = x.dtype.type  # scalars in x's dtype keep float32 arithmetic float32
     parallel_chunks(lambda r: _forward_rows(x2[r], w, b, t(eps), t(1.0 / C), out[r], norm[r], rstd[r]),
-                    x2.shape[0], x2.size, np)
+                    x2.shape[0], x2.size, np, fused=True)
     return out.reshape(x.shape), (norm.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
 
 
@@ -92,7 +92,7 @@ def layernorm_backward(dout, cache):
         _backward_rows(dout2[r], norm2[r], rstd2[r], w, inv_c, dx[r], dw, db)
         return dw, db
 
-    parts = parallel_chunks(rows, norm2.shape[0], norm2.size, np)
+    parts = parallel_chunks(rows, norm2.shape[0], norm2.size, np, fused=True)
     dw, db = parts[0]
     for dw_part, db_part in parts[1:]:  # added in chunk order: the same sums on any number of threads
         dw += dw_part
