@@ -131,7 +131,8 @@ def parallel_chunks(fn, n: int, size: int, xp=None, fused: bool = False) -> list
     """
     rows_per_piece = max(1, PIECE * n // max(size, 1))
     pieces = [slice(i, min(i + rows_per_piece, n)) for i in range(0, n, rows_per_piece)] or [slice(0, n)]
-    parallel = size >= (KERNEL_PARALLEL_MIN if fused else PARALLEL_MIN) and len(pieces) > 1 and not getattr(_inside, "active", False) and (
+    enough = size >= (KERNEL_PARALLEL_MIN if fused else PARALLEL_MIN)
+    parallel = enough and len(pieces) > 1 and not getattr(_inside, "active", False) and (
         xp is None or xp.__name__ == "numpy")
     threads = min(cpu_threads(), len(pieces)) if parallel else 1
     if threads == 1:

@@ -48,7 +48,7 @@ def embedding_backward(dout, cache):
     V, C = table_shape
     check_dout(dout, idx.shape + (C,))
     xp = get_xp(dout)
-    if kernels.cpu_kernel_for(dout) and dout.dtype == dtype:  # one loop over the tokens (scratchllm/kernels/cpu/embedding.py)
+    if kernels.cpu_kernel_for(dout) and dout.dtype == dtype:  # one loop over the tokens (kernels/cpu/embedding.py)
         from ..kernels.cpu import embedding as fused
         return fused.embedding_backward(dout, cache)
     dtable = index_sum(idx.reshape(-1), dout.reshape(-1, C).astype(dtype, copy=False), V)  # (V, C) scatter-add

@@ -49,7 +49,8 @@ CASES = {  # name -> (forward, backward, input builder(seed, dtype))
     "attention_full": (lambda q, k, v: ops.attention_forward(q, k, v, causal=False), ops.attention_backward,
                        lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
     "attention_kv": (ops.attention_forward, ops.attention_backward,  # 7 queries, the last of 23 positions
-                     lambda s, d: (normal(s, (2, 2, 7, 4), d),) + tuple(normal(s + i, (2, 2, 23, 4), d) for i in (1, 2))),
+                     lambda s, d: (normal(s, (2, 2, 7, 4), d), normal(s + 1, (2, 2, 23, 4), d),
+                                   normal(s + 2, (2, 2, 23, 4), d))),
     "embedding": (ops.embedding_forward, ops.embedding_backward,  # 40 tokens of 9 ids: most ids repeat
                   lambda s, d: (np.random.default_rng(s).integers(0, 9, (4, 10)), normal(s, (9, 6), d))),
     "cross_entropy": (ops.cross_entropy_forward, ops.cross_entropy_backward,  # one ignored row

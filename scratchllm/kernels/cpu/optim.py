@@ -59,7 +59,7 @@ def adam_step(p, g, m, v, v_max, step, h, decoupled):
     amsgrad, maximize = bool(h["amsgrad"]), bool(h["maximize"])
     vm = v_max if amsgrad else v  # a placeholder the kernel never touches without amsgrad
     parallel_chunks(lambda r: _adam(p[r], g[r], m[r], v[r], vm[r], amsgrad, maximize, bool(decoupled), *scalars),
-                    p.size, p.size, np, fused=True)
+                    p.size, p.size, np)  # not fused=True: 7 arrays per element, threads pay from PARALLEL_MIN
 
 
 def adagrad_step(p, g, s, step, h):
@@ -67,4 +67,4 @@ def adagrad_step(p, g, s, step, h):
     t = p.dtype.type
     clr = h["lr"] / (1 + (step - 1) * h["lr_decay"])
     parallel_chunks(lambda r: _adagrad(p[r], g[r], s[r], bool(h["maximize"]), t(h["weight_decay"]), t(clr),
-                                       t(h["eps"])), p.size, p.size, np, fused=True)
+                                       t(h["eps"])), p.size, p.size, np)
