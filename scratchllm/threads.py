@@ -28,6 +28,8 @@ PARALLEL_MIN = 1 << 17  # elements (512 KB of float32): less work than this stay
 # work to another thread costs 60-90 us on the CI machine's VM, and below a million elements a kernel on one
 # core measured as fast or faster than on two (layernorm at 256 x 1024: 126 us on one core, 237 on two)
 KERNEL_PARALLEL_MIN = 1 << 20
+KERNEL_PIECE = 1 << 18  # elements per piece of a fused kernel's work: its one pass needs no cache-sized pieces,
+# each piece costs a Python call, and pieces stay small enough that the two threads' shares differ little
 PIECE = 1 << 17  # elements per piece of an op's work: a few such arrays fit a core's L2 cache
 
 _pool = None
@@ -125,11 +127,12 @@ def parallel_chunks(fn, n: int, size: int, xp=None, fused: bool = False) -> list
     The rows are cut into pieces of about ``PIECE`` elements (``size`` is the elements the whole work
     touches), so that the several passes NumPy makes over a piece find it in the core's cache instead of
     main memory, and the pieces are dealt out in contiguous runs to the CPU threads (``parallel_map``).
-    Everything runs on the caller's thread when threads do not pay: ``size`` below ``PARALLEL_MIN`` (below
-    ``KERNEL_PARALLEL_MIN`` when ``fused``: the work is a fused kernel's one pass), one thread, arrays not on
-    NumPy (``xp``), or already inside parallel work (a batch shard).
+    Everything runs on the caller's thread when threads do not pay: ``size`` below ``PARALLEL_MIN``, one
+    thread, arrays not on NumPy (``xp``), or already inside parallel work (a batch shard). ``fused``: the work
+    is a fused CPU kernel's single pass, cut into ``KERNEL_PIECE`` pieces and parallel from
+    ``KERNEL_PARALLEL_MIN``. Piece sizes never depend on the thread count, so neither do sums over pieces.
     """
-    rows_per_piece = max(1, PIECE * n // max(size, 1))
+    rows_per_piece = max(1, (KERNEL_PIECE if fused else PIECE) * n // max(size, 1))
     pieces = [slice(i, min(i + rows_per_piece, n)) for i in range(0, n, rows_per_piece)] or [slice(0, n)]
     enough = size >= (KERNEL_PARALLEL_MIN if fused else PARALLEL_MIN)
     parallel = enough and len(pieces) > 1 and not getattr(_inside, "active", False) and (

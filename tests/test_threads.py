@@ -98,6 +98,7 @@ def test_every_op_cut_into_pieces_on_threads_gives_the_one_piece_numbers(monkeyp
     real = threads.parallel_map
     monkeypatch.setattr(threads, "parallel_map", lambda fn, items: calls.append(1) or real(fn, items))
     monkeypatch.setattr(threads, "PIECE", 1)
+    monkeypatch.setattr(threads, "KERNEL_PIECE", 1)
     monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
     monkeypatch.setattr(threads, "KERNEL_PARALLEL_MIN", 1)
     monkeypatch.setenv("SCRATCHLLM_THREADS", "3")

@@ -30,7 +30,12 @@ def softmax_forward(x, axis=-1):
     y = xp.empty_like(x, order="C")  # (...) C order, so that its rows below are views
     if axis in (-1, x.ndim - 1):  # the rows of the last axis, whatever the leading axes: (N, C)
         x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])
-        parallel_chunks(lambda r: softmax_rows(x2[r], y2[r]), x2.shape[0], x.size, xp, kernels.cpu_kernel_for(x))
+        if fused_rows(x2, y2):  # one loop per row (scratchllm/kernels/cpu/softmax.py), checked once here
+            from ..kernels.cpu import softmax as fused
+            one = x.dtype.type(1.0)
+            parallel_chunks(lambda r: fused.softmax_rows(x2[r], y2[r], one), x2.shape[0], x.size, xp, fused=True)
+        else:
+            parallel_chunks(lambda r: softmax_rows(x2[r], y2[r]), x2.shape[0], x.size, xp)
     else:  # cut into pieces along another axis, run on every CPU thread (threads.py)
         along = _pieces_axis(x.ndim, axis)
         parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), along.count(x.shape), x.size, xp)
@@ -102,8 +107,13 @@ def softmax_backward(dout, cache):
     if axis in (-1, y.ndim - 1):  # rows of the last axis: (N, C), as the forward
         C = y.shape[-1]
         dout2, y2, dx2 = dout.reshape(-1, C), y.reshape(-1, C), dx.reshape(-1, C)
-        parallel_chunks(lambda r: softmax_rows_backward(dout2[r], y2[r], dx2[r]), y2.shape[0], y.size, xp,
-                        kernels.cpu_kernel_for(y))
+        if fused_rows(dout2, y2, dx2):  # the fused CPU kernel, checked once here
+            from ..kernels.cpu import softmax as fused
+            one = y.dtype.type(1.0)
+            parallel_chunks(lambda r: fused.softmax_rows_backward(dout2[r], y2[r], dx2[r], one), y2.shape[0],
+                            y.size, xp, fused=True)
+        else:
+            parallel_chunks(lambda r: softmax_rows_backward(dout2[r], y2[r], dx2[r]), y2.shape[0], y.size, xp)
     else:
         along = _pieces_axis(y.ndim, axis)
         parallel_chunks(lambda r: softmax_rows_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),
