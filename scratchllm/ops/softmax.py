@@ -28,19 +28,29 @@ def softmax_forward(x, axis=-1):
     if xp is not np and kernels.enabled() and x.size:  # the fused CUDA kernel (scratchllm/kernels/softmax.py)
         return kernels.softmax_forward(x, axis)
     y = xp.empty_like(x, order="C")  # (...) C order, so that its rows below are views
-    if axis in (-1, x.ndim - 1):  # the rows of the last axis, whatever the leading axes: (N, C)
-        x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])
-        if fused_rows(x2, y2):  # one loop per row (scratchllm/kernels/cpu/softmax.py), checked once here
-            from ..kernels.cpu import softmax as fused
-            one = x.dtype.type(1.0)
-            parallel_chunks(lambda r: fused.softmax_rows(x2[r], y2[r], one), x2.shape[0], x.size, xp, fused=True)
-        else:
-            parallel_chunks(lambda r: softmax_rows(x2[r], y2[r]), x2.shape[0], x.size, xp)
+    if not x.size:  # nothing to normalize (an empty softmax axis included, as in torch)
+        return y, (y, axis)
+    rows = _kernel_rows(axis, x, y)  # (N, C) views, when the fused CPU kernel takes them
+    if rows:  # one loop per row (kernels/cpu/softmax.py)
+        from ..kernels.cpu import softmax as fused
+        (x2, y2), one = rows, x.dtype.type(1.0)
+        parallel_chunks(lambda r: fused.softmax_rows(x2[r], y2[r], one), x2.shape[0], x.size, xp, fused=True)
     else:  # cut into pieces along another axis, run on every CPU thread (threads.py)
         along = _pieces_axis(x.ndim, axis)
         parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), along.count(x.shape), x.size, xp)
     cache = (y, axis)
     return y, cache
+
+
+def _kernel_rows(axis, *arrays):
+    """The arrays as (N, C) rows of their last axis when ``axis`` is that axis and the fused CPU kernel takes
+    them (``fused_rows``), else None. The fused path cuts these rows into pieces; the NumPy code keeps its cut
+    along a leading axis below (measured faster for it: whole (T, C) matrices as pieces)."""
+    first = arrays[0]
+    if axis not in (-1, first.ndim - 1) or not first.size or not kernels.cpu_kernel_for(*arrays):
+        return None
+    rows = [a.reshape(-1, first.shape[-1]) for a in arrays]
+    return rows if fused_rows(*rows) else None
 
 
 def _pieces_axis(ndim, axis):
@@ -104,16 +114,14 @@ def softmax_backward(dout, cache):
     dout = dout.astype(y.dtype, copy=False)
     xp = get_xp(y)
     dx = xp.empty_like(y, order="C")  # (...) C order, as the forward's y
-    if axis in (-1, y.ndim - 1):  # rows of the last axis: (N, C), as the forward
-        C = y.shape[-1]
-        dout2, y2, dx2 = dout.reshape(-1, C), y.reshape(-1, C), dx.reshape(-1, C)
-        if fused_rows(dout2, y2, dx2):  # the fused CPU kernel, checked once here
-            from ..kernels.cpu import softmax as fused
-            one = y.dtype.type(1.0)
-            parallel_chunks(lambda r: fused.softmax_rows_backward(dout2[r], y2[r], dx2[r], one), y2.shape[0],
-                            y.size, xp, fused=True)
-        else:
-            parallel_chunks(lambda r: softmax_rows_backward(dout2[r], y2[r], dx2[r]), y2.shape[0], y.size, xp)
+    if not y.size:
+        return (dx,)
+    rows = _kernel_rows(axis, dout, y, dx)  # (N, C) views, as in the forward
+    if rows:  # the fused CPU kernel
+        from ..kernels.cpu import softmax as fused
+        (dout2, y2, dx2), one = rows, y.dtype.type(1.0)
+        parallel_chunks(lambda r: fused.softmax_rows_backward(dout2[r], y2[r], dx2[r], one), y2.shape[0],
+                        y.size, xp, fused=True)
     else:
         along = _pieces_axis(y.ndim, axis)
         parallel_chunks(lambda r: softmax_rows_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),

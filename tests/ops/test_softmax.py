@@ -54,3 +54,11 @@ def test_a_long_1d_softmax_is_one_piece_not_a_race():
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-12)
         (dx,) = softmax_backward(np.ones_like(x), cache)
         assert np.abs(dx).max() < 1e-9  # sum(y) = 1: the gradient of a constant
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 4), (2, 0, 3), (0,)])
+def test_empty_inputs_give_empty_outputs(shape):
+    """Nothing to normalize, an empty softmax axis included (torch returns an empty tensor too)."""
+    y, cache = softmax_forward(np.zeros(shape, np.float32))
+    (dx,) = softmax_backward(np.zeros(shape, np.float32), cache)
+    assert y.shape == dx.shape == shape and y.dtype == dx.dtype == np.float32
