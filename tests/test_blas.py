@@ -109,3 +109,34 @@ def test_transposed_and_sliced_operands_reach_mkl_as_such(monkeypatch):
                 calls.clear()
                 np.testing.assert_allclose(blas.matmul(a, b), A["C"] @ B["C"], rtol=1e-5, atol=1e-5)
                 assert calls == [(expected[la][0], expected_b[lb][0], expected[la][1], expected_b[lb][1])], (la, lb)
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stacks_out_and_accumulate_match_numpy(dtype, monkeypatch):
+    """Stacks of matrices go to MKL's strided batch GEMM: transposed views, results written into a strided
+    view of a bigger array (``out``), and added to it (``accumulate``, beta = 1)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((5, 7, 4)).astype(dtype)
+    k = rng.standard_normal((5, 6, 4)).astype(dtype)  # a @ k^T: a transposed stack
+    big = rng.standard_normal((5, 9, 6)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    expected = a @ k.swapaxes(-1, -2)  # (5, 7, 6)
+    used = []
+    real = blas._mkl_call
+    monkeypatch.setattr(blas, "_mkl_call", lambda *args: used.append(real(*args) is not None) or real(*args))
+    with in_line():
+        np.testing.assert_allclose(blas.matmul(a, k.swapaxes(-1, -2)), expected, **tol)
+        view = big[:, 1:8]  # (5, 7, 6) rows 1..7 of each matrix: leading dimension 6, batch stride 54
+        before = big.copy()
+        assert blas.matmul(a, k.swapaxes(-1, -2), out=view) is view
+        np.testing.assert_allclose(big[:, 1:8], expected, **tol)
+        np.testing.assert_array_equal(big[:, [0, 8]], before[:, [0, 8]])  # nothing written outside the view
+        blas.matmul(a, k.swapaxes(-1, -2), out=view, accumulate=True)
+        np.testing.assert_allclose(big[:, 1:8], 2 * expected, **tol)
+        assert used == [True, True, True]
+        # stacks MKL is not given: different batch sizes (NumPy broadcasts), and overlapping out matrices
+        assert blas._mkl_call(a, k[:1].swapaxes(-1, -2), None) is None
+        step = a.itemsize
+        overlapping = np.lib.stride_tricks.as_strided(np.zeros(200, dtype), (5, 7, 6), (6 * step, 6 * step, step))
+        assert blas._mkl_call(a, k.swapaxes(-1, -2), overlapping) is None

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..blas import matmul  # a @ b (through MKL in a single-core piece or shard when it is installed: blas.py)
 from ._checks import check_dout, check_float, check_same_dtype
 from .dropout import dropout_backward, dropout_forward
 from ..threads import parallel_chunks
@@ -70,7 +71,7 @@ def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
     pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, T, Tk) the whole mask at once: draws in order
     pd3 = pd.reshape(B * H, T, Tk)
     out = xp.empty((B * H, T, D), dtype=q.dtype)  # (BH, T, D)
-    parallel_chunks(lambda r: xp.matmul(pd3[r], v3[r], out=out[r]), B * H, p.size, xp)  # out = pd @ v
+    parallel_chunks(lambda r: matmul(pd3[r], v3[r], out=out[r]), B * H, p.size, xp)  # out = pd @ v
     cache = (q, k, v, (p, -1), drop_cache, scale)  # pd is not kept: backward rebuilds it from p and the mask
     return out.reshape(B, H, T, D), cache
 
@@ -81,7 +82,7 @@ def attention_weights(q, k, scale, mask, p):
     their index. Masked scores are overwritten, not added to: a NaN or inf score that a query must not see
     (a key in its future) then cannot reach its row, as in torch."""
     xp = get_xp(q)
-    xp.matmul(q, k.swapaxes(-1, -2), out=p)  # (n, Tq, Tk) att, scaled, masked and normalized in place
+    matmul(q, k.swapaxes(-1, -2), out=p)  # (n, Tq, Tk) att, scaled, masked and normalized in place
     if fused_rows(p):  # scale + mask + softmax in one loop per row (scratchllm/kernels/cpu/softmax.py)
         from ..kernels.cpu import softmax as fused
         fused.scaled_causal_softmax_rows(p, p, p.dtype.type(scale), mask is not None)  # masks as mask would
@@ -136,13 +137,9 @@ def matrices_backward(dout, q, k, v, p, pd, mask, drop_scale, scale, dq, dk, dv,
     """attention_backward for some (batch, head) matrices (n, ., .): writes dq, and dk, dv (adds to them
     when ``accumulate``: query blocks share their keys)."""
     xp = get_xp(q)
-    (dp,) = dropout_backward(dout @ v.swapaxes(-1, -2), (mask, drop_scale, pd.shape))  # (n, T, Tk)
+    (dp,) = dropout_backward(matmul(dout, v.swapaxes(-1, -2)), (mask, drop_scale, pd.shape))  # (n, T, Tk)
     datt = dp  # a fresh product, turned into datt in place: the softmax backward, times the scale
     softmax_rows_backward(dp, p, datt, scale=scale)
-    xp.matmul(datt, k, out=dq)  # dq = datt @ k
-    if accumulate:
-        dv += pd.swapaxes(-1, -2) @ dout  # dv += pd^T @ dout
-        dk += datt.swapaxes(-1, -2) @ q  # dk += datt^T @ q
-    else:
-        xp.matmul(pd.swapaxes(-1, -2), dout, out=dv)
-        xp.matmul(datt.swapaxes(-1, -2), q, out=dk)
+    matmul(datt, k, out=dq)  # dq = datt @ k
+    matmul(pd.swapaxes(-1, -2), dout, out=dv, accumulate=accumulate)  # dv (+)= pd^T @ dout
+    matmul(datt.swapaxes(-1, -2), q, out=dk, accumulate=accumulate)  # dk (+)= datt^T @ q

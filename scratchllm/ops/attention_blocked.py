@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..blas import matmul
 from ..threads import parallel_chunks
 from ._checks import check_dout
 from .attention import attention_weights, causal_mask, check_qkv, matrices_backward
@@ -58,7 +59,7 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
             p_cache = (p, -1)
         pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, i1-i0, e) the whole mask: draws in order
         pd3 = pd.reshape(BH, i1 - i0, e)
-        parallel_chunks(lambda r: xp.matmul(pd3[r], v3[r, :e], out=out[r, i0:i1]), BH, pd3.size, xp)  # pd @ v
+        parallel_chunks(lambda r: matmul(pd3[r], v3[r, :e], out=out[r, i0:i1]), BH, pd3.size, xp)  # pd @ v
         blocks.append((i0, i1, e, p_cache, drop_cache))
     cache = (q3, k3, v3, (B, H), blocks, scale)
     return out.reshape(B, H, T, D), cache
