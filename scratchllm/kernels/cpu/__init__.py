@@ -5,13 +5,14 @@ family has its op in ``scratchllm/ops/`` as its reference, with the same signatu
 cache layout (a kernel forward's cache works with the NumPy backward and the other way round), and
 ``tests/kernels/test_cpu_kernels.py`` proves the two equal. Where NumPy makes one pass over memory per
 arithmetic step (an op is 5 to 18 passes), a kernel runs one loop per row or element: layernorm, softmax
-(and attention's scaled causal softmax) and GELU.
+(and attention's scaled causal softmax, and the cross-entropy's two row loops), GELU, the embedding
+backward's scatter-add, and the Adam/AdamW/Adagrad update (bit-identical to the NumPy update).
 
-Dispatch: each op checks ``xp is np and kernels.cpu_enabled()`` at the top of its forward and backward.
-That is True when Numba imports and ``SCRATCHLLM_KERNELS`` is not ``"0"`` (set it to 0 to run the NumPy
-code). Importing this package does not import Numba; the families load on first use and compile on
-their first call for each dtype (about a second each; ``cache=True`` keeps the machine code in
-``__pycache__`` for the next process).
+Dispatch: each op checks ``kernels.cpu_kernel_for(*arrays)`` at the top of its forward and backward. That is
+True for plain float32/float64 NumPy arrays when Numba imports and ``SCRATCHLLM_KERNELS`` is not ``"0"`` (set
+it to 0 to run the NumPy code). Importing this package does not import Numba; the families load on first
+use and compile on their first call for each dtype and layout (about a second each), and the machine code is
+kept on disk for the next process (``CACHE_DIR``).
 
 Float32 arithmetic stays float32 and float64 stays float64: the kernels write their constants as
 float32 only where float32 is exact (0, 1/2, 1) and otherwise through ``_math.cast``; accumulators start

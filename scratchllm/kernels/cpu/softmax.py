@@ -1,10 +1,10 @@
 """Softmax along the last axis, and attention's scaled (causal) softmax, as Numba CPU kernels.
 
 References: ``softmax_rows`` and ``softmax_rows_backward`` in ``scratchllm/ops/softmax.py`` (the softmax op
-and attention call them on pieces of their arrays) and the scale-mask-softmax of ``attention_weights`` in
-``scratchllm/ops/attention.py``:
+and attention call them on pieces of their arrays), the scale-mask-softmax of ``attention_weights`` in
+``scratchllm/ops/attention.py``, and the cross-entropy's ``_logsumexp_rows`` and ``_weighted_softmax_rows``:
 
-    att *= scale;  att += -inf above the causal diagonal;  p = softmax(att, axis=-1)
+    att *= scale;  att = -inf above the causal diagonal;  p = softmax(att, axis=-1)
 
 The forward reads a row once for its max, once to write exp(x - max) and add it up, and once more to
 scale by 1 / sum: three sweeps instead of the op's five NumPy passes (seven in attention, with the scale
