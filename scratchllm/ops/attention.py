@@ -136,7 +136,6 @@ def attention_backward(dout, cache):
 def matrices_backward(dout, q, k, v, p, pd, mask, drop_scale, scale, dq, dk, dv, accumulate=False):
     """attention_backward for some (batch, head) matrices (n, ., .): writes dq, and dk, dv (adds to them
     when ``accumulate``: query blocks share their keys)."""
-    xp = get_xp(q)
     (dp,) = dropout_backward(matmul(dout, v.swapaxes(-1, -2)), (mask, drop_scale, pd.shape))  # (n, T, Tk)
     datt = dp  # a fresh product, turned into datt in place: the softmax backward, times the scale
     softmax_rows_backward(dp, p, datt, scale=scale)

@@ -47,7 +47,6 @@ def embedding_backward(dout, cache):
     idx, table_shape, dtype = cache
     V, C = table_shape
     check_dout(dout, idx.shape + (C,))
-    xp = get_xp(dout)
     if kernels.cpu_kernel_for(dout) and dout.dtype == dtype:  # one loop over the tokens (kernels/cpu/embedding.py)
         from ..kernels.cpu import embedding as fused
         return fused.embedding_backward(dout, cache)
