@@ -96,7 +96,7 @@ def parallel_map(fn, items) -> list:
     exception in any item is raised after every thread has finished.
     """
     items = list(items)
-    if len(items) <= 1 or getattr(_inside, "active", False):
+    if len(items) <= 1 or in_line_active():
         return [fn(item) for item in items]
 
     def run(item):
@@ -135,7 +135,7 @@ def parallel_chunks(fn, n: int, size: int, xp=None, fused: bool = False) -> list
     rows_per_piece = max(1, (KERNEL_PIECE if fused else PIECE) * n // max(size, 1))
     pieces = [slice(i, min(i + rows_per_piece, n)) for i in range(0, n, rows_per_piece)] or [slice(0, n)]
     enough = size >= (KERNEL_PARALLEL_MIN if fused else PARALLEL_MIN)
-    parallel = enough and len(pieces) > 1 and not getattr(_inside, "active", False) and (
+    parallel = enough and len(pieces) > 1 and not in_line_active() and (
         xp is None or xp.__name__ == "numpy")
     threads = min(cpu_threads(), len(pieces)) if parallel else 1
     if threads == 1:

@@ -43,7 +43,11 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
                          f"got {int(t[bad][0])}")
     t_safe = xp.where(keep & ~bad, t, 0)  # (N,) ignored (and bad) rows read column 0, then get weight 0
     lse = xp.empty(x.shape[0], dtype=x.dtype)  # (N,), rows cut into cache-sized pieces on every CPU thread
-    parallel_chunks(lambda r: _logsumexp_rows(x[r], lse[r]), x.shape[0], x.size, xp, kernels.cpu_kernel_for(x))
+    if fused_rows(x, lse):  # one loop per row (scratchllm/kernels/cpu/softmax.py), checked once here
+        from ..kernels.cpu import softmax as fused
+        parallel_chunks(lambda r: fused.logsumexp_rows(x[r], lse[r]), x.shape[0], x.size, xp, fused=True)
+    else:
+        parallel_chunks(lambda r: _logsumexp_rows(x[r], lse[r]), x.shape[0], x.size, xp)
     picked = xp.take_along_axis(x, t_safe[:, None], axis=-1)[:, 0]  # (N,)
     nll = xp.where(keep, lse - picked, 0)  # (N,)
     if xp is np:
@@ -58,10 +62,6 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
 
 def _logsumexp_rows(x, lse):
     """lse = max + log(sum(exp(x - max))) along the rows of a piece x (n, V), into lse (n,)."""
-    if fused_rows(x, lse):  # one loop per row (scratchllm/kernels/cpu/softmax.py)
-        from ..kernels.cpu import softmax as fused
-        fused.logsumexp_rows(x, lse)
-        return
     xp = get_xp(x)
     top = xp.take_along_axis(x, x.argmax(axis=-1)[:, None], axis=-1)  # (n, 1) the row max, read at argmax
     e = xp.subtract(x, top)  # (n, V) a piece-sized temporary
@@ -94,18 +94,17 @@ def cross_entropy_backward(dout, cache):
     scale = xp.asarray(dout, dtype=logits.dtype).reshape(()) / count  # () dout / M (count is max(M, 1))
     w = xp.where(keep, scale, 0).astype(logits.dtype)  # (N,) per-row weight; 0 for ignored rows
     dx = xp.empty_like(x)  # (N, V) w * softmax, recomputed, in cache-sized pieces on every CPU thread
-    parallel_chunks(lambda r: _weighted_softmax_rows(x[r], lse[r], w[r], dx[r]), N, x.size, xp,
-                    kernels.cpu_kernel_for(x))
+    if fused_rows(x, lse, w, dx):  # the fused CPU kernel, checked once here
+        from ..kernels.cpu import softmax as fused
+        parallel_chunks(lambda r: fused.weighted_softmax_rows(x[r], lse[r], w[r], dx[r]), N, x.size, xp, fused=True)
+    else:
+        parallel_chunks(lambda r: _weighted_softmax_rows(x[r], lse[r], w[r], dx[r]), N, x.size, xp)
     dx[xp.arange(N), t_safe] -= w  # (N, V) minus w * the one-hot target (t_safe: distinct rows, no repeats)
     return dx.reshape(logits.shape), None
 
 
 def _weighted_softmax_rows(x, lse, w, dx):
     """dx = w * exp(x - lse) for a piece of rows x (n, V), lse and w (n,)."""
-    if fused_rows(x, lse, w, dx):  # the fused CPU kernel
-        from ..kernels.cpu import softmax as fused
-        fused.weighted_softmax_rows(x, lse, w, dx)
-        return
     xp = get_xp(x)
     xp.subtract(x, lse[:, None], out=dx)
     xp.exp(dx, out=dx)

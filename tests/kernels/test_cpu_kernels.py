@@ -300,7 +300,14 @@ def test_arrays_the_kernels_are_not_built_for_take_the_numpy_code(monkeypatch):
                                       (ops.layernorm_forward, ops.layernorm_backward, (a, w, b))):
         out, cache = forward(*inputs)
         assert type(out) is Tagged  # the NumPy code keeps the subclass; a kernel would not
-        backward(np.ones_like(out), cache)
+        dout = random_dout(np.asarray(out))
+        grads = backward(dout.view(Tagged), cache)
+        monkeypatch.setenv(kernels.ENV_VAR, "0")  # the same numbers as plain arrays through the NumPy code
+        plain_out, plain_cache = forward(*[np.asarray(i) for i in inputs])
+        np.testing.assert_allclose(np.asarray(out), plain_out, rtol=1e-6)
+        for g, g_plain in zip(grads, backward(dout, plain_cache)):
+            np.testing.assert_allclose(np.asarray(g), g_plain, rtol=1e-5, atol=1e-6)
+        monkeypatch.setenv(kernels.ENV_VAR, "1")
     for dt in (np.float16, ">f4"):
         _, params = flatten_params({"w": np.ones((4, 3), dt)})
         _, grads = flatten_params({"w": np.full((4, 3), 0.5, dt)})
