@@ -53,8 +53,8 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
 
     On CuPy nothing is read back to the host (no sync in a training step): the clipping factor stays on the
     device, ``g = g * where(isfinite(total_norm), min(clip_coef, 1), 1)``, and ``total_norm`` is returned as
-    a 0-d device array (``float()`` it to read it). Gradients that tile one flat buffer (GPT's on CuPy) are
-    normed and scaled in one pass over it.
+    a 0-d device array (``float()`` it to read it). Gradients that tile one flat buffer (GPT's) are normed and
+    scaled in one pass over it.
     """
     max_norm, eps = _number("max_norm", max_norm), _number("eps", eps)
     arrays = [g for g in (grads.values() if isinstance(grads, Mapping) else grads) if g is not None]
@@ -63,7 +63,12 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
     xp = get_xp(*arrays)
     if xp is not np:
         return _clip_grad_norm_device(xp, arrays, max_norm, eps)
-    total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
+    span = flat_span(arrays)
+    if span is not None:  # one flat buffer (GPT's gradients): one norm and one scale over it, not one per array
+        arrays = [span[0]]
+        total = xp.linalg.norm(span[0])  # () as sqrt(dot(g, g)): one BLAS pass
+    else:
+        total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
     norm = float(total)
     if math.isfinite(norm) and norm > 0:
         coef = max_norm / (total + eps)  # in the norms' dtype, as torch

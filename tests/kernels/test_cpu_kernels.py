@@ -253,7 +253,10 @@ def test_float32_math_accuracy():
                                                                           amsgrad=True, maximize=True),
     lambda params: __import__("scratchllm.optim", fromlist=["Adagrad"]).Adagrad(params, lr=0.1, lr_decay=0.01,
                                                                                 weight_decay=0.1),
-], ids=["adamw", "adam_amsgrad_maximize", "adagrad"])
+    lambda params: __import__("scratchllm.optim", fromlist=["Adam"]).Adam(params, lr=0.01),
+    lambda params: __import__("scratchllm.optim", fromlist=["AdamW"]).AdamW(params, lr=0.01, amsgrad=True),
+    lambda params: __import__("scratchllm.optim", fromlist=["Adagrad"]).Adagrad(params, lr=0.1, maximize=True),
+], ids=["adamw", "adam_amsgrad_maximize", "adagrad", "adam", "adamw_amsgrad", "adagrad_maximize"])
 def test_fused_optimizer_steps_are_bit_identical_to_numpy(make, monkeypatch):
     """The update kernels repeat the NumPy update's float32 operations in order: the same bits."""
     from scratchllm.flat import flatten_params
