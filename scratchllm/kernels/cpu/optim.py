@@ -2,7 +2,8 @@
 
 The same calls as the CUDA kernels in ``scratchllm/kernels/optim.py``: one call updates a whole param group's
 flat buffers in place (``Optimizer._step_flat``), in cache-sized pieces on every core. The NumPy update is
-about 14 passes over each piece; here one loop reads p, g and the state once and writes them once.
+about 14 passes over each piece; here two loops over each 1024-element block (the moments, then the
+parameter) read p, g and the state from memory once and write them once.
 
 The arithmetic is the NumPy code's, operation for operation and in the same order, with no fastmath (no
 fused multiply-adds): float32 results are bit-identical to the NumPy path (tests/kernels/test_cpu_kernels.py).
