@@ -66,12 +66,19 @@ def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
     q3, k3, v3 = (a.reshape(B * H, -1, D) for a in (q, k, v))  # (BH, T, D), (BH, Tk, D) x 2
     p = xp.empty((B * H, T, Tk), dtype=q.dtype)  # (BH, T, Tk)
     mask = causal_mask(T, Tk, xp) if causal else None  # (T, Tk) True above the diagonal
-    parallel_chunks(lambda r: attention_weights(q3[r], k3[r], scale, mask, p[r]), B * H, p.size, xp)
+    out = xp.empty((B * H, T, D), dtype=q.dtype)  # (BH, T, D)
+
+    def weights(r):  # without dropout pd is p: out = p @ v right away, while these matrices are in cache
+        attention_weights(q3[r], k3[r], scale, mask, p[r])
+        if not dropout:
+            matmul(p[r], v3[r], out=out[r])
+
+    parallel_chunks(weights, B * H, p.size, xp)
     p = p.reshape(B, H, T, Tk)  # (B, H, T, Tk); masked entries are exactly 0
     pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, T, Tk) the whole mask at once: draws in order
-    pd3 = pd.reshape(B * H, T, Tk)
-    out = xp.empty((B * H, T, D), dtype=q.dtype)  # (BH, T, D)
-    parallel_chunks(lambda r: matmul(pd3[r], v3[r], out=out[r]), B * H, p.size, xp)  # out = pd @ v
+    if dropout:
+        pd3 = pd.reshape(B * H, T, Tk)
+        parallel_chunks(lambda r: matmul(pd3[r], v3[r], out=out[r]), B * H, p.size, xp)  # out = pd @ v
     cache = (q, k, v, (p, -1), drop_cache, scale)  # pd is not kept: backward rebuilds it from p and the mask
     return out.reshape(B, H, T, D), cache
 

@@ -51,15 +51,24 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
         if xp is not np and kernels.enabled():  # scale + mask + softmax: one CUDA pass
             att = q[:, :, i0:i1] @ k[:, :, :e].swapaxes(-1, -2)  # (B, H, i1-i0, e)
             p, p_cache = kernels.scaled_causal_softmax_forward(att, scale)
+            pv_done = False
         else:
             p = xp.empty((BH, i1 - i0, e), dtype=q.dtype)  # (BH, i1-i0, e)
             mask = causal_mask(i1 - i0, e, xp)  # the block's diagonal
-            parallel_chunks(lambda r: attention_weights(q3[r, i0:i1], k3[r, :e], scale, mask, p[r]), BH, p.size, xp)
+
+            def weights(r):  # without dropout pd is p: its product with v right away, while in cache
+                attention_weights(q3[r, i0:i1], k3[r, :e], scale, mask, p[r])
+                if not dropout:
+                    matmul(p[r], v3[r, :e], out=out[r, i0:i1])
+
+            parallel_chunks(weights, BH, p.size, xp)
             p = p.reshape(B, H, i1 - i0, e)
             p_cache = (p, -1)
+            pv_done = not dropout
         pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, i1-i0, e) the whole mask: draws in order
-        pd3 = pd.reshape(BH, i1 - i0, e)
-        parallel_chunks(lambda r: matmul(pd3[r], v3[r, :e], out=out[r, i0:i1]), BH, pd3.size, xp)  # pd @ v
+        if not pv_done:
+            pd3 = pd.reshape(BH, i1 - i0, e)
+            parallel_chunks(lambda r: matmul(pd3[r], v3[r, :e], out=out[r, i0:i1]), BH, pd3.size, xp)  # pd @ v
         blocks.append((i0, i1, e, p_cache, drop_cache))
     cache = (q3, k3, v3, (B, H), blocks, scale)
     return out.reshape(B, H, T, D), cache
