@@ -169,7 +169,7 @@ class GPT:
         tokens in ``idx`` then continue the cached ones (positions start after them), so generation feeds
         one new token per call instead of the whole context.
         """
-        cfg, p, xp = self.cfg, self.params, self.xp
+        cfg, xp = self.cfg, self.xp
         idx = self._check_ids("idx", idx)
         B, T = idx.shape
         past = kv_cache[0][0].shape[2] if kv_cache else 0  # positions already in the KV cache

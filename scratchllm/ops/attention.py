@@ -12,7 +12,7 @@ from ..blas import matmul  # a @ b (through MKL in a single-core piece or shard 
 from ._checks import check_dout, check_float, check_same_dtype
 from .dropout import dropout_backward, dropout_forward
 from ..threads import parallel_chunks
-from .softmax import fused_rows, softmax_backward, softmax_forward, softmax_rows, softmax_rows_backward
+from .softmax import fused_rows, softmax_backward, softmax_rows, softmax_rows_backward
 
 
 def causal_mask(Tq, Tk, xp):
