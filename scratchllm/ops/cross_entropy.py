@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..kernels.cpu import run_rows  # a fused kernel over rows, on every core
 from ..threads import parallel_chunks
 from ._checks import check_float, check_int
 from .softmax import fused_rows
@@ -45,7 +46,7 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
     lse = xp.empty(x.shape[0], dtype=x.dtype)  # (N,), rows cut into cache-sized pieces on every CPU thread
     if fused_rows(x, lse):  # one loop per row (scratchllm/kernels/cpu/softmax.py), checked once here
         from ..kernels.cpu import softmax as fused
-        parallel_chunks(lambda r: fused.logsumexp_rows(x[r], lse[r]), x.shape[0], x.size, xp, fused=True)
+        run_rows(fused.logsumexp_rows, fused.logsumexp_rows_par, (x, lse), (), x.size)  # on every core
     else:
         parallel_chunks(lambda r: _logsumexp_rows(x[r], lse[r]), x.shape[0], x.size, xp)
     picked = xp.take_along_axis(x, t_safe[:, None], axis=-1)[:, 0]  # (N,)
@@ -96,7 +97,7 @@ def cross_entropy_backward(dout, cache):
     dx = xp.empty_like(x)  # (N, V) w * softmax, recomputed, in cache-sized pieces on every CPU thread
     if fused_rows(x, lse, w, dx):  # the fused CPU kernel, checked once here
         from ..kernels.cpu import softmax as fused
-        parallel_chunks(lambda r: fused.weighted_softmax_rows(x[r], lse[r], w[r], dx[r]), N, x.size, xp, fused=True)
+        run_rows(fused.weighted_softmax_rows, fused.weighted_softmax_rows_par, (x, lse, w, dx), (), x.size)
     else:
         parallel_chunks(lambda r: _weighted_softmax_rows(x[r], lse[r], w[r], dx[r]), N, x.size, xp)
     dx[xp.arange(N), t_safe] -= w  # (N, V) minus w * the one-hot target (t_safe: distinct rows, no repeats)

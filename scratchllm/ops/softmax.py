@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp
+from ..kernels.cpu import run_rows  # a fused kernel over rows, on every core
 from ..threads import parallel_chunks
 from ._checks import check_dout, check_float
 
@@ -34,7 +35,7 @@ def softmax_forward(x, axis=-1):
     if rows:  # one loop per row (kernels/cpu/softmax.py)
         from ..kernels.cpu import softmax as fused
         (x2, y2), one = rows, x.dtype.type(1.0)
-        parallel_chunks(lambda r: fused.softmax_rows(x2[r], y2[r], one), x2.shape[0], x.size, xp, fused=True)
+        run_rows(fused.softmax_rows, fused.softmax_rows_par, (x2, y2), (one,), x.size)  # on every core
     else:  # cut into pieces along another axis, run on every CPU thread (threads.py)
         along = _pieces_axis(x.ndim, axis)
         parallel_chunks(lambda r: softmax_rows(x[along(r)], y[along(r)], axis), along.count(x.shape), x.size, xp)
@@ -120,8 +121,7 @@ def softmax_backward(dout, cache):
     if rows:  # the fused CPU kernel
         from ..kernels.cpu import softmax as fused
         (dout2, y2, dx2), one = rows, y.dtype.type(1.0)
-        parallel_chunks(lambda r: fused.softmax_rows_backward(dout2[r], y2[r], dx2[r], one), y2.shape[0],
-                        y.size, xp, fused=True)
+        run_rows(fused.softmax_rows_backward, fused.softmax_rows_backward_par, (dout2, y2, dx2), (one,), y.size)
     else:
         along = _pieces_axis(y.ndim, axis)
         parallel_chunks(lambda r: softmax_rows_backward(dout[along(r)], y[along(r)], dx[along(r)], axis),

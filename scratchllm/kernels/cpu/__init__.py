@@ -51,6 +51,65 @@ def _cache_dir() -> str:
 CACHE_DIR = _cache_dir()
 
 
+# Kernels on every core through Numba's ``prange`` (the ``*_par`` drivers next to each kernel), from PRANGE_MIN
+# elements, in pieces of about PRANGE_PIECE (sizes fixed by the work, not the thread count, so sums over
+# pieces do not depend on it). Only under Numba's TBB threading layer, whose workers wait spinning between
+# loops: a launch takes about 2 us on the CI machine against 74 us for handing a piece to a Python thread
+# (``threads.parallel_map``) and 118 us under Numba's own ``workqueue`` layer. Never inside a batch shard,
+# which has its core (``threads.in_line_active``).
+PRANGE_MIN = 1 << 15
+PRANGE_PIECE = 1 << 14
+
+
+def prange_rows(n: int, size: int) -> int:
+    """Rows per piece for a kernel's ``*_par`` driver over ``n`` rows (``size`` elements in all), after setting
+    Numba's thread count; 0 when the kernel should not use it (then ``threads.parallel_chunks`` runs it)."""
+    from ... import threads
+
+    if size < PRANGE_MIN or threads.in_line_active():
+        return 0
+    count = threads.cpu_threads()
+    if count < 2 or not _tbb_layer():
+        return 0
+    import numba
+
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    return max(1, PRANGE_PIECE * n // size)
+
+
+def run_rows(serial, par, arrays, extra, size):
+    """``serial(*[a[r] for a in arrays], *extra)`` over every row range r of the arrays (rows on axis 0):
+    through ``par(*arrays, *extra, rows)`` (its ``prange`` driver) where ``prange_rows`` says so, else in
+    ``threads.parallel_chunks`` pieces. ``size``: the elements the work touches."""
+    from ...threads import parallel_chunks
+
+    n = arrays[0].shape[0]
+    rows = prange_rows(n, size)
+    if rows:
+        par(*arrays, *extra, rows)
+    else:
+        parallel_chunks(lambda r: serial(*(a[r] for a in arrays), *extra), n, size, np, fused=True)
+
+
+_TBB = []
+
+
+def _tbb_layer() -> bool:
+    """Whether Numba's parallel loops run on its TBB layer (decided at the first parallel launch: one tiny
+    loop is run to find out; Numba tries TBB first unless ``NUMBA_THREADING_LAYER`` says otherwise)."""
+    if not _TBB:
+        import numba
+
+        from ._prange import probe
+
+        try:
+            probe(np.zeros(2))
+            _TBB.append(numba.threading_layer() == "tbb")
+        except Exception:  # noqa: BLE001 (no usable threading layer at all: the Python threads run the pieces)
+            _TBB.append(False)
+    return _TBB[0]
+
+
 def jit(**options):
     """``numba.njit`` with the kernels' ``OPTIONS`` (plus ``options``, e.g. fastmath), its machine code cached
     on disk in ``CACHE_DIR`` (Numba reads its cache setting when a function is decorated)."""

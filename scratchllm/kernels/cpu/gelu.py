@@ -9,9 +9,10 @@ Phi of ``_math.py`` (errors 2e-7 and 3e-7 absolute); float64 the C library's tan
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from ...threads import parallel_chunks
-from . import ONE, jit
+from . import ONE, jit, prange_rows
 from ._math import SQRT_2_OVER_PI, cast, exp, phi_cdf, tanh
 
 INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -54,12 +55,38 @@ def _erf_backward(x, cdf, dout, dx):
         dx[i] = dout[i] * (cdf[i] + v * cast(INV_SQRT_2PI, v) * exp(-HALF * v * v))
 
 
+@jit(parallel=True)
+def _forward_par(x, saved, out, tanh_approx, piece):
+    """The forward over pieces of ``piece`` elements on every core (``prange_rows``)."""
+    for k in prange((x.shape[0] + piece - 1) // piece):
+        s = slice(k * piece, min((k + 1) * piece, x.shape[0]))
+        if tanh_approx:
+            _tanh_forward(x[s], saved[s], out[s])
+        else:
+            _erf_forward(x[s], saved[s], out[s])
+
+
+@jit(parallel=True)
+def _backward_par(x, saved, dout, dx, tanh_approx, piece):
+    """The backward over pieces of ``piece`` elements on every core (``prange_rows``)."""
+    for k in prange((x.shape[0] + piece - 1) // piece):
+        s = slice(k * piece, min((k + 1) * piece, x.shape[0]))
+        if tanh_approx:
+            _tanh_backward(x[s], saved[s], dout[s], dx[s])
+        else:
+            _erf_backward(x[s], saved[s], dout[s], dx[s])
+
+
 def gelu_forward(x, approximate="tanh"):
     """``ops.gelu_forward`` on NumPy arrays (checked by the op): ``out, (x, saved, approximate)``."""
     xf = np.ascontiguousarray(x).reshape(-1)  # (n,) flat, one chunk of elements per CPU thread
     out, saved = np.empty_like(xf), np.empty_like(xf)  # (n,) out, and tanh(u) or Phi(x)
-    body = _tanh_forward if approximate == "tanh" else _erf_forward
-    parallel_chunks(lambda s: body(xf[s], saved[s], out[s]), xf.size, xf.size, np, fused=True)
+    piece = prange_rows(xf.size, xf.size)
+    if piece:
+        _forward_par(xf, saved, out, approximate == "tanh", piece)
+    else:
+        body = _tanh_forward if approximate == "tanh" else _erf_forward
+        parallel_chunks(lambda s: body(xf[s], saved[s], out[s]), xf.size, xf.size, np, fused=True)
     return out.reshape(x.shape), (x, saved.reshape(x.shape), approximate)
 
 
@@ -70,6 +97,10 @@ def gelu_backward(dout, cache):
     savedf = np.ascontiguousarray(saved).reshape(-1)  # (n,)
     doutf = np.ascontiguousarray(dout.astype(x.dtype, copy=False)).reshape(-1)  # (n,)
     dx = np.empty_like(xf)  # (n,)
-    body = _tanh_backward if approximate == "tanh" else _erf_backward
-    parallel_chunks(lambda s: body(xf[s], savedf[s], doutf[s], dx[s]), xf.size, xf.size, np, fused=True)
+    piece = prange_rows(xf.size, xf.size)
+    if piece:
+        _backward_par(xf, savedf, doutf, dx, approximate == "tanh", piece)
+    else:
+        body = _tanh_backward if approximate == "tanh" else _erf_backward
+        parallel_chunks(lambda s: body(xf[s], savedf[s], doutf[s], dx[s]), xf.size, xf.size, np, fused=True)
     return (dx.reshape(x.shape),)

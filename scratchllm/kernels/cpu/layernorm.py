@@ -12,9 +12,12 @@ depend on the thread count.
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from ...threads import parallel_chunks
-from . import ONE, REDUCE, ZERO, jit
+from . import ONE, REDUCE, ZERO, jit, prange_rows
+
+BACKWARD_PIECE = 1 << 14  # elements per piece of the backward, whose sums for dw and db are kept per piece
 
 
 @jit(fastmath=REDUCE)
@@ -63,6 +66,30 @@ def _backward_rows(dout, norm, rstd, w, inv_c, dx, dw, db):
             dx[i, j] = r * (dout[i, j] * w[j] - dnorm_mean - norm[i, j] * dnorm_norm_mean)
 
 
+@jit(fastmath=REDUCE, parallel=True)
+def _forward_par(x, w, b, eps, inv_c, out, norm, rstd, rows):
+    """``_forward_rows`` over pieces of ``rows`` rows on every core (``prange_rows``)."""
+    for k in prange((x.shape[0] + rows - 1) // rows):
+        r = slice(k * rows, min((k + 1) * rows, x.shape[0]))
+        _forward_rows(x[r], w, b, eps, inv_c, out[r], norm[r], rstd[r])
+
+
+@jit(fastmath=REDUCE)
+def _backward_pieces(dout, norm, rstd, w, inv_c, dx, dws, dbs, rows):
+    """``_backward_rows`` over pieces of ``rows`` rows, piece k's sums into dws[k], dbs[k] (pieces, C)."""
+    for k in range(dws.shape[0]):
+        r = slice(k * rows, min((k + 1) * rows, norm.shape[0]))
+        _backward_rows(dout[r], norm[r], rstd[r], w, inv_c, dx[r], dws[k], dbs[k])
+
+
+@jit(fastmath=REDUCE, parallel=True)
+def _backward_par(dout, norm, rstd, w, inv_c, dx, dws, dbs, rows):
+    """``_backward_pieces`` with the pieces on every core (``prange_rows``)."""
+    for k in prange(dws.shape[0]):
+        r = slice(k * rows, min((k + 1) * rows, norm.shape[0]))
+        _backward_rows(dout[r], norm[r], rstd[r], w, inv_c, dx[r], dws[k], dbs[k])
+
+
 def layernorm_forward(x, w, b, eps=1e-5):
     """``ops.layernorm_forward`` on NumPy arrays (checked by the op): ``out, (norm, rstd, w)``."""
     C = x.shape[-1]
@@ -71,8 +98,12 @@ def layernorm_forward(x, w, b, eps=1e-5):
     out, norm = np.empty_like(x2), np.empty_like(x2)  # (N, C)
     rstd = np.empty((x2.shape[0], 1), dtype=x.dtype)  # (N, 1)
     t = x.dtype.type  # scalars in x's dtype keep float32 arithmetic float32
-    parallel_chunks(lambda r: _forward_rows(x2[r], w, b, t(eps), t(1.0 / C), out[r], norm[r], rstd[r]),
-                    x2.shape[0], x2.size, np, fused=True)
+    rows = prange_rows(x2.shape[0], x2.size)
+    if rows:
+        _forward_par(x2, w, b, t(eps), t(1.0 / C), out, norm, rstd, rows)
+    else:
+        parallel_chunks(lambda r: _forward_rows(x2[r], w, b, t(eps), t(1.0 / C), out[r], norm[r], rstd[r]),
+                        x2.shape[0], x2.size, np, fused=True)
     return out.reshape(x.shape), (norm.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
 
 
@@ -86,15 +117,18 @@ def layernorm_backward(dout, cache):
     w = np.ascontiguousarray(w)
     dx = np.empty_like(norm2)  # (N, C)
     inv_c = norm.dtype.type(1.0 / C)
+    N = norm2.shape[0]
+    rows = max(1, BACKWARD_PIECE * N // max(norm2.size, 1))  # a piece's rows: fixed by the shape alone
+    pieces = -(-N // rows)
+    dws, dbs = np.zeros((pieces, C), norm.dtype), np.zeros((pieces, C), norm.dtype)  # each piece's sums
+    if prange_rows(N, norm2.size):
+        _backward_par(dout2, norm2, rstd2, w, inv_c, dx, dws, dbs, rows)
+    else:  # the same pieces on the Python threads, or in line
+        def run(ks):
+            _backward_pieces(dout2[ks.start * rows:ks.stop * rows], norm2[ks.start * rows:ks.stop * rows],
+                             rstd2[ks.start * rows:ks.stop * rows], w, inv_c, dx[ks.start * rows:ks.stop * rows],
+                             dws[ks], dbs[ks], rows)
 
-    def rows(r):
-        dw, db = np.zeros(C, norm.dtype), np.zeros(C, norm.dtype)  # this chunk's sums over its rows
-        _backward_rows(dout2[r], norm2[r], rstd2[r], w, inv_c, dx[r], dw, db)
-        return dw, db
-
-    parts = parallel_chunks(rows, norm2.shape[0], norm2.size, np, fused=True)
-    dw, db = parts[0]
-    for dw_part, db_part in parts[1:]:  # added in chunk order: the same sums on any number of threads
-        dw += dw_part
-        db += db_part
+        parallel_chunks(run, pieces, norm2.size, np, fused=True)
+    dw, db = dws.sum(axis=0), dbs.sum(axis=0)  # (C,) the pieces' sums added in piece order, whatever the threads
     return dx.reshape(norm.shape), dw, db

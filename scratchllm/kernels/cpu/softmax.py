@@ -15,6 +15,7 @@ The backward is one sweep for sum(dout * y) and one to write dx.
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from . import ONE, REDUCE, ZERO, jit
 from ._math import exp, row_max
@@ -100,3 +101,32 @@ def weighted_softmax_rows(x, lse, w, dx):
     for i in range(n):
         for j in range(V):
             dx[i, j] = exp(x[i, j] - lse[i]) * w[i]
+
+
+# The same row kernels over pieces of ``rows`` rows on every core (``kernels.cpu.run_rows``)
+@jit(fastmath=REDUCE, parallel=True)
+def softmax_rows_par(x, y, scale, rows):
+    for k in prange((x.shape[0] + rows - 1) // rows):
+        r = slice(k * rows, min((k + 1) * rows, x.shape[0]))
+        softmax_rows(x[r], y[r], scale)
+
+
+@jit(fastmath=REDUCE, parallel=True)
+def softmax_rows_backward_par(dout, y, dx, scale, rows):
+    for k in prange((y.shape[0] + rows - 1) // rows):
+        r = slice(k * rows, min((k + 1) * rows, y.shape[0]))
+        softmax_rows_backward(dout[r], y[r], dx[r], scale)
+
+
+@jit(fastmath=REDUCE, parallel=True)
+def logsumexp_rows_par(x, lse, rows):
+    for k in prange((x.shape[0] + rows - 1) // rows):
+        r = slice(k * rows, min((k + 1) * rows, x.shape[0]))
+        logsumexp_rows(x[r], lse[r])
+
+
+@jit(fastmath=REDUCE, parallel=True)
+def weighted_softmax_rows_par(x, lse, w, dx, rows):
+    for k in prange((x.shape[0] + rows - 1) // rows):
+        r = slice(k * rows, min((k + 1) * rows, x.shape[0]))
+        weighted_softmax_rows(x[r], lse[r], w[r], dx[r])
