@@ -81,14 +81,16 @@ def run_rows(serial, par, arrays, extra, size):
     """``serial(*[a[r] for a in arrays], *extra)`` over every row range r of the arrays (rows on axis 0):
     through ``par(*arrays, *extra, rows)`` (its ``prange`` driver) where ``prange_rows`` says so, else in
     ``threads.parallel_chunks`` pieces. ``size``: the elements the work touches."""
-    from ...threads import parallel_chunks
+    from ... import threads
 
     n = arrays[0].shape[0]
     rows = prange_rows(n, size)
     if rows:
         par(*arrays, *extra, rows)
+    elif size <= threads.KERNEL_PIECE:  # one piece: parallel_chunks would make this very call (5 us sooner)
+        serial(*arrays, *extra)
     else:
-        parallel_chunks(lambda r: serial(*(a[r] for a in arrays), *extra), n, size, np, fused=True)
+        threads.parallel_chunks(lambda r: serial(*(a[r] for a in arrays), *extra), n, size, np, fused=True)
 
 
 _TBB = []
