@@ -282,12 +282,16 @@ class GPT:
         # one backward per shard, each on its own thread or process; their gradients summed in shard order
         shards = cache["shards"]
         if any(isinstance(c, RemoteCache) for _, c in shards[1:]):
-            out0, outs = shards[1][1].owner.backward(  # each worker's grads: its shared gradient buffer
-                [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]],
-                lambda: self._backward_rows(dlogits[shards[0][0]], shards[0][1]))
-            outs = [out0] + outs
-        else:
-            outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
+            def local():  # shard 0 here, its gradients copied into the result's flat buffer while workers finish
+                own = self._backward_rows(dlogits[shards[0][0]], shards[0][1])
+                return flatten_params({name: own[name] for name in self._flat_order})
+
+            (flat, grads), worker_flats = shards[1][1].owner.backward(
+                [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]], local)
+            for worker_flat in worker_flats:  # each worker's gradients: its shared flat buffer, the same layout
+                flat += worker_flat  # one pass over the buffer (the shards' sum, in shard order)
+            return {name: grads[name] for name in self.params}
+        outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
         _, grads = empty_flat({name: self.params[name] for name in self._flat_order})
         names = list(self.params)
 

@@ -84,7 +84,7 @@ class ShardWorker:
         ctx = multiprocessing.get_context("fork")
         self.transfer = shared_empty(transfer_bytes, np.uint8)  # logits out, dlogits in (``pack``)
         self.grads = {}  # name -> view of this worker's shared gradient buffer (the params' layout)
-        flat = shared_empty(sum(int(v.size) for v in shared_params.values()), model.dtype)
+        self.grads_flat = flat = shared_empty(sum(int(v.size) for v in shared_params.values()), model.dtype)
         offset = 0
         for name, v in shared_params.items():
             self.grads[name] = flat[offset:offset + v.size].reshape(v.shape)
@@ -217,7 +217,8 @@ class ShardWorkers:
 
     def backward(self, handles, dlogits, local):
         """Send each handle's worker its shard's dlogits, run ``local()`` (shard 0) here; return (local's
-        result, each worker's gradients: views of its shared buffer, valid until its next backward)."""
+        result, each worker's gradients: its shared flat buffer, in the layout of the shared parameters, valid
+        until its next backward)."""
         with self._lock:
             if self.closed:
                 raise WorkerExited("the shard worker processes that held this forward's caches were closed "
@@ -225,7 +226,7 @@ class ShardWorkers:
             workers = [h.worker for h in handles]
             requests = [("backward", h.key, pack(h.worker.transfer, d)) for h, d in zip(handles, dlogits)]
             result, _ = self._exchange(workers, requests, local)
-            return result, [w.grads for w in workers]
+            return result, [w.grads_flat for w in workers]
 
     def _exchange(self, workers, requests, local):
         try:
