@@ -257,10 +257,23 @@ def test_float32_math_accuracy():
     lambda params: __import__("scratchllm.optim", fromlist=["AdamW"]).AdamW(params, lr=0.01, amsgrad=True),
     lambda params: __import__("scratchllm.optim", fromlist=["Adagrad"]).Adagrad(params, lr=0.1, maximize=True),
 ], ids=["adamw", "adam_amsgrad_maximize", "adagrad", "adam", "adamw_amsgrad", "adagrad_maximize"])
-def test_fused_optimizer_steps_are_bit_identical_to_numpy(make, monkeypatch):
-    """The update kernels repeat the NumPy update's float32 operations in order: the same bits."""
+@pytest.mark.parametrize("on_every_core", [False, True])
+def test_fused_optimizer_steps_are_bit_identical_to_numpy(make, on_every_core, monkeypatch):
+    """The update kernels repeat the NumPy update's float32 operations in order: the same bits, also with
+    Adam's pieces on every core through Numba's prange (pieces of 97 elements: a short last one)."""
     from scratchllm.flat import flatten_params
+    from scratchllm.kernels import cpu
+    from scratchllm.kernels.cpu import optim as fused_optim
 
+    calls = []
+    if on_every_core:
+        if not cpu._tbb_layer():
+            pytest.skip("Numba's TBB threading layer is not in use")
+        monkeypatch.setattr(cpu, "PRANGE_MIN", 1)
+        monkeypatch.setattr(cpu, "PRANGE_PIECE", 97)
+        monkeypatch.setenv("SCRATCHLLM_THREADS", "2")
+        real = fused_optim._adam_par
+        monkeypatch.setattr(fused_optim, "_adam_par", lambda *a: calls.append(1) or real(*a))
     results = []
     for switch in ("1", "0"):
         monkeypatch.setenv(kernels.ENV_VAR, switch)
@@ -274,6 +287,8 @@ def test_fused_optimizer_steps_are_bit_identical_to_numpy(make, monkeypatch):
     assert results[0].keys() == results[1].keys() and len(results[0]) > 2
     for key in results[0]:
         np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
+    if on_every_core and type(opt).__name__.startswith("Adam"):  # Adagrad keeps the Python threads
+        assert calls, "Adam's prange driver never ran"
 
 
 def test_embedding_kernel_refuses_ids_outside_the_table(monkeypatch):

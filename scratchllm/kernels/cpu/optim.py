@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import prange
 
 from ...threads import parallel_chunks
-from . import jit
+from . import jit, prange_rows
 
 
 # Each update is two loops over blocks of BLOCK elements (the moments, then the parameter), with the
@@ -74,6 +75,16 @@ def _adam(p, g, m, v, v_max, amsgrad, l2, weight_decay, decay, one_minus_beta1, 
             _apply(p[s:e], m[s:e], v[s:e], decay, bias_correction2_sqrt, eps, step_size)
 
 
+@jit(parallel=True)
+def _adam_par(p, g, m, v, v_max, amsgrad, l2, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2,
+              bias_correction2_sqrt, eps, step_size, piece):
+    """``_adam`` over pieces of ``piece`` elements on every core (``prange_rows``)."""
+    for k in prange((p.shape[0] + piece - 1) // piece):
+        r = slice(k * piece, min((k + 1) * piece, p.shape[0]))
+        _adam(p[r], g[r], m[r], v[r], v_max[r], amsgrad, l2, weight_decay, decay, one_minus_beta1, beta2,
+              one_minus_beta2, bias_correction2_sqrt, eps, step_size)
+
+
 @jit()
 def _adagrad(p, g, s, clr, eps):
     for i in range(p.shape[0]):
@@ -91,6 +102,11 @@ def adam_step(p, g, m, v, v_max, step, h, decoupled):
                t(lr / (1 - beta1**step)))
     amsgrad = bool(h["amsgrad"])
     vm = v_max if amsgrad else v  # a placeholder the kernel never touches without amsgrad
+
+    rows = prange_rows(p.size, p.size)
+    if rows:  # on every core through Numba (kernels/cpu/__init__.py)
+        _adam_par(p, -g if h["maximize"] else g, m, v, vm, amsgrad, l2, *scalars, rows)
+        return
 
     def piece(r):
         grad = -g[r] if h["maximize"] else g[r]  # (n,) negated exactly, as the NumPy update does
