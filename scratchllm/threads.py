@@ -124,15 +124,16 @@ def shard_bounds(n: int, shards: int) -> list:
 def parallel_chunks(fn, n: int, size: int, xp=None, fused: bool = False) -> list:
     """``fn(rows)`` over contiguous slices ``rows`` that cover ``range(n)`` in order; the results in order.
 
-    The rows are cut into pieces of about ``PIECE`` elements (``size`` is the elements the whole work
-    touches), so that the several passes NumPy makes over a piece find it in the core's cache instead of
+    The rows are cut into pieces of at most about ``PIECE`` elements, with the rows dealt evenly among them
+    (``size`` is the elements the whole work touches), so that the several passes NumPy makes over a piece find it in the core's cache instead of
     main memory, and the pieces are dealt out in contiguous runs to the CPU threads (``parallel_map``).
     Everything runs on the caller's thread when threads do not pay: ``size`` below ``PARALLEL_MIN``, one
     thread, arrays not on NumPy (``xp``), or already inside parallel work (a batch shard). ``fused``: the work
     is a fused CPU kernel's single pass, cut into ``KERNEL_PIECE`` pieces and parallel from
     ``KERNEL_PARALLEL_MIN``. Piece sizes never depend on the thread count, so neither do sums over pieces.
     """
-    rows_per_piece = max(1, (KERNEL_PIECE if fused else PIECE) * n // max(size, 1))
+    count = max(1, -(-size // (KERNEL_PIECE if fused else PIECE)))  # pieces of at most about PIECE elements,
+    rows_per_piece = max(1, -(-n // count))  # with their rows dealt evenly (12 rows in 2 pieces: 6 + 6, not 8 + 4)
     pieces = [slice(i, min(i + rows_per_piece, n)) for i in range(0, n, rows_per_piece)] or [slice(0, n)]
     enough = size >= (KERNEL_PARALLEL_MIN if fused else PARALLEL_MIN)
     parallel = enough and len(pieces) > 1 and not in_line_active() and (

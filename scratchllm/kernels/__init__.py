@@ -73,7 +73,11 @@ def cpu_status() -> tuple[bool, str]:
     reason = _numba_reason()
     if reason is not None:
         return False, f"no fused CPU kernels: {reason}"
-    return True, f"fused CPU kernels (Numba) on ({ENV_VAR}=0 turns them off)"
+    from .cpu import _tbb_layer
+
+    where = ("on every core from 32K elements (Numba's TBB layer)" if _tbb_layer()
+             else "on the Python threads (Numba's TBB layer not in use)")
+    return True, f"fused CPU kernels (Numba) on ({ENV_VAR}=0 turns them off), {where}"
 
 
 def cpu_enabled() -> bool:

@@ -14,6 +14,11 @@ it to 0 to run the NumPy code). Importing this package does not import Numba; th
 use and compile on their first call for each dtype and layout (about a second each), and the machine code is
 kept on disk for the next process (``CACHE_DIR``).
 
+Threads: from ``PRANGE_MIN`` elements a kernel runs on every core through Numba's ``prange`` (the ``*_par``
+driver next to it, over pieces whose size depends on the work alone), but only under Numba's TBB threading
+layer (``tbb`` comes with the ``mkl`` of the ``fast`` extra), where starting a parallel loop takes about 2 us;
+without TBB, and inside a batch shard, the pieces go through ``threads.parallel_chunks`` as before.
+
 Float32 arithmetic stays float32 and float64 stays float64: the kernels write their constants as
 float32 only where float32 is exact (0, 1/2, 1) and otherwise through ``_math.cast``; accumulators start
 at a float32 zero and take the array's type. ``REDUCE`` lets LLVM reorder the sums of a row into vector
