@@ -200,6 +200,18 @@ def test_masked_entries_are_exact_zeros_and_nan_rows_stay_nan(monkeypatch):
     _, cache = ops.attention_forward(q, k, v)
     p = cache[3][0]
     assert np.array_equal(p == 0, np.triu(np.ones((33, 33), bool), 1)[None, None].repeat(2, 1))
+    # a NaN score a query sees: its row is NaN where it sees and exact zeros where it is masked, including
+    # the masked entries the kernel's vector turns run over (40 keys: rows end mid-way through a turn)
+    from scratchllm.kernels.cpu import softmax as fused
+
+    att = normal(2, (1, 40, 40), np.float32, 3.0)
+    att[0, 5, 2] = np.nan
+    masked = np.triu(np.ones((40, 40), bool), 1)
+    for in_place in (True, False):
+        p = att.copy() if in_place else np.empty_like(att)
+        fused.scaled_causal_softmax_rows(p if in_place else att, p, np.float32(0.5), True)
+        assert np.all(p[0][masked] == 0) and np.isnan(p[0, 5, :6]).all()
+        assert np.isfinite(p[0][~masked & (np.arange(40)[:, None] != 5)]).all()
 
 
 def test_softmax_in_place_equals_out_of_place(monkeypatch):

@@ -169,7 +169,7 @@ def _flip_magnitude(builder, bits, width):
     return builder.xor(bits, builder.and_(sign, ir.Constant(integer, (1 << (width - 1)) - 1)))
 
 
-@jit()
+@jit(inline="always")  # called once per row: a call would pass the array (reference counts and all)
 def row_max(x, i, n):
     """max(x[i, :n]) for n >= 1, exact, with NaN (of either sign) propagated as in NumPy.
 
