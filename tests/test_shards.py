@@ -6,6 +6,8 @@ import gc
 import numpy as np
 import pytest
 
+import scratchllm.model
+import scratchllm.threads
 from scratchllm import shards
 from scratchllm.model import GPT, GPTConfig
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
@@ -36,9 +38,15 @@ def train(mode, steps=3, threads=2):
     return model, losses
 
 
+@pytest.mark.parametrize("sum_in_pieces", [False, True])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_training_in_processes_gives_the_bits_of_threads(threads):
-    """Dropout streams, optimizer updates in place and the shard-ordered gradient sum: bit for bit."""
+def test_training_in_processes_gives_the_bits_of_threads(threads, sum_in_pieces, monkeypatch):
+    """Dropout streams, optimizer updates in place and the shard-ordered gradient sum: bit for bit, also with
+    the workers' gradients added in pieces on every core (as above model.SUM_PARALLEL_MIN parameters)."""
+    if sum_in_pieces:
+        monkeypatch.setattr(scratchllm.model, "SUM_PARALLEL_MIN", 1)
+        monkeypatch.setattr(scratchllm.threads, "PARALLEL_MIN", 1)
+        monkeypatch.setattr(scratchllm.threads, "PIECE", 97)
     a, losses_a = train("threads", threads=threads)
     b, losses_b = train("processes", threads=threads)
     assert losses_a == losses_b and losses_a[0] != losses_a[-1]

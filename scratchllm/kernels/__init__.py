@@ -73,10 +73,15 @@ def cpu_status() -> tuple[bool, str]:
     reason = _numba_reason()
     if reason is not None:
         return False, f"no fused CPU kernels: {reason}"
-    from .cpu import _tbb_layer
+    from ..threads import cpu_threads
+    from .cpu import PRANGE_MIN, _tbb_layer
 
-    where = ("on every core from 32K elements (Numba's TBB layer)" if _tbb_layer()
-             else "on the Python threads (Numba's TBB layer not in use)")
+    if cpu_threads() < 2:
+        where = "on one thread"
+    elif _tbb_layer():
+        where = f"on {cpu_threads()} threads from {PRANGE_MIN // 1024}K elements (Numba's TBB layer)"
+    else:
+        where = "on the Python threads (Numba's TBB layer not in use)"
     return True, f"fused CPU kernels (Numba) on ({ENV_VAR}=0 turns them off), {where}"
 
 

@@ -48,8 +48,8 @@ def _kernel_rows(axis, *arrays):
     them (``fused_rows``), else None. The fused path cuts these rows into pieces; the NumPy code keeps its cut
     along a leading axis below (measured faster for it: whole (T, C) matrices as pieces)."""
     first = arrays[0]
-    if axis not in (-1, first.ndim - 1) or not first.size:
-        return None
+    if axis not in (-1, first.ndim - 1) or not first.size or not all(a.flags.c_contiguous for a in arrays):
+        return None  # (C-contiguous first: the reshape below is then a view, never a copy thrown away)
     rows = [a.reshape(-1, first.shape[-1]) for a in arrays]
     return rows if fused_rows(*rows) else None
 

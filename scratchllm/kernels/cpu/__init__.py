@@ -73,12 +73,12 @@ def prange_rows(n: int, size: int) -> int:
 
     if size < PRANGE_MIN or threads.in_line_active():
         return 0
-    count = threads.cpu_threads()
-    if count < 2 or not _tbb_layer():
-        return 0
     import numba
 
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    count = min(threads.cpu_threads(), numba.config.NUMBA_NUM_THREADS)  # Numba's own limit counts too
+    if count < 2 or not _tbb_layer():
+        return 0
+    numba.set_num_threads(count)
     return max(1, PRANGE_PIECE * n // size)
 
 

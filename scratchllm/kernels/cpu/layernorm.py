@@ -118,7 +118,8 @@ def layernorm_backward(dout, cache):
     dx = np.empty_like(norm2)  # (N, C)
     inv_c = norm.dtype.type(1.0 / C)
     N = norm2.shape[0]
-    rows = max(1, BACKWARD_PIECE * N // max(norm2.size, 1))  # a piece's rows: fixed by the shape alone
+    rows = max(1, BACKWARD_PIECE * N // max(norm2.size, 1), -(-N // 256))  # fixed by the shape alone; at most
+    # 256 pieces, so the pieces' sums (pieces, C) stay small even for rows longer than a piece
     pieces = -(-N // rows)
     dws, dbs = np.zeros((pieces, C), norm.dtype), np.zeros((pieces, C), norm.dtype)  # each piece's sums
     if prange_rows(N, norm2.size):
