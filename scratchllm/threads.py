@@ -125,8 +125,9 @@ def parallel_chunks(fn, n: int, size: int, xp=None, fused: bool = False) -> list
     """``fn(rows)`` over contiguous slices ``rows`` that cover ``range(n)`` in order; the results in order.
 
     The rows are cut into pieces of at most about ``PIECE`` elements, with the rows dealt evenly among them
-    (``size`` is the elements the whole work touches), so that the several passes NumPy makes over a piece find it in the core's cache instead of
-    main memory, and the pieces are dealt out in contiguous runs to the CPU threads (``parallel_map``).
+    (``size`` is the elements the whole work touches), so that the several passes NumPy makes over a piece
+    find it in the core's cache instead of main memory, and the pieces are dealt out in contiguous runs to the
+    CPU threads (``parallel_map``).
     Everything runs on the caller's thread when threads do not pay: ``size`` below ``PARALLEL_MIN``, one
     thread, arrays not on NumPy (``xp``), or already inside parallel work (a batch shard). ``fused``: the work
     is a fused CPU kernel's single pass, cut into ``KERNEL_PIECE`` pieces and parallel from

@@ -125,10 +125,9 @@ def layernorm_backward(dout, cache):
     if prange_rows(N, norm2.size):
         _backward_par(dout2, norm2, rstd2, w, inv_c, dx, dws, dbs, rows)
     else:  # the same pieces on the Python threads, or in line
-        def run(ks):
-            _backward_pieces(dout2[ks.start * rows:ks.stop * rows], norm2[ks.start * rows:ks.stop * rows],
-                             rstd2[ks.start * rows:ks.stop * rows], w, inv_c, dx[ks.start * rows:ks.stop * rows],
-                             dws[ks], dbs[ks], rows)
+        def run(ks):  # pieces ks, i.e. rows r
+            r = slice(ks.start * rows, ks.stop * rows)
+            _backward_pieces(dout2[r], norm2[r], rstd2[r], w, inv_c, dx[r], dws[ks], dbs[ks], rows)
 
         parallel_chunks(run, pieces, norm2.size, np, fused=True)
     dw, db = dws.sum(axis=0), dbs.sum(axis=0)  # (C,) the pieces' sums added in piece order, whatever the threads
