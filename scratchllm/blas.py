@@ -34,7 +34,7 @@ from . import threads
 from .backend import get_xp
 
 ENV_VAR = "SCRATCHLLM_MKL"
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
+ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
 _SEQUENTIAL, _LP64 = 1, 0  # MKL_THREADING_SEQUENTIAL, MKL_INTERFACE_LP64
 
 
@@ -85,42 +85,88 @@ def status() -> tuple[bool, str]:
     return True, f"{buf.value.decode(errors='replace').strip()}, sequential, in single-core shards"
 
 
-def _operand(strides, rows, cols, step):
-    """(transpose flag, leading dimension) that describe a (rows, cols) matrix with these byte ``strides`` to
-    row-major CBLAS, or None when they fit neither a row-major nor a transposed row-major layout."""
-    s0, s1 = strides
+def _operand(s0, s1, rows, cols, step):
+    """(transpose flag, leading dimension) that describe a (rows, cols) matrix with byte strides (s0, s1) to
+    row-major CBLAS, or (0, 0) when they fit neither a row-major nor a transposed row-major layout."""
     if (s1 == step or cols == 1) and s0 % step == 0 and s0 // step >= max(1, cols):
         return _NO_TRANS, s0 // step
     if (s0 == step or rows == 1) and s1 % step == 0 and s1 // step >= max(1, rows):
         return _TRANS, s1 // step
-    return None
+    return 0, 0
 
 
-def _mkl_call(a, b, out):
-    """The GEMM arguments for ``out = a @ b`` (2-D, or stacks of n matrices), or None where MKL is not used."""
+def gemm_args(M, K, N, n, step, sa, sb, sc):
+    """The CBLAS description of out (n, M, N) = a (n, M, K) @ b (n, K, N) from each operand's byte strides
+    (batch, row, column) and the item size ``step``: ``(ok, trans a, lda, trans b, ldb, ldc, batch stride of
+    a, of b, of out)`` in elements; ok is False when some layout fits no CBLAS description, the out matrices
+    would overlap, or a number passes a C int. Plain arithmetic: the compiled caller
+    (``kernels/cpu/gemm.py``) runs this same function under Numba."""
+    ta, lda = _operand(sa[1], sa[2], M, K, step)
+    tb, ldb = _operand(sb[1], sb[2], K, N, step)
+    ldc, batch_a, batch_b, batch_c = sc[1] // step, sa[0] // step, sb[0] // step, sc[0] // step
+    ok = (ta != 0 and tb != 0 and sc[2] == step and sc[1] % step == 0 and ldc >= N
+          and max(M, N, K, n, lda, ldb, ldc, batch_a, batch_b, batch_c) < 2**31)
+    if n > 1:  # stacks: whole-element batch strides, not negative, and out matrices apart
+        ok = ok and (sa[0] % step == 0 and sb[0] % step == 0 and sc[0] % step == 0 and batch_a >= 0
+                     and batch_b >= 0 and batch_c >= M * ldc)
+    return ok, ta, lda, tb, ldb, ldc, batch_a, batch_b, batch_c
+
+
+_REAL = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _product_shape(a, b, out):
+    """The shape of ``a @ b`` when MKL may compute it here (before the layouts are looked at), else None."""
     if (type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != b.dtype or a.ndim != b.ndim
-            or a.ndim not in (2, 3) or a.dtype not in (np.float32, np.float64) or a.shape[-1] != b.shape[-2]
-            or a.shape[:-2] != b.shape[:-2] or 0 in a.shape or 0 in b.shape or not threads.in_line_active()
+            or a.ndim not in (2, 3) or a.dtype not in _REAL or a.shape[-1] != b.shape[-2]
+            or a.shape[:-2] != b.shape[:-2] or not a.size or not b.size or not threads.in_line_active()
             or os.environ.get(ENV_VAR, "1").strip() == "0"):
         return None
-    lib, _ = _library()
+    shape = a.shape[:-1] + (b.shape[-1],)
+    if out is not None and (type(out) is not np.ndarray or out.shape != shape or out.dtype != a.dtype):
+        return None
+    return shape
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(lib):
+    """{(dtype char, ndim): (compiled caller, address of its MKL function)} for a loaded libmkl_rt when Numba
+    imports (``kernels/cpu/gemm.py``), else None: then the GEMMs go through ctypes, the same calls with about
+    10 us of Python each instead of 1."""
+    from . import kernels
+
+    if not isinstance(lib, ctypes.CDLL) or kernels._numba_reason() is not None:
+        return None
+    from .kernels.cpu import gemm
+
+    def address(name):
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+
+    return {(char, ndim): (gemm.gemm_2d if ndim == 2 else gemm.gemm_3d,
+                           address(f"cblas_{kind}gemm{'' if ndim == 2 else '_batch_strided'}"))
+            for char, kind in (("f", "s"), ("d", "d")) for ndim in (2, 3)}
+
+
+def _gemm(lib, a, b, out, beta):
+    """out = a @ b + beta * out through MKL; False (nothing done) when a layout fits no CBLAS description."""
+    compiled = _compiled(lib)
+    if compiled is not None:
+        caller, address = compiled[a.dtype.char, a.ndim]
+        return caller(address, a, b, out, 1.0, beta)
     M, K, N, step = a.shape[-2], a.shape[-1], b.shape[-1], a.itemsize
-    op_a, op_b = _operand(a.strides[-2:], M, K, step), _operand(b.strides[-2:], K, N, step)
-    shape = a.shape[:-1] + (N,)
-    if lib is None or op_a is None or op_b is None or (out is not None and (
-            type(out) is not np.ndarray or out.shape != shape or out.dtype != a.dtype or out.strides[-1] != step
-            or out.strides[-2] % step or out.strides[-2] // step < N)):
-        return None
     n = a.shape[0] if a.ndim == 3 else 1
-    batch = [x.strides[0] // step if x.ndim == 3 else 0 for x in (a, b)]
-    if a.ndim == 3 and (a.strides[0] % step or b.strides[0] % step or a.strides[0] < 0 or b.strides[0] < 0):
-        return None
-    if out is not None and a.ndim == 3 and (out.strides[0] % step
-                                            or out.strides[0] // step < M * (out.strides[-2] // step)):
-        return None  # the out matrices would overlap
-    if max(M, N, K, n, op_a[1], op_b[1], *batch) >= 2**31:
-        return None
-    return lib, op_a, op_b, batch, n, shape
+    strides = [(x.strides[0] if x.ndim == 3 else 0,) + x.strides[-2:] for x in (a, b, out)]
+    ok, ta, lda, tb, ldb, ldc, batch_a, batch_b, batch_c = gemm_args(M, K, N, n, step, *strides)
+    if not ok:
+        return False
+    kind, batch = "s" if a.dtype == np.float32 else "d", "" if a.ndim == 2 else "_batch_strided"
+    function = getattr(lib, f"cblas_{kind}gemm{batch}")
+    if a.ndim == 2:
+        function(ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, beta, out.ctypes.data, ldc)
+    else:
+        function(ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, batch_a, b.ctypes.data, ldb, batch_b, beta,
+                 out.ctypes.data, ldc, batch_c, n)
+    return True
 
 
 def matmul(a, b, out=None, accumulate=False):
@@ -128,26 +174,15 @@ def matmul(a, b, out=None, accumulate=False):
     where the module docstring says, else NumPy's. With ``out`` the product is written there (added to what
     it holds when ``accumulate``: MKL's beta = 1, no temporary) and ``out`` is returned; otherwise a new
     C-contiguous array."""
-    call = _mkl_call(a, b, out)
-    if call is None:
-        if out is None:
-            return a @ b
-        if accumulate:
-            out += a @ b
-            return out
-        return get_xp(a).matmul(a, b, out=out)
-    lib, op_a, op_b, (stride_a, stride_b), n, shape = call
+    shape = _product_shape(a, b, out)
+    lib = None if shape is None else _library()[0]
+    if lib is not None:
+        result = np.empty(shape, dtype=a.dtype) if out is None else out  # (…, M, N)
+        if _gemm(lib, a, b, result, 1.0 if accumulate and out is not None else 0.0):
+            return result
     if out is None:
-        out = np.empty(shape, dtype=a.dtype)  # (…, M, N)
-        accumulate = False
-    M, K, N, step = a.shape[-2], a.shape[-1], b.shape[-1], a.itemsize
-    ldc, beta = out.strides[-2] // step, 1.0 if accumulate else 0.0
-    kind = "s" if a.dtype == np.float32 else "d"
-    if a.ndim == 2:
-        getattr(lib, f"cblas_{kind}gemm")(_ROW_MAJOR, op_a[0], op_b[0], M, N, K, 1.0, a.ctypes.data, op_a[1],
-                                          b.ctypes.data, op_b[1], beta, out.ctypes.data, ldc)
-    else:
-        getattr(lib, f"cblas_{kind}gemm_batch_strided")(
-            _ROW_MAJOR, op_a[0], op_b[0], M, N, K, 1.0, a.ctypes.data, op_a[1], stride_a, b.ctypes.data, op_b[1],
-            stride_b, beta, out.ctypes.data, ldc, out.strides[0] // step, n)
-    return out
+        return a @ b
+    if accumulate:
+        out += a @ b
+        return out
+    return get_xp(a).matmul(a, b, out=out)

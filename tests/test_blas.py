@@ -9,6 +9,17 @@ from scratchllm.threads import in_line
 needs_mkl = pytest.mark.skipif(not blas.status()[0], reason=f"MKL not usable: {blas.status()[1]}")
 
 
+@pytest.fixture(params=["compiled", "ctypes"])
+def path(request, monkeypatch):
+    """Each test twice: MKL called from compiled code (kernels/cpu/gemm.py, when Numba imports) and through
+    ctypes."""
+    if request.param == "ctypes":
+        monkeypatch.setattr(blas, "_compiled", lambda lib: None)
+    elif blas.status()[0] and blas._compiled(blas._library()[0]) is None:
+        pytest.skip("Numba does not import: no compiled GEMM caller")
+    return request.param
+
+
 def layouts(rng, rows, cols, dtype):
     """The same (rows, cols) matrix as: row-major, transposed row-major, and a row-major slice of a wider
     array (leading dimension > cols)."""
@@ -21,7 +32,7 @@ def layouts(rng, rows, cols, dtype):
 @needs_mkl
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,K,N", [(7, 5, 3), (1, 9, 4), (6, 1, 5), (33, 17, 1), (64, 128, 96)])
-def test_every_layout_matches_numpy(M, K, N, dtype):
+def test_every_layout_matches_numpy(M, K, N, dtype, path):
     rng = np.random.default_rng(M * 100 + K * 10 + N)
     A, B = layouts(rng, M, K, dtype), layouts(rng, K, N, dtype)
     expected = A["C"].astype(np.float64) @ B["C"].astype(np.float64)
@@ -113,7 +124,7 @@ def test_transposed_and_sliced_operands_reach_mkl_as_such(monkeypatch):
 
 @needs_mkl
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_stacks_out_and_accumulate_match_numpy(dtype, monkeypatch):
+def test_stacks_out_and_accumulate_match_numpy(dtype, monkeypatch, path):
     """Stacks of matrices go to MKL's strided batch GEMM: transposed views, results written into a strided
     view of a bigger array (``out``), and added to it (``accumulate``, beta = 1)."""
     rng = np.random.default_rng(1)
@@ -123,8 +134,8 @@ def test_stacks_out_and_accumulate_match_numpy(dtype, monkeypatch):
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     expected = a @ k.swapaxes(-1, -2)  # (5, 7, 6)
     used = []
-    real = blas._mkl_call
-    monkeypatch.setattr(blas, "_mkl_call", lambda *args: used.append(real(*args) is not None) or real(*args))
+    real = blas._gemm
+    monkeypatch.setattr(blas, "_gemm", lambda *args: used.append(real(*args)) or used[-1])
     with in_line():
         np.testing.assert_allclose(blas.matmul(a, k.swapaxes(-1, -2)), expected, **tol)
         view = big[:, 1:8]  # (5, 7, 6) rows 1..7 of each matrix: leading dimension 6, batch stride 54
@@ -135,8 +146,23 @@ def test_stacks_out_and_accumulate_match_numpy(dtype, monkeypatch):
         blas.matmul(a, k.swapaxes(-1, -2), out=view, accumulate=True)
         np.testing.assert_allclose(big[:, 1:8], 2 * expected, **tol)
         assert used == [True, True, True]
-        # stacks MKL is not given: different batch sizes (NumPy broadcasts), and overlapping out matrices
-        assert blas._mkl_call(a, k[:1].swapaxes(-1, -2), None) is None
+        # stacks MKL is not given: different batch sizes (NumPy broadcasts: refused before any layout is looked
+        # at), and overlapping out matrices (refused by the layout check, with nothing written)
+        np.testing.assert_allclose(blas.matmul(a, k[:1].swapaxes(-1, -2)), a @ k[:1].swapaxes(-1, -2), **tol)
+        assert used == [True, True, True]
         step = a.itemsize
         overlapping = np.lib.stride_tricks.as_strided(np.zeros(200, dtype), (5, 7, 6), (6 * step, 6 * step, step))
-        assert blas._mkl_call(a, k.swapaxes(-1, -2), overlapping) is None
+        assert real(blas._library()[0], a, k.swapaxes(-1, -2), overlapping, 0.0) is False
+        assert not overlapping.any()
+
+
+@needs_mkl
+def test_layouts_cblas_cannot_describe_are_refused_untouched(path):
+    lib = blas._library()[0]
+    a, b = np.ones((8, 6), np.float32)[::2, ::2], np.ones((3, 2), np.float32)  # a: strides of neither layout
+    out = np.zeros((4, 2), np.float32)
+    assert blas._gemm(lib, a, b, out, 0.0) is False and not out.any()
+    strided_out = np.zeros((4, 4), np.float32)[:, ::2]  # out's columns apart
+    assert blas._gemm(lib, np.ones((4, 3), np.float32), b, strided_out, 0.0) is False and not strided_out.any()
+    with in_line():
+        np.testing.assert_array_equal(blas.matmul(a, b), a @ b)  # NumPy's product instead

@@ -117,15 +117,18 @@ def _tbb_layer() -> bool:
     return _TBB[0]
 
 
-def jit(**options):
+def jit(signatures=None, **options):
     """``numba.njit`` with the kernels' ``OPTIONS`` (plus ``options``, e.g. fastmath), its machine code cached
-    on disk in ``CACHE_DIR`` (Numba reads its cache setting when a function is decorated)."""
+    on disk in ``CACHE_DIR`` (Numba reads its cache setting when a function is decorated). ``signatures``:
+    compile these at once and only these (arrays of any layout then share one compiled function)."""
     import numba
 
     def decorate(fn):
         saved = numba.config.CACHE_DIR
         numba.config.CACHE_DIR = CACHE_DIR
         try:
+            if signatures is not None:
+                return numba.njit(signatures, cache=True, **OPTIONS, **options)(fn)
             return numba.njit(cache=True, **OPTIONS, **options)(fn)
         finally:
             numba.config.CACHE_DIR = saved
