@@ -279,15 +279,15 @@ class GPT:
             raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
         dlogits, _ = cross_entropy_backward(self.xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)
         if "shards" not in cache:
-            grads = self._backward_rows(dlogits, cache)
-            _, grads = flatten_params({name: grads[name] for name in self._flat_order})  # one buffer like the params
+            _, grads = empty_flat({name: self.params[name] for name in self._flat_order})  # one buffer like the params
+            grads = self._backward_rows(dlogits, cache, out=grads)
             return {name: grads[name] for name in self.params}  # the params' order
         # one backward per shard, each on its own thread or process; their gradients summed in shard order
         shards = cache["shards"]
         if any(isinstance(c, RemoteCache) for _, c in shards[1:]):
-            def local():  # shard 0 here, its gradients copied into the result's flat buffer while workers finish
-                own = self._backward_rows(dlogits[shards[0][0]], shards[0][1])
-                return flatten_params({name: own[name] for name in self._flat_order})
+            def local():  # shard 0 here, its gradients written into the result's flat buffer
+                flat, views = empty_flat({name: self.params[name] for name in self._flat_order})
+                return flat, self._backward_rows(dlogits[shards[0][0]], shards[0][1], out=views)
 
             (flat, grads), worker_flats = shards[1][1].owner.backward(
                 [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]], local)
@@ -310,42 +310,56 @@ class GPT:
         parallel_chunks(add, len(names), sum(int(p.size) for p in self.params.values()), np)
         return {name: grads[name] for name in self.params}
 
-    def _backward_rows(self, dlogits, caches) -> dict:
-        """``_forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V)."""
-        grads = {}
+    def _backward_rows(self, dlogits, caches, out=None) -> dict:
+        """``_forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V).
+
+        ``out``: a dict of arrays shaped like the params (views of a flat buffer) that receives the gradients
+        and is returned; the linear layers write their weight gradients (nearly all the numbers) straight into
+        it, the rest are copied in at the end. None: a dict of new arrays."""
+        grads, into = {}, out or {}
         dxf, dwte_head, _ = linear_backward(dlogits, caches["lm_head"])  # (B, T, C), (C, V)
         dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm_backward(dxf, caches["ln_f"])  # (B, T, C)
         for i in reversed(range(self.cfg.n_layer)):
-            dx = self._block_backward(i, dx, caches[i], grads)  # (B, T, C)
+            dx = self._block_backward(i, dx, caches[i], grads, into)  # (B, T, C)
         (demb,) = dropout_backward(dx, caches["drop"])  # (B, T, C)
         _, dwte_tok = embedding_backward(demb, caches["wte"])  # (V, C)
         _, grads["wpe.weight"] = embedding_backward(demb.sum(axis=0, keepdims=True), caches["wpe"])  # (block_size, C)
         grads["wte.weight"] = dwte_tok + dwte_head.T  # (V, C): the tied weight's two uses ADD
-        return grads
+        if out is None:
+            return grads
+        for name, dest in out.items():
+            if grads[name] is not dest:  # not already written in place
+                dest[...] = grads[name]
+        return out
 
-    def _block_backward(self, i, dx, c, grads):
-        """Block i in reverse: the residual passes dx straight through and adds each branch's dx."""
+    def _block_backward(self, i, dx, c, grads, into):
+        """Block i in reverse: the residual passes dx straight through and adds each branch's dx. The weight
+        gradients go into ``into``'s arrays where it has them (``_backward_rows``)."""
         B, T, C = dx.shape
         H = self.cfg.n_head
         D = C // H
         h = f"h.{i}."
         # MLP sub-block in reverse
         (dz,) = dropout_backward(dx, c["mlp.drop"])  # (B, T, C)
-        dg, grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"] = linear_backward(dz, c["mlp.c_proj"])
+        dg, grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"] = linear_backward(
+            dz, c["mlp.c_proj"], dw_out=into.get(h + "mlp.c_proj.weight"))
         (df,) = gelu_backward(dg, c["gelu"])  # (B, T, 4C)
-        dm, grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"] = linear_backward(df, c["c_fc"])
+        dm, grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"] = linear_backward(
+            df, c["c_fc"], dw_out=into.get(h + "mlp.c_fc.weight"))
         dln2, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"] = layernorm_backward(dm, c["ln_2"])
         dx = dx + dln2  # (B, T, C)
         # attention sub-block in reverse
         (dy,) = dropout_backward(dx, c["attn.drop"])  # (B, T, C)
-        dy, grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"] = linear_backward(dy, c["attn.c_proj"])
+        dy, grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"] = linear_backward(
+            dy, c["attn.c_proj"], dw_out=into.get(h + "attn.c_proj.weight"))
         dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
         dq, dk, dv = attention_blocked_backward(dy, c["attn"])  # 3 x (B, H, T, D)
         dqkv = self.xp.empty((B, T, 3, H, D), dtype=dx.dtype)  # the forward's split of qkv, in reverse
         for j, d in enumerate((dq, dk, dv)):
             dqkv[:, :, j] = d.transpose(0, 2, 1, 3)  # (B, T, H, D)
         dqkv = dqkv.reshape(B, T, 3 * C)  # (B, T, 3C)
-        da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(dqkv, c["c_attn"])
+        da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(
+            dqkv, c["c_attn"], dw_out=into.get(h + "attn.c_attn.weight"))
         dln1, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])
         return dx + dln1  # (B, T, C)
 

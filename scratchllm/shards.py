@@ -292,9 +292,7 @@ def _serve(conn, parent_end, parent_pid, model, shared_params, grads, transfer):
                 reply = pack(transfer, logits)
             elif kind == "backward":
                 key, dlogits = args
-                shard_grads = model._backward_rows(unpack(transfer, dlogits), caches[key])
-                for name, view in grads.items():
-                    view[...] = shard_grads[name]
+                model._backward_rows(unpack(transfer, dlogits), caches[key], out=grads)  # into the shared buffer
                 reply = None
             elif kind == "bytes":
                 reply = model.activation_bytes(caches[args[0]])

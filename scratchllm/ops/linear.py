@@ -32,11 +32,14 @@ def linear_forward(x, w, b=None):
     return out.reshape(x.shape[:-1] + (w.shape[1],)), cache  # (..., Cout)
 
 
-def linear_backward(dout, cache):
+def linear_backward(dout, cache, dw_out=None):
     """Gradients of ``linear_forward``.
 
     Shapes:
         dout (..., Cout)  ->  dx (..., Cin), dw (Cin, Cout), db (Cout,) or None
+
+    ``dw_out``: an array (Cin, Cout) of w's dtype to write dw into, which is then returned as dw (GPT passes
+    views of its flat gradient buffer: no copy afterwards); None: a new array.
 
     Math (rows of x flattened to N = prod(...)):
         dx = dout @ w.T
@@ -46,8 +49,11 @@ def linear_backward(dout, cache):
     x, w, has_bias = cache
     Cin, Cout = w.shape
     check_dout(dout, x.shape[:-1] + (Cout,))
+    if dw_out is not None and (not hasattr(dw_out, "shape") or dw_out.shape != w.shape or dw_out.dtype != w.dtype):
+        raise ValueError(f"dw_out must be an array of shape {w.shape} and dtype {w.dtype}; got "
+                         f"{getattr(dw_out, 'shape', type(dw_out).__name__)} {getattr(dw_out, 'dtype', '')}".rstrip())
     dout2 = dout.astype(w.dtype, copy=False).reshape(-1, Cout)  # (N, Cout)
     dx = matmul(dout2, w.T).reshape(x.shape)  # (..., Cin)
-    dw = matmul(x.reshape(-1, Cin).T, dout2)  # (Cin, Cout)
+    dw = matmul(x.reshape(-1, Cin).T, dout2, out=dw_out)  # (Cin, Cout)
     db = get_xp(dout2).ones(dout2.shape[0], dtype=dout2.dtype) @ dout2 if has_bias else None  # (Cout,) row sum
     return dx, dw, db
