@@ -44,6 +44,13 @@ def cpu_threads() -> int:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"{ENV_VAR} must be a positive integer; got {value!r}")
         return int(value)
+    return _usable_cpus(os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _usable_cpus(pid: int) -> int:
+    """The CPUs this process may run on, looked up once per process (a system call; ``prange_rows`` asks
+    at every kernel launch)."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
