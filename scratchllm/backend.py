@@ -11,6 +11,7 @@ fallback). The environment variable ``SCRATCHLLM_BACKEND`` gives the default for
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import math
@@ -176,16 +177,19 @@ def index_sum(indices, values, n):
 
 def _zeros_on_every_core(shape, dtype):
     """``np.zeros``, written by every CPU thread at once when large (an embedding gradient: GPT-2's is
-    154 MB, 9.5 -> 6.6 ms on 2 cores). The threads' memory is reused, not fresh from the OS (see
-    ``tune_host_allocator``), so it must be written."""
+    154 MB). The threads' memory is reused, not fresh from the OS (see ``tune_host_allocator``), so it must be
+    written. By the C library's ``memset`` (through ctypes, which lets go of the GIL): it writes whole cache
+    lines without reading them first, where NumPy's ``fill`` reads each line before writing it. 154 MB on
+    the CI machine's 2 cores: 7.4 ms with ``fill``, 4.5 ms with ``memset`` (one core: 17.4 and 10.3 ms)."""
     from .threads import PARALLEL_MIN, cpu_threads, parallel_map, shard_bounds
 
     out = np.empty(shape, dtype=dtype)
     flat = out.reshape(-1)
     if flat.size < 16 * PARALLEL_MIN:
         flat.fill(0)
-    else:
-        parallel_map(lambda part: flat[part].fill(0), shard_bounds(flat.size, cpu_threads()))
+    else:  # all-zero bytes are 0.0 in every float format NumPy has
+        parallel_map(lambda part: ctypes.memset(flat[part].ctypes.data, 0, flat[part].nbytes),
+                     shard_bounds(flat.size, cpu_threads()))
     return out
 
 

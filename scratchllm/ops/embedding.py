@@ -6,7 +6,14 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_xp, index_sum
+from ..threads import parallel_chunks
 from ._checks import check_dout, check_float, check_int
+
+
+# From this many output elements the rows are gathered on every CPU thread. Measured on the CI machine (C = 768,
+# V = 50257, one thread against two): 1024 rows 274 -> 383 us (the hand-off costs more), 4096 rows 1033 -> 774 us,
+# 16384 rows 5.2 -> 3.1 ms
+GATHER_PARALLEL_MIN = 1 << 21
 
 
 def embedding_forward(idx, table):
@@ -29,7 +36,13 @@ def embedding_forward(idx, table):
         if lo < 0 or hi >= V:
             bad = lo if lo < 0 else hi
             raise ValueError(f"idx holds token id {bad}, outside [0, {V}) for a table of shape {table.shape}")
-    out = table[idx]  # (B, T, C)
+    if get_xp(idx) is np and get_xp(table) is np and idx.size * table.shape[1] >= GATHER_PARALLEL_MIN:
+        ids = idx.reshape(-1)  # (N,) the rows are gathered in pieces on every CPU thread (ids checked above)
+        out = np.empty((ids.size, table.shape[1]), dtype=table.dtype)  # (N, C)
+        parallel_chunks(lambda r: np.take(table, ids[r], axis=0, out=out[r], mode="clip"), ids.size, out.size, np)
+        out = out.reshape(idx.shape + (table.shape[1],))  # (B, T, C)
+    else:
+        out = table[idx]  # (B, T, C)
     cache = (idx, table.shape, table.dtype)
     return out, cache
 
