@@ -1,39 +1,16 @@
-"""Optimizers, gradient clipping and the lr schedule: parity with torch.optim, exact state round trips, properties."""
+"""Optimizers: parity with torch.optim, exact state round trips, properties, validation. (Gradient clipping and
+the lr schedule: test_optim_utils.py; the flat fast path: test_optim_base.py.)"""
 
 import json
-import math
 
 import numpy as np
 import pytest
 
-from scratchllm import optim, threads
-from scratchllm.flat import buffer_root, flat_span
+from scratchllm import optim
 from scratchllm.optim import SGD, Adagrad, Adam, AdamW, clip_grad_norm, decay_groups, get_lr
+from tests.optim_cases import ALL_IDS, ALL_OPTIONS, SHAPES, make_grads, make_params, to_disk_and_back
 
-SHAPES = {"w": (4, 5), "b": (5,), "s": (), "t": (2, 3, 2)}  # 2-D, 1-D, 0-D and 3-D parameters
-STEPS = 60
 MAX_REL = 1e-10
-
-
-def make_params(seed=0, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    return {n: np.asarray(rng.standard_normal(s), dtype=dtype) for n, s in SHAPES.items()}
-
-
-def make_grads(steps=STEPS, seed=1, dtype=np.float64):
-    """A fresh random gradient each step, with a varying scale (so AMSGrad's max matters); "b" has no gradient
-    on some steps, so per-parameter step counts differ (torch: p.grad is None)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for t in range(steps):
-        scale = rng.uniform(0.1, 3.0)
-        g = {n: np.asarray(scale * rng.standard_normal(s), dtype=dtype) for n, s in SHAPES.items()}
-        if t % 7 == 3:
-            g["b"] = None
-        if t % 11 == 5:
-            del g["s"]
-        out.append(g)
-    return out
 
 
 def max_rel_diff(a, b):
@@ -167,11 +144,6 @@ ROUND_TRIP = [
 ]
 
 
-def to_disk_and_back(sd):
-    """What a checkpoint does: JSON for everything but the arrays, the arrays copied out (as safetensors would)."""
-    meta = json.loads(json.dumps({k: v for k, v in sd.items() if k != "state"}))
-    return {**meta, "state": {k: np.array(v) for k, v in sd["state"].items()}}
-
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cls,kwargs,groups", ROUND_TRIP, ids=[c.__name__ for c, _, _ in ROUND_TRIP])
@@ -264,15 +236,6 @@ def test_load_state_dict_errors(how, match):
 
 # ---------------------------------------------------------------- properties
 
-ALL_OPTIONS = [
-    (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True)),
-    (SGD, dict(lr=0.05, momentum=0.9, dampening=0.5)),
-    (SGD, dict(lr=0.05)),
-    (Adam, dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
-    (AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
-    (Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1, maximize=True)),
-]
-ALL_IDS = [f"{c.__name__}-{i}" for i, (c, _) in enumerate(ALL_OPTIONS)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -356,83 +319,6 @@ def test_lr_property_sets_every_group():
     opt.param_groups[1]["lr"] = 0.5
     with pytest.raises(ValueError, match="different lr"):
         _ = opt.lr
-
-
-# ---------------------------------------------------------------- clip_grad_norm, get_lr
-
-@pytest.mark.torch
-@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
-@pytest.mark.parametrize("factor", [0.3, 1.0, 3.0])  # clipped, at the limit, not clipped
-def test_clip_grad_norm_matches_torch(factor, dtype, rtol):
-    torch = pytest.importorskip("torch")
-    grads = {n: a for n, a in make_grads(1, dtype=dtype)[0].items() if a is not None}
-    true_norm = math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in grads.values()))
-    max_norm = factor * true_norm
-    tensors = []
-    for a in grads.values():
-        t = torch.zeros(a.shape, dtype=torch.float64 if dtype == np.float64 else torch.float32)
-        t.grad = torch.tensor(a)
-        tensors.append(t)
-    original = {n: a.copy() for n, a in grads.items()}
-    total = clip_grad_norm(grads, max_norm)
-    ttotal = torch.nn.utils.clip_grad_norm_(tensors, max_norm)
-    assert isinstance(total, float)
-    assert abs(total - float(ttotal)) <= rtol * float(ttotal)
-    for (n, a), t in zip(grads.items(), tensors):
-        assert a.dtype == dtype
-        np.testing.assert_allclose(a, t.grad.numpy(), rtol=rtol, atol=0)
-        if factor == 3.0:
-            np.testing.assert_array_equal(a, original[n])  # not clipped: untouched
-    if factor == 0.3:
-        assert abs(math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in grads.values())) - max_norm) \
-            <= 1e-5 * max_norm
-
-
-def test_clip_grad_norm_edge_cases():
-    assert clip_grad_norm({}, 1.0) == 0.0 and clip_grad_norm({"a": None}, 1.0) == 0.0
-    g = {"a": np.array([3.0, 4.0]), "b": None, "z": np.zeros(2)}
-    assert clip_grad_norm(g, 1.0) == 5.0
-    np.testing.assert_allclose(g["a"], [3 / (5 + 1e-6), 4 / (5 + 1e-6)], rtol=1e-15)
-    assert clip_grad_norm([np.zeros(3)], 1.0) == 0.0
-    with pytest.raises(ValueError, match="max_norm"):
-        clip_grad_norm(g, -1.0)
-
-
-def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-    """nanoGPT train.py's get_lr, transcribed (its globals made arguments)."""
-    # 1) linear warmup for warmup_iters steps
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    # 2) if it > lr_decay_iters, return min learning rate
-    if it > lr_decay_iters:
-        return min_lr
-    # 3) in between, use cosine decay down to min learning rate
-    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    assert 0 <= decay_ratio <= 1
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
-    return min_lr + coeff * (learning_rate - min_lr)
-
-
-@pytest.mark.parametrize("cfg", [dict(learning_rate=6e-4, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5),
-                                 dict(learning_rate=1e-3, warmup_iters=100, lr_decay_iters=5000, min_lr=1e-4),
-                                 dict(learning_rate=1e-2, warmup_iters=0, lr_decay_iters=10, min_lr=0.0)])
-def test_get_lr_is_nanogpts(cfg):
-    w, d, lr, mn = cfg["warmup_iters"], cfg["lr_decay_iters"], cfg["learning_rate"], cfg["min_lr"]
-    its = sorted({0, 1, max(w - 1, 0), w, w + 1, (w + d) // 2, d - 1, d, d + 1, 10 * d}
-                 | set(range(0, d + 50, max(1, d // 97))))
-    for it in its:
-        assert get_lr(it, **cfg) == nanogpt_get_lr(it, **cfg), it
-    assert get_lr(0, **cfg) == (lr / (w + 1) if w else lr)
-    assert math.isclose(get_lr(w, **cfg), lr, rel_tol=1e-15)  # warmup end: the peak
-    assert get_lr(d, **cfg) == mn and get_lr(d + 1, **cfg) == mn and get_lr(10**9, **cfg) == mn
-    values = [get_lr(it, **cfg) for it in its]
-    peak = its.index(w)
-    assert all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))  # warmup rises
-    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))  # then decays
-
-
-def test_get_lr_without_decay_span():
-    assert get_lr(5, 1.0, 5, 5, 0.1) == 0.1 and get_lr(4, 1.0, 5, 5, 0.1) == 5 / 6
 
 
 # ---------------------------------------------------------------- validation
@@ -531,80 +417,3 @@ def test_cupy_matches_numpy(cls, kwargs):
     assert float(total) == pytest.approx(clip_grad_norm(on_host, 0.1), rel=1e-12)
     for n in g:
         np.testing.assert_allclose(to_numpy(g[n]), on_host[n], rtol=1e-12)
-
-
-# ---------------------------------------------------------------- the flat fast path (one update per group)
-
-def flat_copy(arrays, order):
-    """The arrays as views of one buffer, laid out in ``order`` (``optim.flatten_params``)."""
-    _, views = optim.flatten_params({n: arrays[n] for n in order})
-    return {n: views[n] for n in arrays}
-
-
-FLAT_ORDER = ["w", "t", "b", "s"]  # >= 2-D first: each decay group is one stretch of the buffer
-
-
-@pytest.mark.parametrize("chunked", [False, True], ids=["one-piece", "chunk-per-thread"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("groups", [None, lambda p: decay_groups(p, 0.1)], ids=["one-group", "decay-groups"])
-@pytest.mark.parametrize("cls,kwargs", ALL_OPTIONS, ids=ALL_IDS)
-def test_flat_params_and_grads_give_the_same_numbers(monkeypatch, cls, kwargs, groups, dtype, chunked):
-    """Views of one buffer take the flat path (one update per group; per-parameter when a grad is missing or
-    step counts differ); the numbers, the state dict and a reload are bit for bit the per-parameter loop's.
-    ``chunked``: the flat buffers cut into pieces of 5 elements updated on 3 threads, as on a multi-core CPU."""
-    if chunked:
-        monkeypatch.setattr(threads, "PIECE", 5)
-        monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
-        monkeypatch.setenv("SCRATCHLLM_THREADS", "3")
-    flat_updates = []
-    real = cls._update_flat
-    monkeypatch.setattr(cls, "_update_flat", lambda self, *a: flat_updates.append(1) or real(self, *a))
-    grads = make_grads(25, dtype=dtype)
-    ref = make_params(dtype=dtype)
-    ref_opt = cls(ref if groups is None else groups(ref), **kwargs)
-    flat = flat_copy(make_params(dtype=dtype), FLAT_ORDER)
-    opt = cls(flat if groups is None else groups(flat), **kwargs)
-    for i, g in enumerate(grads):
-        ref_opt.step(g)
-        given = {n: a for n, a in g.items() if a is not None}
-        opt.step(flat_copy(given, [n for n in FLAT_ORDER if n in given]) if len(given) == len(SHAPES) else g)
-        if i == 15:  # a reload mid-run: the state is gathered into fresh flat buffers at the next step
-            opt.load_state_dict(to_disk_and_back(opt.state_dict()))
-    assert flat_updates, "the flat path was never taken"
-    for n in ref:
-        np.testing.assert_array_equal(flat[n], ref[n])
-    sd, ref_sd = opt.state_dict(), ref_opt.state_dict()
-    assert sd["step"] == ref_sd["step"] and set(sd["state"]) == set(ref_sd["state"])
-    for key, a in ref_sd["state"].items():
-        np.testing.assert_array_equal(sd["state"][key], a)
-
-
-def test_flat_path_state_arrays_are_views_of_one_buffer():
-    params = flat_copy(make_params(), ["w", "t", "b", "s"])
-    opt = Adam(params, lr=0.01)
-    opt.step(flat_copy({n: np.ones(s) for n, s in SHAPES.items()}, ["w", "t", "b", "s"]))
-    roots = {id(buffer_root(opt.state[n]["exp_avg"])) for n in SHAPES}
-    assert len(roots) == 1
-    assert flat_span([opt.state[n]["exp_avg_sq"] for n in SHAPES]) is not None
-
-
-def test_flat_span_accepts_exact_tilings_only():
-    buf = np.zeros(20)
-    a, b, c = buf[0:6].reshape(2, 3), buf[6:10], buf[10:20]
-    span, offsets = flat_span([b, a, c])  # any order
-    assert span.size == 20 and offsets == [6, 0, 10]
-    assert flat_span([a, c]) is None  # a gap
-    assert flat_span([a, buf[4:10]]) is None  # an overlap
-    assert flat_span([a, np.zeros(4)]) is None  # two buffers
-    assert flat_span([buf[0:10:2]]) is None  # not contiguous
-    assert flat_span([buf[1:7], buf[7:9]])[1] == [0, 6]  # a stretch inside the buffer
-    assert flat_span([]) is None
-
-
-def test_flatten_params_copies_values_into_views():
-    params = make_params()
-    flat, views = optim.flatten_params(params, dtype=np.float32)
-    assert flat.dtype == np.float32 and flat.size == sum(p.size for p in params.values())
-    for n, p in params.items():
-        assert views[n].shape == p.shape and np.shares_memory(views[n], flat)
-        np.testing.assert_array_equal(views[n], p.astype(np.float32))
