@@ -16,7 +16,7 @@ def _sdpa(causal, dropout_p=0.0):
 
 
 TORCH_OPS = {
-    "linear": lambda x, w, b: x @ w + b,
+    "linear": lambda x, w, b: F.linear(x, w.T, b),  # addmm: the bias added inside the GEMM
     "embedding": lambda idx, table: F.embedding(idx, table),
     "layernorm": lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
@@ -47,6 +47,10 @@ class TorchGPT(torch.nn.Module):
     def w(self, name):
         return self.p[name.replace(".", "__")]
 
+    def linear(self, x, name):
+        """x @ weight + bias as Hugging Face's Conv1D and nanoGPT's nn.Linear compute it: one addmm."""
+        return F.linear(x, self.w(name + ".weight").T, self.w(name + ".bias"))
+
     def forward(self, idx, targets):
         B, T = idx.shape
         x = self.w("wte.weight")[idx] + self.w("wpe.weight")[:T]
@@ -54,14 +58,14 @@ class TorchGPT(torch.nn.Module):
         for i in range(self.n_layer):
             h = f"h.{i}."
             a = F.layer_norm(x, (C,), self.w(h + "ln_1.weight"), self.w(h + "ln_1.bias"), 1e-5)
-            qkv = a @ self.w(h + "attn.c_attn.weight") + self.w(h + "attn.c_attn.bias")
+            qkv = self.linear(a, h + "attn.c_attn")
             q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             y = y.transpose(1, 2).reshape(B, T, C)
-            x = x + y @ self.w(h + "attn.c_proj.weight") + self.w(h + "attn.c_proj.bias")
+            x = x + self.linear(y, h + "attn.c_proj")
             m = F.layer_norm(x, (C,), self.w(h + "ln_2.weight"), self.w(h + "ln_2.bias"), 1e-5)
-            f = F.gelu(m @ self.w(h + "mlp.c_fc.weight") + self.w(h + "mlp.c_fc.bias"), approximate="tanh")
-            x = x + f @ self.w(h + "mlp.c_proj.weight") + self.w(h + "mlp.c_proj.bias")
+            f = F.gelu(self.linear(m, h + "mlp.c_fc"), approximate="tanh")
+            x = x + self.linear(f, h + "mlp.c_proj")
         x = F.layer_norm(x, (C,), self.w("ln_f.weight"), self.w("ln_f.bias"), 1e-5)
         logits = x @ self.w("wte.weight").T
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
