@@ -95,18 +95,19 @@ def _operand(s0, s1, rows, cols, step):
     return 0, 0
 
 
-def gemm_args(M, K, N, n, step, sa, sb, sc):
+def gemm_args(M, K, N, n, stacked, step, sa, sb, sc):
     """The CBLAS description of out (n, M, N) = a (n, M, K) @ b (n, K, N) from each operand's byte strides
     (batch, row, column) and the item size ``step``: ``(ok, trans a, lda, trans b, ldb, ldc, batch stride of
     a, of b, of out)`` in elements; ok is False when some layout fits no CBLAS description, the out matrices
-    would overlap, or a number passes a C int. Plain arithmetic: the compiled caller
-    (``kernels/cpu/gemm.py``) runs this same function under Numba."""
+    would overlap, or a number passes a C int. ``stacked``: 3-D operands (MKL's strided batch GEMM, which
+    checks the batch strides even for one matrix); 2-D operands pass batch strides of 0. Plain arithmetic:
+    the compiled caller (``kernels/cpu/gemm.py``) runs this same function under Numba."""
     ta, lda = _operand(sa[1], sa[2], M, K, step)
     tb, ldb = _operand(sb[1], sb[2], K, N, step)
     ldc, batch_a, batch_b, batch_c = sc[1] // step, sa[0] // step, sb[0] // step, sc[0] // step
     ok = (ta != 0 and tb != 0 and sc[2] == step and sc[1] % step == 0 and ldc >= N
           and max(M, N, K, n, lda, ldb, ldc, batch_a, batch_b, batch_c) < 2**31)
-    if n > 1:  # stacks: whole-element batch strides, not negative, and out matrices apart
+    if stacked:  # whole-element batch strides, not negative, and out matrices apart
         ok = ok and (sa[0] % step == 0 and sb[0] % step == 0 and sc[0] % step == 0 and batch_a >= 0
                      and batch_b >= 0 and batch_c >= M * ldc)
     return ok, ta, lda, tb, ldb, ldc, batch_a, batch_b, batch_c
@@ -123,7 +124,9 @@ def _product_shape(a, b, out):
             or os.environ.get(ENV_VAR, "1").strip() == "0"):
         return None
     shape = a.shape[:-1] + (b.shape[-1],)
-    if out is not None and (type(out) is not np.ndarray or out.shape != shape or out.dtype != a.dtype):
+    if out is not None and (type(out) is not np.ndarray or out.shape != shape or out.dtype != a.dtype
+                            or not out.flags.writeable or np.may_share_memory(out, a)
+                            or np.may_share_memory(out, b)):  # BLAS may not write what it reads: NumPy copies
         return None
     return shape
 
@@ -150,13 +153,13 @@ def _compiled(lib):
 def _gemm(lib, a, b, out, beta):
     """out = a @ b + beta * out through MKL; False (nothing done) when a layout fits no CBLAS description."""
     compiled = _compiled(lib)
-    if compiled is not None:
+    if compiled is not None and a.flags.writeable and b.flags.writeable:  # compiled for writeable arrays only
         caller, address = compiled[a.dtype.char, a.ndim]
         return caller(address, a, b, out, 1.0, beta)
     M, K, N, step = a.shape[-2], a.shape[-1], b.shape[-1], a.itemsize
     n = a.shape[0] if a.ndim == 3 else 1
     strides = [(x.strides[0] if x.ndim == 3 else 0,) + x.strides[-2:] for x in (a, b, out)]
-    ok, ta, lda, tb, ldb, ldc, batch_a, batch_b, batch_c = gemm_args(M, K, N, n, step, *strides)
+    ok, ta, lda, tb, ldb, ldc, batch_a, batch_b, batch_c = gemm_args(M, K, N, n, a.ndim == 3, step, *strides)
     if not ok:
         return False
     kind, batch = "s" if a.dtype == np.float32 else "d", "" if a.ndim == 2 else "_batch_strided"

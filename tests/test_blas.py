@@ -166,3 +166,36 @@ def test_layouts_cblas_cannot_describe_are_refused_untouched(path):
     assert blas._gemm(lib, np.ones((4, 3), np.float32), b, strided_out, 0.0) is False and not strided_out.any()
     with in_line():
         np.testing.assert_array_equal(blas.matmul(a, b), a @ b)  # NumPy's product instead
+
+
+@needs_mkl
+def test_stacks_of_one_matrix_with_batch_strides_mkl_refuses_are_numpys(path):
+    """MKL checks the batch strides of a stack even when it holds one matrix: a flipped or broadcast stack
+    must not reach it (it would print an error and compute nothing)."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((2, 3, 4)).astype(np.float32), rng.standard_normal((1, 4, 5)).astype(np.float32)
+    z = np.zeros((3, 5), np.float32)
+    with in_line():
+        flipped = np.flip(x[:1], 0)  # batch stride negative
+        np.testing.assert_allclose(blas.matmul(flipped, y), flipped @ y, rtol=1e-5, atol=1e-6)
+        assert blas.matmul(x[:1], y, out=z[None]) is not None  # out's batch stride 0
+        np.testing.assert_allclose(z, (x[:1] @ y)[0], rtol=1e-5, atol=1e-6)
+
+
+@needs_mkl
+def test_read_only_and_overlapping_arrays(path):
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((6, 6)).astype(np.float32), rng.standard_normal((6, 6)).astype(np.float32)
+    expected = a @ b
+    ro_a, ro_b = a.copy(), np.broadcast_to(b, (2, 6, 6))  # read-only operands, one a stack of batch stride 0
+    ro_a.flags.writeable = False
+    with in_line():
+        np.testing.assert_allclose(blas.matmul(ro_a, b), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(blas.matmul(np.stack([a, a]), ro_b), np.stack([expected] * 2), rtol=1e-5,
+                                   atol=1e-5)
+        with pytest.raises(ValueError, match="read-only"):
+            blas.matmul(a, b, out=ro_a)  # as NumPy: never written
+        c = a.copy()
+        np.testing.assert_allclose(blas.matmul(c, b, out=c), expected, rtol=1e-5, atol=1e-5)  # out is a
+        d = b.copy()
+        np.testing.assert_allclose(blas.matmul(a, d, out=d, accumulate=True), expected + b, rtol=1e-5, atol=1e-5)

@@ -69,7 +69,7 @@ def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
     """
     B, H, T, D, Tk = check_qkv(q, k, v, causal)
     xp = get_xp(q, k, v)
-    if causal and not dropout and xp is np and T >= BLOCKED_MIN_T:  # the same numbers, about half the work
+    if causal and dropout == 0 and xp is np and T >= BLOCKED_MIN_T:  # the same numbers, about half the work
         from .attention_blocked import attention_blocked_forward
         out, blocked_cache = attention_blocked_forward(q, k, v, block=64 if T < 512 else 128)
         return out, (blocked_cache,)  # a 1-tuple: attention_backward hands it to attention_blocked_backward

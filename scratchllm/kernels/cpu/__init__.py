@@ -43,12 +43,14 @@ HERE = Path(__file__).parent
 
 
 def _cache_dir() -> str:
-    """Where the kernels' machine code is cached: a folder named after a hash of every file in this package.
+    """Where the kernels' machine code is cached: a folder named after a hash of every file in this package
+    (and of ``blas.py``, whose layout checks ``gemm.py`` compiles in).
 
     Numba keys a function's disk cache on that function's own source file only, not on the ``_math.py``
     functions it inlines or the flags above; keyed on all of them, an edit anywhere here recompiles every
     kernel instead of loading stale code. Next to the sources when that is writable, else in ~/.cache."""
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(HERE.glob("*.py")))).hexdigest()[:16]
+    sources = sorted(HERE.glob("*.py")) + [HERE.parent.parent / "blas.py"]  # gemm.py compiles blas's layout checks
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     base = HERE / "__pycache__" if os.access(HERE, os.W_OK) else Path.home() / ".cache" / "scratchllm"
     return str(base / f"numba-{digest}")
 

@@ -31,7 +31,7 @@ def _operand(s0, s1, rows, cols, step):
 
 
 @overload(blas.gemm_args, jit_options={"error_model": "numpy"})
-def _gemm_args(M, K, N, n, step, sa, sb, sc):
+def _gemm_args(M, K, N, n, stacked, step, sa, sb, sc):
     return blas.gemm_args
 
 # The C argument kinds: i = int, f = the real type, p = a pointer (Numba passes it as an integer address)
@@ -71,8 +71,9 @@ def _c_call(kinds):
 _gemm = _c_call(GEMM)
 _gemm_batch = _c_call(GEMM_BATCH)
 
-_SIG_2D = ["boolean(intp, {0}[:, :], {0}[:, :], {0}[:, :], {0}, {0})".format(t) for t in ("float32", "float64")]
-_SIG_3D = ["boolean(intp, {0}[:, :, :], {0}[:, :, :], {0}[:, :, :], {0}, {0})".format(t) for t in ("float32", "float64")]
+# Writeable arrays of any layout (blas._gemm sends read-only operands through ctypes)
+_SIG_2D = [f"boolean(intp, {t}[:, :], {t}[:, :], {t}[:, :], {t}, {t})" for t in ("float32", "float64")]
+_SIG_3D = [f"boolean(intp, {t}[:, :, :], {t}[:, :, :], {t}[:, :, :], {t}, {t})" for t in ("float32", "float64")]
 
 
 @jit(signatures=_SIG_2D)
@@ -81,8 +82,9 @@ def gemm_2d(address, a, b, out, alpha, beta):
     layout fits no CBLAS description. a (M, K), b (K, N), out (M, N)."""
     M, K = a.shape
     N = b.shape[1]
-    ok, ta, lda, tb, ldb, ldc, _, _, _ = gemm_args(M, K, N, 1, a.itemsize, (0, a.strides[0], a.strides[1]),
-                                                   (0, b.strides[0], b.strides[1]), (0, out.strides[0], out.strides[1]))
+    ok, ta, lda, tb, ldb, ldc, _, _, _ = gemm_args(M, K, N, 1, False, a.itemsize, (0, a.strides[0], a.strides[1]),
+                                                   (0, b.strides[0], b.strides[1]),
+                                                   (0, out.strides[0], out.strides[1]))
     if not ok:
         return False
     _gemm(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, b.ctypes.data, ldb, beta,
@@ -95,7 +97,8 @@ def gemm_3d(address, a, b, out, alpha, beta):
     """``gemm_2d`` for stacks a (n, M, K), b (n, K, N), out (n, M, N), through ``cblas_?gemm_batch_strided``."""
     n, M, K = a.shape
     N = b.shape[2]
-    ok, ta, lda, tb, ldb, ldc, sa, sb, sc = gemm_args(M, K, N, n, a.itemsize, a.strides, b.strides, out.strides)
+    ok, ta, lda, tb, ldb, ldc, sa, sb, sc = gemm_args(M, K, N, n, True, a.itemsize, a.strides, b.strides,
+                                                      out.strides)
     if not ok:
         return False
     _gemm_batch(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb, beta,
