@@ -33,6 +33,17 @@ ATTN_BLOCK = 64
 SUM_PARALLEL_MIN = 1 << 21
 
 
+def _add_on_every_core(out, other) -> bool:
+    """out += other through the CPU kernels' prange loop (kernels/cpu/flat.py); False where it does not apply."""
+    from . import kernels
+
+    if not kernels.cpu_enabled():
+        return False
+    from .kernels.cpu import flat
+
+    return flat.add_into(out, other)
+
+
 @dataclass
 class GPTConfig:
     """Model hyper-parameters (nanoGPT's names). GPT-2 small is V50257 T1024 L12 H12 C768."""
@@ -292,8 +303,10 @@ class GPT:
             (flat, grads), worker_flats = shards[1][1].owner.backward(
                 [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]], local)
             for worker_flat in worker_flats:  # each worker's gradients: its shared flat buffer, the same layout
+                if _add_on_every_core(flat, worker_flat):  # one pass (the shards' sum, in shard order): prange
+                    continue
                 if flat.size < SUM_PARALLEL_MIN:
-                    flat += worker_flat  # one pass over the buffer (the shards' sum, in shard order)
+                    flat += worker_flat  # one pass over the buffer on this thread
                 else:  # the same sums, in pieces on every core
                     parallel_chunks(lambda r: np.add(flat[r], worker_flat[r], out=flat[r]), flat.size, flat.size, np)
             return {name: grads[name] for name in self.params}

@@ -64,9 +64,12 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
     if xp is not np:
         return _clip_grad_norm_device(xp, arrays, max_norm, eps)
     span = flat_span(arrays)
+    fused = _fused_flat() if span is not None else None
     if span is not None:  # one flat buffer (GPT's gradients): one norm and one scale over it, not one per array
         arrays = [span[0]]
-        total = xp.linalg.norm(span[0])  # () as sqrt(dot(g, g)): one BLAS pass
+        total = fused.norm(span[0]) if fused is not None else None  # on every core (kernels/cpu/flat.py)
+        if total is None:
+            total = xp.linalg.norm(span[0])  # () as sqrt(dot(g, g)): one BLAS pass
     else:
         total = xp.linalg.norm(xp.stack([xp.linalg.norm(g.ravel()) for g in arrays]))
     norm = float(total)
@@ -74,8 +77,21 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
         coef = max_norm / (total + eps)  # in the norms' dtype, as torch
         if float(coef) < 1:
             for g in arrays:
-                g *= coef.astype(g.dtype)
+                if fused is None or not fused.scale(g, coef):
+                    g *= coef.astype(g.dtype)
     return norm
+
+
+def _fused_flat():
+    """The flat-buffer kernels (kernels/cpu/flat.py: a norm and a scale on every core) when the CPU kernels
+    are on, else None."""
+    from . import kernels
+
+    if not kernels.cpu_enabled():
+        return None
+    from .kernels.cpu import flat
+
+    return flat
 
 
 def _clip_grad_norm_device(xp, arrays, max_norm, eps):
