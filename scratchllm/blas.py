@@ -7,13 +7,17 @@ NumPy's BLAS alone a comparison with torch measures two BLAS libraries more than
 
 ``matmul(a, b, out=None, accumulate=False)`` is ``a @ b`` for 2-D float arrays or equal stacks of them (the
 linear layers; attention's per-head products). It calls MKL's ``cblas_?gemm`` or, for stacks,
-``cblas_?gemm_batch_strided`` (through ctypes: MKL has no Python module) when all of these hold:
+``cblas_?gemm_batch_strided`` (MKL has no Python module: from Numba-compiled code through the functions'
+addresses, ``kernels/cpu/gemm.py``, about 1 us a call; through ctypes, about 10 us, without Numba or for
+read-only operands) when all of these hold:
 - the ``mkl`` package is installed (``pip install scratchllm[fast]`` brings it on x86-64),
 - ``SCRATCHLLM_MKL`` is not ``"0"``,
 - the caller runs on one core: in a batch shard or a piece of an op's work on a CPU thread
   (``threads.in_line()``, or a shard worker process), where OpenBLAS is held at one thread anyway; elsewhere
   NumPy's multi-threaded OpenBLAS keeps every core,
-- both operands are float32 (or both float64) and each is row-major or the transpose of a row-major matrix.
+- both operands are float32 (or both float64) and each is row-major or the transpose of a row-major matrix;
+  a given ``out`` is writeable, row-major and apart from both operands (``gemm_args`` and ``_product_shape``
+  say exactly what is taken).
 Otherwise it is NumPy's ``a @ b``. MKL runs with its sequential threading layer: it starts no threads, so
 the shard workers' fork stays safe.
 """

@@ -6,7 +6,7 @@ pointers (``a.ctypes.data`` builds an object each time) and converting 14 argume
 nanoGPT's CPU recipe makes 75 such calls a step, so that was 0.75 ms of a 20 ms step. Here the layout
 checks (``blas.gemm_args``, the same Python function compiled) and the call itself run in Numba: about 1 us.
 
-MKL's functions are called through their addresses, which the caller passes in (``_call_c`` turns an
+MKL's functions are called through their addresses, which the caller passes in (``_c_call`` turns an
 address into a function pointer in LLVM IR), so the compiled code holds no address of this process and is
 cached on disk like the kernels.
 """
@@ -23,7 +23,6 @@ from ...blas import ROW_MAJOR, gemm_args
 from . import jit
 
 
-
 # blas's layout functions, compiled into the callers below: the very Python code of the ctypes path
 @overload(blas._operand, jit_options={"error_model": "numpy"})
 def _operand(s0, s1, rows, cols, step):
@@ -33,6 +32,7 @@ def _operand(s0, s1, rows, cols, step):
 @overload(blas.gemm_args, jit_options={"error_model": "numpy"})
 def _gemm_args(M, K, N, n, stacked, step, sa, sb, sc):
     return blas.gemm_args
+
 
 # The C argument kinds: i = int, f = the real type, p = a pointer (Numba passes it as an integer address)
 GEMM = "iiiiiifpipifpi"  # (layout, transa, transb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc)
@@ -104,9 +104,3 @@ def gemm_3d(address, a, b, out, alpha, beta):
     _gemm_batch(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb, beta,
                 out.ctypes.data, ldc, sc, n)
     return True
-
-
-def caller(ndim: int):
-    """The compiled GEMM caller for ``ndim``-D operands (2 or 3)."""
-    return gemm_2d if ndim == 2 else gemm_3d
-
