@@ -14,7 +14,9 @@ from scratchllm.optim import clip_grad_norm  # noqa: E402
 
 @pytest.fixture
 def small_pieces(monkeypatch):
-    """prange from 64 elements, in pieces of 7 (a short last piece); skipped without Numba's TBB layer."""
+    """The kernels on (whatever SCRATCHLLM_KERNELS says), prange from 64 elements, in pieces of 7 (a short last
+    piece); skipped without Numba's TBB layer."""
+    monkeypatch.delenv("SCRATCHLLM_KERNELS", raising=False)
     if not cpu._tbb_layer() or threads.cpu_threads() < 2:
         pytest.skip("Numba's TBB threading layer on 2+ CPUs is needed for the prange kernels")
     monkeypatch.setattr(cpu, "PRANGE_MIN", 64)
