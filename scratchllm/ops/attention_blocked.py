@@ -94,9 +94,12 @@ def attention_blocked_backward(dout, cache):
     dout3 = dout.astype(q3.dtype, copy=False).reshape(BH, T, D)  # (BH, T, D)
     xp = get_xp(q3)
     dq = xp.empty((BH, T, D), q3.dtype)  # every row is written once
-    dk = xp.zeros((BH, Tk, D), q3.dtype)  # accumulated over the blocks
-    dv = xp.zeros((BH, Tk, D), q3.dtype)  # accumulated over the blocks
-    for i0, i1, e, p_cache, drop_cache in blocks:
+    # dk and dv accumulate over the blocks. On the CPU the last block, which sees every key (e = Tk), goes first
+    # and writes them (no zeros to write beforehand); the others add to their first e rows
+    on_cpu = xp is np and bool(blocks)
+    dk = (xp.empty if on_cpu else xp.zeros)((BH, Tk, D), q3.dtype)
+    dv = (xp.empty if on_cpu else xp.zeros)((BH, Tk, D), q3.dtype)
+    for n, (i0, i1, e, p_cache, drop_cache) in enumerate(reversed(blocks) if on_cpu else blocks):
         (pd,) = dropout_backward(p_cache[0], drop_cache)  # recomputed: p * mask / (1 - dropout)
         p3, pd3 = p_cache[0].reshape(BH, i1 - i0, e), pd.reshape(BH, i1 - i0, e)
         mask, drop_scale, _ = drop_cache
@@ -113,5 +116,5 @@ def attention_blocked_backward(dout, cache):
         parallel_chunks(lambda r: matrices_backward(
             dout3[r, i0:i1], q3[r, i0:i1], k3[r, :e], v3[r, :e], p3[r], pd3[r],
             None if mask3 is None else mask3[r], drop_scale, scale, dq[r, i0:i1], dk[r, :e], dv[r, :e],
-            accumulate=True), BH, p3.size, xp)
+            accumulate=n > 0), BH, p3.size, xp)
     return dq.reshape(B, H, T, D), dk.reshape(B, H, Tk, D), dv.reshape(B, H, Tk, D)
