@@ -117,13 +117,46 @@ def gemm_args(M, K, N, n, stacked, step, sa, sb, sc):
     return ok, ta, lda, tb, ldb, ldc, batch_a, batch_b, batch_c
 
 
+def apart(M, N, ldc, n_hi, s_hi, n_lo, s_lo):
+    """Whether the n_hi x n_lo out matrices (M, N) (row stride ``ldc``) at element offsets i * s_hi + j * s_lo
+    cannot overlap: side by side within the rows (attention's heads in a (B, T, H, D) array) or one after the
+    other, each group of n_lo within one stretch of s_hi. A sufficient test: other layouts go to NumPy."""
+    if s_hi < 0 or s_lo < 0:
+        return False
+    one = (M - 1) * ldc + N  # elements from a matrix's first to past its last
+    if n_lo == 1:
+        group = one
+    elif s_lo >= N and (n_lo - 1) * s_lo + N <= ldc:  # side by side in the same rows
+        group = (M - 1) * ldc + (n_lo - 1) * s_lo + N
+    elif s_lo >= one:  # one after the other
+        group = (n_lo - 1) * s_lo + one
+    else:
+        return False
+    return n_hi == 1 or s_hi >= group
+
+
+def stacks_args(M, K, N, n_hi, n_lo, step, sa, sb, sc):
+    """``gemm_args`` for stacks of stacks (n_hi, n_lo, M, K) @ (n_hi, n_lo, K, N) -> (n_hi, n_lo, M, N) of any
+    batch strides (``sa``, ``sb``, ``sc``: the four byte strides of each), which MKL's pointer-array batch GEMM
+    takes (its strided one needs each out matrix after the last): ``(ok, trans a, lda, trans b, ldb, ldc)``,
+    the operands' batch strides then read from the arrays themselves."""
+    ta, lda = _operand(sa[2], sa[3], M, K, step)
+    tb, ldb = _operand(sb[2], sb[3], K, N, step)
+    ldc = sc[2] // step
+    ok = (ta != 0 and tb != 0 and sc[3] == step and sc[2] % step == 0 and ldc >= N
+          and sa[0] % step == 0 and sa[1] % step == 0 and sb[0] % step == 0 and sb[1] % step == 0
+          and sc[0] % step == 0 and sc[1] % step == 0 and max(M, N, K, n_hi * n_lo, lda, ldb, ldc) < 2**31
+          and apart(M, N, ldc, n_hi, sc[0] // step, n_lo, sc[1] // step))
+    return ok, ta, lda, tb, ldb, ldc
+
+
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _product_shape(a, b, out):
     """The shape of ``a @ b`` when MKL may compute it here (before the layouts are looked at), else None."""
     if (type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != b.dtype or a.ndim != b.ndim
-            or a.ndim not in (2, 3) or a.dtype not in _REAL or a.shape[-1] != b.shape[-2]
+            or a.ndim not in (2, 3, 4) or a.dtype not in _REAL or a.shape[-1] != b.shape[-2]
             or a.shape[:-2] != b.shape[:-2] or not a.size or not b.size or not threads.in_line_active()
             or os.environ.get(ENV_VAR, "1").strip() == "0"):
         return None
@@ -149,9 +182,9 @@ def _compiled(lib):
     def address(name):
         return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
 
-    return {(char, ndim): (gemm.gemm_2d if ndim == 2 else gemm.gemm_3d,
-                           address(f"cblas_{kind}gemm{'' if ndim == 2 else '_batch_strided'}"))
-            for char, kind in (("f", "s"), ("d", "d")) for ndim in (2, 3)}
+    callers = {2: (gemm.gemm_2d, ""), 3: (gemm.gemm_3d, "_batch_strided"), 4: (gemm.gemm_4d, "_batch")}
+    return {(char, ndim): (caller, address(f"cblas_{kind}gemm{suffix}"))
+            for char, kind in (("f", "s"), ("d", "d")) for ndim, (caller, suffix) in callers.items()}
 
 
 def _gemm(lib, a, b, out, beta):
@@ -160,6 +193,8 @@ def _gemm(lib, a, b, out, beta):
     if compiled is not None and a.flags.writeable and b.flags.writeable:  # compiled for writeable arrays only
         caller, address = compiled[a.dtype.char, a.ndim]
         return caller(address, a, b, out, 1.0, beta)
+    if a.ndim == 4:  # stacks of stacks need the pointer arrays built in compiled code: NumPy's product here
+        return False
     M, K, N, step = a.shape[-2], a.shape[-1], b.shape[-1], a.itemsize
     n = a.shape[0] if a.ndim == 3 else 1
     strides = [(x.strides[0] if x.ndim == 3 else 0,) + x.strides[-2:] for x in (a, b, out)]

@@ -199,3 +199,47 @@ def test_read_only_and_overlapping_arrays(path):
         np.testing.assert_allclose(blas.matmul(c, b, out=c), expected, rtol=1e-5, atol=1e-5)  # out is a
         d = b.copy()
         np.testing.assert_allclose(blas.matmul(a, d, out=d, accumulate=True), expected + b, rtol=1e-5, atol=1e-5)
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stacks_of_stacks_read_and_write_attention_layouts_in_place(dtype, path, monkeypatch):
+    """4-D operands (batch, head, rows, cols) go to MKL's pointer-array batch GEMM (compiled path only) with
+    any batch strides: q, k, v as views of one (B, T, 3, H, D) array, the output written into a (B, T, H, D)
+    array's heads side by side, and added to (accumulate)."""
+    rng = np.random.default_rng(7)
+    B, T, H, D = 3, 7, 4, 5
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    qkv = rng.standard_normal((B, T, 3 * H * D)).astype(dtype)
+    q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # (B, H, T, D) views
+    used = []
+    real = blas._gemm
+    monkeypatch.setattr(blas, "_gemm", lambda *args: used.append(real(*args)) or used[-1])
+    with in_line():
+        att = blas.matmul(q, k.swapaxes(-1, -2))
+        np.testing.assert_allclose(att, q @ k.swapaxes(-1, -2), **tol)
+        buf = np.full((B, T, H + 1, D), 9.0, dtype)  # one spare head: must stay untouched
+        out = buf[:, :, :H].transpose(0, 2, 1, 3)  # (B, H, T, D), heads side by side in each row
+        assert blas.matmul(att, v, out=out) is out
+        np.testing.assert_allclose(out, att @ v, **tol)
+        blas.matmul(att, v, out=out, accumulate=True)
+        np.testing.assert_allclose(out, 2 * (att @ v), **tol)
+        assert (buf[:, :, H] == 9.0).all()
+    assert used == [path == "compiled"] * 3  # through ctypes, 4-D products are NumPy's
+
+
+@needs_mkl
+def test_stacks_of_stacks_mkl_must_not_write_go_to_numpy(path):
+    lib = blas._library()[0]
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((2, 3, 4, 5)).astype(np.float32), rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    step = a.itemsize
+    for out in (np.lib.stride_tricks.as_strided(np.zeros(200, np.float32), (2, 3, 4, 6), (0, 24 * step, 6 * step, step)),
+                np.lib.stride_tricks.as_strided(np.zeros(200, np.float32), (2, 3, 4, 6), (72 * step, 3 * step, 6 * step,
+                                                                                           step)),
+                np.zeros((2, 3, 6, 4), np.float32).swapaxes(-1, -2), np.zeros((2, 3, 4, 6), np.float32)[::-1]):
+        before = out.copy()
+        assert blas._gemm(lib, a, b, out, 0.0) is False  # overlapping matrices, column-major, negative batch
+        np.testing.assert_array_equal(out, before)
+    with in_line():
+        np.testing.assert_allclose(blas.matmul(a, b[:, :1]), a @ b[:, :1], rtol=1e-5)  # broadcasting: NumPy's

@@ -102,14 +102,15 @@ def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
 
 def attention_weights(q, k, scale, mask, p):
     """p = softmax(q @ k^T * scale, -inf where ``mask``) for some of the (batch, head) matrices, into p
-    (n, Tq, Tk). ``mask`` is ``causal_mask(Tq, Tk)`` or None; the fused CPU kernel masks the same entries by
+    (..., Tq, Tk) (C-contiguous; q and k of any layout). ``mask`` is ``causal_mask(Tq, Tk)`` or None; the fused CPU kernel masks the same entries by
     their index. Masked scores are overwritten, not added to: a NaN or inf score that a query must not see
     (a key in its future) then cannot reach its row, as in torch."""
     xp = get_xp(q)
     matmul(q, k.swapaxes(-1, -2), out=p)  # (n, Tq, Tk) att, scaled, masked and normalized in place
     if fused_rows(p):  # scale + mask + softmax in one loop per row (scratchllm/kernels/cpu/softmax.py)
         from ..kernels.cpu import softmax as fused
-        fused.scaled_causal_softmax_rows(p, p, p.dtype.type(scale), mask is not None)  # masks as mask would
+        p3 = p.reshape(-1, p.shape[-2], p.shape[-1])  # (n, Tq, Tk) a view (p is C-contiguous)
+        fused.scaled_causal_softmax_rows(p3, p3, p.dtype.type(scale), mask is not None)  # masks as mask would
         return
     p *= scale
     if mask is not None:
@@ -161,8 +162,8 @@ def attention_backward(dout, cache):
 
 
 def matrices_backward(dout, q, k, v, p, pd, mask, drop_scale, scale, dq, dk, dv, accumulate=False):
-    """attention_backward for some (batch, head) matrices (n, ., .): writes dq, and dk, dv (adds to them
-    when ``accumulate``: query blocks share their keys)."""
+    """attention_backward for some (batch, head) matrices (..., ., .): writes dq, and dk, dv (adds to them
+    when ``accumulate``: query blocks share their keys). p and pd are C-contiguous; the rest of any layout."""
     (dp,) = dropout_backward(matmul(dout, v.swapaxes(-1, -2)), (mask, drop_scale, pd.shape))  # (n, T, Tk)
     datt = dp  # a fresh product, turned into datt in place: the softmax backward, times the scale
     softmax_rows_backward(dp, p, datt, scale=scale)

@@ -24,6 +24,23 @@ from .dropout import dropout_backward, dropout_forward
 from .softmax import softmax_backward
 
 
+def _runs(r, H):
+    """Index pairs (batches, heads) whose 4-D views cover the rows ``r`` of the flattened (B, H) axis, in order:
+    runs of whole batch entries together (one matrix product for all their heads), partial entries alone."""
+    runs, i = [], r.start
+    while i < r.stop:
+        b, h = divmod(i, H)
+        if h == 0 and r.stop - i >= H:  # whole batch entries
+            n = (r.stop - i) // H
+            runs.append((slice(b, b + n), slice(0, H)))
+            i += n * H
+        else:
+            h1 = min(H, h + r.stop - i)
+            runs.append((slice(b, b + 1), slice(h, h1)))
+            i += h1 - h
+    return runs
+
+
 def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
     """Causal multi-head attention, query block by query block.
 
@@ -34,6 +51,10 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
         att = q[r] @ k[:e]^T / sqrt(D), masked above the diagonal       (B, H, i1 - i0, e)
         p   = softmax(att, axis=-1);  pd = dropout(p)
         out[r] = pd @ v[:e]
+
+    On NumPy q, k and v are read where they are (GPT's are strided views of one qkv array: the matrix products
+    take any layout, ``blas.matmul``), and ``out`` is a (B, H, T, D) view of a (B, T, H, D) array, its heads side
+    by side, which is the layout the output projection reads next.
     """
     B, H, T, D, Tk = check_qkv(q, k, v, causal=True)
     if block < 1:
@@ -41,9 +62,11 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
     xp = get_xp(q, k, v)
     scale = 1.0 / math.sqrt(D)
     BH = B * H  # the (batch, head) matrices are independent: pieces of them run on every CPU thread
-    # (BH, T, D), (BH, Tk, D) x 2: copies when q, k, v are strided views (GPT's), made once and kept for backward
-    q3, k3, v3 = (a.reshape(BH, -1, D) for a in (q, k, v))
-    out = xp.empty((BH, T, D), dtype=q.dtype)  # (BH, T, D)
+    if xp is np:
+        out = xp.empty((B, T, H, D), dtype=q.dtype).transpose(0, 2, 1, 3)  # (B, H, T, D) view, heads side by side
+    else:  # CuPy: contiguous copies, kept for the backward
+        q, k, v = (xp.ascontiguousarray(a) for a in (q, k, v))
+        out = xp.empty((B, H, T, D), dtype=q.dtype)  # (B, H, T, D)
     blocks = []
     for i0 in range(0, T, block):
         i1 = min(i0 + block, T)
@@ -53,25 +76,28 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
             p, p_cache = kernels.scaled_causal_softmax_forward(att, scale)
             pv_done = False
         else:
-            p = xp.empty((BH, i1 - i0, e), dtype=q.dtype)  # (BH, i1-i0, e)
+            p = xp.empty((B, H, i1 - i0, e), dtype=q.dtype)  # (B, H, i1-i0, e)
             mask = causal_mask(i1 - i0, e, xp)  # the block's diagonal
 
             def weights(r):  # without dropout pd is p: its product with v right away, while in cache
-                attention_weights(q3[r, i0:i1], k3[r, :e], scale, mask, p[r])
-                if not dropout:
-                    matmul(p[r], v3[r, :e], out=out[r, i0:i1])
+                for bs, hs in _runs(r, H):
+                    attention_weights(q[bs, hs, i0:i1], k[bs, hs, :e], scale, mask, p[bs, hs])
+                    if not dropout:
+                        matmul(p[bs, hs], v[bs, hs, :e], out=out[bs, hs, i0:i1])
 
             parallel_chunks(weights, BH, p.size, xp)
-            p = p.reshape(B, H, i1 - i0, e)
             p_cache = (p, -1)
             pv_done = not dropout
         pd, drop_cache = dropout_forward(p, dropout, rng)  # (B, H, i1-i0, e) the whole mask: draws in order
         if not pv_done:
-            pd3 = pd.reshape(BH, i1 - i0, e)
-            parallel_chunks(lambda r: matmul(pd3[r], v3[r, :e], out=out[r, i0:i1]), BH, pd3.size, xp)  # pd @ v
+            def values(r):  # out = pd @ v
+                for bs, hs in _runs(r, H):
+                    matmul(pd[bs, hs], v[bs, hs, :e], out=out[bs, hs, i0:i1])
+
+            parallel_chunks(values, BH, pd.size, xp)
         blocks.append((i0, i1, e, p_cache, drop_cache))
-    cache = (q3, k3, v3, (B, H), blocks, scale)
-    return out.reshape(B, H, T, D), cache
+    cache = (q, k, v, blocks, scale)
+    return out, cache
 
 
 def attention_blocked_backward(dout, cache):
@@ -87,34 +113,38 @@ def attention_blocked_backward(dout, cache):
         dq[r]   = datt @ k[:e]
         dk[:e] += datt^T @ q[r]
     """
-    q3, k3, v3, (B, H), blocks, scale = cache
-    BH, T, D = q3.shape
-    Tk = k3.shape[1]
+    q, k, v, blocks, scale = cache
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    BH = B * H
     check_dout(dout, (B, H, T, D))
-    dout3 = dout.astype(q3.dtype, copy=False).reshape(BH, T, D)  # (BH, T, D)
-    xp = get_xp(q3)
-    dq = xp.empty((BH, T, D), q3.dtype)  # every row is written once
+    dout = dout.astype(q.dtype, copy=False)  # (B, H, T, D), read where it is on NumPy (any layout)
+    xp = get_xp(q)
+    dq = xp.empty((B, H, T, D), q.dtype)  # every row is written once
     # dk and dv accumulate over the blocks. On the CPU the last block, which sees every key (e = Tk), goes first
     # and writes them (no zeros to write beforehand); the others add to their first e rows
     on_cpu = xp is np and bool(blocks)
-    dk = (xp.empty if on_cpu else xp.zeros)((BH, Tk, D), q3.dtype)
-    dv = (xp.empty if on_cpu else xp.zeros)((BH, Tk, D), q3.dtype)
+    dk = (xp.empty if on_cpu else xp.zeros)((B, H, Tk, D), q.dtype)
+    dv = (xp.empty if on_cpu else xp.zeros)((B, H, Tk, D), q.dtype)
     for n, (i0, i1, e, p_cache, drop_cache) in enumerate(reversed(blocks) if on_cpu else blocks):
-        (pd,) = dropout_backward(p_cache[0], drop_cache)  # recomputed: p * mask / (1 - dropout)
-        p3, pd3 = p_cache[0].reshape(BH, i1 - i0, e), pd.reshape(BH, i1 - i0, e)
+        (pd,) = dropout_backward(p_cache[0], drop_cache)  # (B, H, i1-i0, e) recomputed: p * mask / (1 - dropout)
+        p = p_cache[0]  # (B, H, i1-i0, e)
         mask, drop_scale, _ = drop_cache
-        mask3 = None if mask is None else mask.reshape(BH, i1 - i0, e)
         if xp is not np:  # CuPy: whole arrays (the softmax backward is a fused kernel there)
-            g = dout3[:, i0:i1]  # (BH, i1-i0, D)
-            dv[:, :e] += pd3.swapaxes(-1, -2) @ g
-            (dp,) = dropout_backward(g @ v3[:, :e].swapaxes(-1, -2), (mask3, drop_scale, pd3.shape))
-            (datt,) = softmax_backward(dp.reshape(p_cache[0].shape), p_cache)
-            datt = datt.reshape(p3.shape) * scale
-            dq[:, i0:i1] = datt @ k3[:, :e]
-            dk[:, :e] += datt.swapaxes(-1, -2) @ q3[:, i0:i1]
+            g = dout[:, :, i0:i1]  # (B, H, i1-i0, D)
+            dv[:, :, :e] += pd.swapaxes(-1, -2) @ g
+            (dp,) = dropout_backward(g @ v[:, :, :e].swapaxes(-1, -2), (mask, drop_scale, pd.shape))
+            (datt,) = softmax_backward(dp, p_cache)
+            datt = datt * scale
+            dq[:, :, i0:i1] = datt @ k[:, :, :e]
+            dk[:, :, :e] += datt.swapaxes(-1, -2) @ q[:, :, i0:i1]
             continue
-        parallel_chunks(lambda r: matrices_backward(
-            dout3[r, i0:i1], q3[r, i0:i1], k3[r, :e], v3[r, :e], p3[r], pd3[r],
-            None if mask3 is None else mask3[r], drop_scale, scale, dq[r, i0:i1], dk[r, :e], dv[r, :e],
-            accumulate=n > 0), BH, p3.size, xp)
-    return dq.reshape(B, H, T, D), dk.reshape(B, H, Tk, D), dv.reshape(B, H, Tk, D)
+
+        def matrices(r):
+            for bs, hs in _runs(r, H):
+                matrices_backward(dout[bs, hs, i0:i1], q[bs, hs, i0:i1], k[bs, hs, :e], v[bs, hs, :e], p[bs, hs],
+                                  pd[bs, hs], None if mask is None else mask[bs, hs], drop_scale, scale,
+                                  dq[bs, hs, i0:i1], dk[bs, hs, :e], dv[bs, hs, :e], accumulate=n > 0)
+
+        parallel_chunks(matrices, BH, p.size, xp)  # pieces of the (batch, head) matrices on every CPU thread
+    return dq, dk, dv

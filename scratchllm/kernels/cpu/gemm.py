@@ -13,13 +13,14 @@ cached on disk like the kernels.
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ... import blas
-from ...blas import ROW_MAJOR, gemm_args
+from ...blas import ROW_MAJOR, gemm_args, stacks_args
 from . import jit
 
 
@@ -34,9 +35,22 @@ def _gemm_args(M, K, N, n, stacked, step, sa, sb, sc):
     return blas.gemm_args
 
 
+@overload(blas.apart, jit_options={"error_model": "numpy"})
+def _apart(M, N, ldc, n_hi, s_hi, n_lo, s_lo):
+    return blas.apart
+
+
+@overload(blas.stacks_args, jit_options={"error_model": "numpy"})
+def _stacks_args(M, K, N, n_hi, n_lo, step, sa, sb, sc):
+    return blas.stacks_args
+
+
 # The C argument kinds: i = int, f = the real type, p = a pointer (Numba passes it as an integer address)
 GEMM = "iiiiiifpipifpi"  # (layout, transa, transb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc)
 GEMM_BATCH = "iiiiiifpiipiifpiii"  # the same with a stride after each matrix, and the batch count last
+# cblas_?gemm_batch, MKL's group API with one group: the layout, then arrays (of one entry, or of one pointer
+# per matrix for a, b, c), the group count and an array of the group's size
+GEMM_POINTERS = "i" + "p" * 13 + "ip"
 
 
 def _c_call(kinds):
@@ -70,10 +84,12 @@ def _c_call(kinds):
 
 _gemm = _c_call(GEMM)
 _gemm_batch = _c_call(GEMM_BATCH)
+_gemm_pointers = _c_call(GEMM_POINTERS)
 
 # Writeable arrays of any layout (blas._gemm sends read-only operands through ctypes)
 _SIG_2D = [f"boolean(intp, {t}[:, :], {t}[:, :], {t}[:, :], {t}, {t})" for t in ("float32", "float64")]
 _SIG_3D = [f"boolean(intp, {t}[:, :, :], {t}[:, :, :], {t}[:, :, :], {t}, {t})" for t in ("float32", "float64")]
+_SIG_4D = [f"boolean(intp, {t}[:, :, :, :], {t}[:, :, :, :], {t}[:, :, :, :], {t}, {t})" for t in ("float32", "float64")]
 
 
 @jit(signatures=_SIG_2D)
@@ -103,4 +119,31 @@ def gemm_3d(address, a, b, out, alpha, beta):
         return False
     _gemm_batch(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb, beta,
                 out.ctypes.data, ldc, sc, n)
+    return True
+
+
+@jit(signatures=_SIG_4D)
+def gemm_4d(address, a, b, out, alpha, beta):
+    """``gemm_2d`` for stacks of stacks a (n1, n2, M, K), b (n1, n2, K, N), out (n1, n2, M, N) of any batch
+    strides (attention's heads read and written in place in (B, T, H, D) arrays), through ``cblas_?gemm_batch``
+    with one pointer per matrix."""
+    n1, n2, M, K = a.shape
+    N = b.shape[3]
+    ok, ta, lda, tb, ldb, ldc = stacks_args(M, K, N, n1, n2, a.itemsize, a.strides, b.strides, out.strides)
+    if not ok:
+        return False
+    count = n1 * n2
+    ptrs = np.empty((3, count), dtype=np.intp)  # a, b, out: each matrix's first element
+    for i in range(n1):
+        for j in range(n2):
+            ptrs[0, i * n2 + j] = a.ctypes.data + i * a.strides[0] + j * a.strides[1]
+            ptrs[1, i * n2 + j] = b.ctypes.data + i * b.strides[0] + j * b.strides[1]
+            ptrs[2, i * n2 + j] = out.ctypes.data + i * out.strides[0] + j * out.strides[1]
+    ints = np.array([ta, tb, M, N, K, lda, ldb, ldc, count], dtype=np.int32)  # the group's MKL_INTs
+    reals = np.empty(2, dtype=a.dtype)
+    reals[0], reals[1] = alpha, beta
+    p = ints.ctypes.data
+    _gemm_pointers(address, ROW_MAJOR, p, p + 4, p + 8, p + 12, p + 16, reals.ctypes.data, ptrs[0].ctypes.data,
+                   p + 20, ptrs[1].ctypes.data, p + 24, reals.ctypes.data + a.itemsize, ptrs[2].ctypes.data,
+                   p + 28, 1, p + 32)
     return True
