@@ -1,5 +1,9 @@
 """blas.matmul: MKL's GEMM inside single-core shards (when installed), NumPy's everywhere else."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -243,3 +247,24 @@ def test_stacks_of_stacks_mkl_must_not_write_go_to_numpy(path):
         np.testing.assert_array_equal(out, before)
     with in_line():
         np.testing.assert_allclose(blas.matmul(a, b[:, :1]), a @ b[:, :1], rtol=1e-5)  # broadcasting: NumPy's
+
+
+@needs_mkl
+def test_the_pointer_arrays_live_through_the_mkl_call(tmp_path):
+    """gemm_4d builds its pointer and size arrays in compiled code. With Numba's reference-count pruning off
+    and freed memory poisoned (NUMBA_DEBUG_NRT), an array freed before the call (its address taken earlier)
+    gives MKL garbage; compiled afresh into an empty cache, the product must still be right."""
+    pytest.importorskip("numba")
+    code = ("import numpy as np, scratchllm.kernels.cpu as kc\n"
+            f"kc.CACHE_DIR = {str(tmp_path)!r}\n"
+            "from scratchllm import blas, threads\n"
+            "rng = np.random.default_rng(0)\n"
+            "a, b = rng.standard_normal((2, 3, 4, 5)).astype('f4'), rng.standard_normal((2, 3, 5, 6)).astype('f4')\n"
+            "out = np.zeros((2, 3, 4, 6), 'f4')\n"
+            "with threads.in_line():\n"
+            "    assert blas._gemm(blas._library()[0], a, b, out, 0.0)\n"
+            "print(float(np.abs(out - a @ b).max()))\n")
+    env = {**os.environ, "NUMBA_LLVM_REFPRUNE_PASS": "0", "NUMBA_DEBUG_NRT": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) < 1e-4, run.stdout[-2000:]

@@ -55,7 +55,9 @@ GEMM_POINTERS = "i" + "p" * 13 + "ip"
 
 def _c_call(kinds):
     """An intrinsic ``call(address, *args)`` that calls the C function at ``address`` (a void function with
-    argument ``kinds``), converting each Numba integer to a C int or a pointer and passing reals as they are."""
+    argument ``kinds``), converting each Numba integer to a C int or a pointer and passing reals as they are.
+    A pointer argument given as an array passes its data: pass arrays, not ``a.ctypes.data``, for arrays made
+    in compiled code, which Numba frees after their last use (an address taken earlier would outlive them)."""
 
     @intrinsic
     def call(typingctx, address, *args):
@@ -67,6 +69,9 @@ def _c_call(kinds):
             for kind, value, ty in zip(kinds, cgutils.unpack_tuple(builder, values[1]), signature.args[1].types):
                 if kind == "i":
                     c_args.append(context.cast(builder, value, ty, types.int32))
+                elif kind == "p" and isinstance(ty, types.Array):  # its data: the array lives through the call
+                    data = context.make_array(ty)(context, builder, value).data
+                    c_args.append(builder.bitcast(data, ir.IntType(8).as_pointer()))
                 elif kind == "p":
                     c_args.append(builder.inttoptr(context.cast(builder, value, ty, types.intp),
                                                    ir.IntType(8).as_pointer()))
@@ -103,8 +108,7 @@ def gemm_2d(address, a, b, out, alpha, beta):
                                                    (0, out.strides[0], out.strides[1]))
     if not ok:
         return False
-    _gemm(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, b.ctypes.data, ldb, beta,
-          out.ctypes.data, ldc)
+    _gemm(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, out, ldc)
     return True
 
 
@@ -117,8 +121,7 @@ def gemm_3d(address, a, b, out, alpha, beta):
                                                       out.strides)
     if not ok:
         return False
-    _gemm_batch(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb, beta,
-                out.ctypes.data, ldc, sc, n)
+    _gemm_batch(address, ROW_MAJOR, ta, tb, M, N, K, alpha, a, lda, sa, b, ldb, sb, beta, out, ldc, sc, n)
     return True
 
 
@@ -142,8 +145,7 @@ def gemm_4d(address, a, b, out, alpha, beta):
     ints = np.array([ta, tb, M, N, K, lda, ldb, ldc, count], dtype=np.int32)  # the group's MKL_INTs
     reals = np.empty(2, dtype=a.dtype)
     reals[0], reals[1] = alpha, beta
-    p = ints.ctypes.data
-    _gemm_pointers(address, ROW_MAJOR, p, p + 4, p + 8, p + 12, p + 16, reals.ctypes.data, ptrs[0].ctypes.data,
-                   p + 20, ptrs[1].ctypes.data, p + 24, reals.ctypes.data + a.itemsize, ptrs[2].ctypes.data,
-                   p + 28, 1, p + 32)
+    # arrays, not addresses: each stays alive through the call (views of the entries MKL reads)
+    _gemm_pointers(address, ROW_MAJOR, ints[0:], ints[1:], ints[2:], ints[3:], ints[4:], reals, ptrs[0], ints[5:],
+                   ptrs[1], ints[6:], reals[1:], ptrs[2], ints[7:], 1, ints[8:])
     return True
