@@ -366,11 +366,9 @@ class GPT:
         dy, grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"] = linear_backward(
             dy, c["attn.c_proj"], dw_out=into.get(h + "attn.c_proj.weight"))
         dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
-        dq, dk, dv = attention_blocked_backward(dy, c["attn"])  # 3 x (B, H, T, D)
-        dqkv = self.xp.empty((B, T, 3, H, D), dtype=dx.dtype)  # the forward's split of qkv, in reverse
-        for j, d in enumerate((dq, dk, dv)):
-            dqkv[:, :, j] = d.transpose(0, 2, 1, 3)  # (B, T, H, D)
-        dqkv = dqkv.reshape(B, T, 3 * C)  # (B, T, 3C)
+        dqkv = self.xp.empty((B, T, 3, H, D), dtype=dx.dtype)  # the forward's split of qkv, in reverse:
+        attention_blocked_backward(dy, c["attn"], out=tuple(dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3)))
+        dqkv = dqkv.reshape(B, T, 3 * C)  # (B, T, 3C) dq, dk, dv written into their thirds (3 x (B, H, T, D) views)
         da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(
             dqkv, c["c_attn"], dw_out=into.get(h + "attn.c_attn.weight"))
         dln1, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])

@@ -100,11 +100,15 @@ def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
     return out, cache
 
 
-def attention_blocked_backward(dout, cache):
+def attention_blocked_backward(dout, cache, out=None):
     """Gradients of ``attention_blocked_forward``: ``attention_backward`` block by block.
 
     Shapes:
         dout (B, H, T, D)  ->  dq (B, H, T, D), dk (B, H, Tk, D), dv (B, H, Tk, D)
+
+    ``out``: three arrays of those shapes and q's dtype, of any layout (apart from each other and from dout), to
+    write dq, dk, dv into (then returned): GPT passes the three (B, H, T, D) views of the (B, T, 3, H, D) array
+    its qkv projection's backward reads, so nothing is copied there afterwards.
 
     Math (per block; keys and values are shared, so their gradients ACCUMULATE over blocks):
         dv[:e] += pd^T @ dout[r]
@@ -120,12 +124,21 @@ def attention_blocked_backward(dout, cache):
     check_dout(dout, (B, H, T, D))
     dout = dout.astype(q.dtype, copy=False)  # (B, H, T, D), read where it is on NumPy (any layout)
     xp = get_xp(q)
-    dq = xp.empty((B, H, T, D), q.dtype)  # every row is written once
-    # dk and dv accumulate over the blocks. On the CPU the last block, which sees every key (e = Tk), goes first
-    # and writes them (no zeros to write beforehand); the others add to their first e rows
+    # dq: every row is written once. dk and dv accumulate over the blocks: on the CPU the last block, which sees
+    # every key (e = Tk), goes first and writes them (no zeros to write beforehand); the others add to their
+    # first e rows
     on_cpu = xp is np and bool(blocks)
-    dk = (xp.empty if on_cpu else xp.zeros)((B, H, Tk, D), q.dtype)
-    dv = (xp.empty if on_cpu else xp.zeros)((B, H, Tk, D), q.dtype)
+    shapes = ((B, H, T, D), (B, H, Tk, D), (B, H, Tk, D))
+    if out is None:
+        dq, dk, dv = ((xp.empty if on_cpu or j == 0 else xp.zeros)(shape, q.dtype) for j, shape in enumerate(shapes))
+    else:
+        if len(out) != 3 or any(getattr(o, "shape", None) != shape or getattr(o, "dtype", None) != q.dtype
+                                for o, shape in zip(out, shapes)):
+            raise ValueError(f"out must be three arrays (dq, dk, dv) of shapes {shapes} and dtype {q.dtype}")
+        dq, dk, dv = out
+        if not on_cpu:
+            dk[...] = 0
+            dv[...] = 0
     for n, (i0, i1, e, p_cache, drop_cache) in enumerate(reversed(blocks) if on_cpu else blocks):
         (pd,) = dropout_backward(p_cache[0], drop_cache)  # (B, H, i1-i0, e) recomputed: p * mask / (1 - dropout)
         p = p_cache[0]  # (B, H, i1-i0, e)
