@@ -79,3 +79,36 @@ def flat_span(arrays):
             return None
         pos += arrays[i].size
     return root.reshape(-1)[lo:pos], [o - lo for o in offsets]
+
+
+# Adding one flat buffer into another takes one thread below this many elements, when the CPU kernels' prange
+# loop is not there (measured: 0.81 M floats 0.33 ms on one thread, 0.70 ms in pieces on two Python threads;
+# 4 M: 1.6 against 1.3 ms; 30 M: 12.7 against 7.6 ms)
+SUM_PARALLEL_MIN = 1 << 21
+
+
+def cpu_flat_kernels():
+    """The flat-buffer kernels (``kernels/cpu/flat.py``: sum, norm and scale on every core through prange)
+    when the CPU kernels are on, else None."""
+    from . import kernels
+
+    if not kernels.cpu_enabled():
+        return None
+    from .kernels.cpu import flat
+
+    return flat
+
+
+def add_into(out, other):
+    """``out += other`` for two NumPy flat buffers of one layout (GPT's sum of its shards' gradients), in one
+    pass: through the prange kernel, else on this thread, else (from ``SUM_PARALLEL_MIN``) in pieces on every
+    core. Elementwise, so the same bits on every path."""
+    from .threads import parallel_chunks
+
+    fused = cpu_flat_kernels()
+    if fused is not None and fused.add_into(out, other):
+        return
+    if out.size < SUM_PARALLEL_MIN:
+        out += other
+    else:
+        parallel_chunks(lambda r: np.add(out[r], other[r], out=out[r]), out.size, out.size, np)

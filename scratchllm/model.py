@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
-from .flat import buffer_root, empty_flat, flatten_params
+from .flat import add_into, buffer_root, empty_flat, flatten_params
 from .shards import RemoteCache, ShardWorkers, default_mode, processes_supported, shared_empty
 from .threads import cpu_threads, parallel_chunks, parallel_map, shard_bounds
 from .ops import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
@@ -28,20 +28,6 @@ DTYPES = ("float32", "float64")
 # masked upper triangle and gives attention_forward's numbers. 64 measured fastest at T = 256 on one core
 # (a batch shard's), 10 % faster than 128.
 ATTN_BLOCK = 64
-# Adding a worker's gradients into the result takes one thread below this many parameters (measured: 0.81 M
-# floats 0.33 ms on one thread, 0.70 ms in pieces on two; 4 M: 1.6 against 1.3 ms; 30 M: 12.7 against 7.6 ms)
-SUM_PARALLEL_MIN = 1 << 21
-
-
-def _add_on_every_core(out, other) -> bool:
-    """out += other through the CPU kernels' prange loop (kernels/cpu/flat.py); False where it does not apply."""
-    from . import kernels
-
-    if not kernels.cpu_enabled():
-        return False
-    from .kernels.cpu import flat
-
-    return flat.add_into(out, other)
 
 
 @dataclass
@@ -303,12 +289,7 @@ class GPT:
             (flat, grads), worker_flats = shards[1][1].owner.backward(
                 [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]], local)
             for worker_flat in worker_flats:  # each worker's gradients: its shared flat buffer, the same layout
-                if _add_on_every_core(flat, worker_flat):  # one pass (the shards' sum, in shard order): prange
-                    continue
-                if flat.size < SUM_PARALLEL_MIN:
-                    flat += worker_flat  # one pass over the buffer on this thread
-                else:  # the same sums, in pieces on every core
-                    parallel_chunks(lambda r: np.add(flat[r], worker_flat[r], out=flat[r]), flat.size, flat.size, np)
+                add_into(flat, worker_flat)  # one pass (the shards' sum, in shard order)
             return {name: grads[name] for name in self.params}
         outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
         _, grads = empty_flat({name: self.params[name] for name in self._flat_order})

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .backend import get_xp
-from .flat import flat_span
+from .flat import cpu_flat_kernels, flat_span
 
 
 def _number(name, value, lo=0.0, hi=None):
@@ -64,7 +64,7 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
     if xp is not np:
         return _clip_grad_norm_device(xp, arrays, max_norm, eps)
     span = flat_span(arrays)
-    fused = _fused_flat() if span is not None else None
+    fused = cpu_flat_kernels() if span is not None else None
     if span is not None:  # one flat buffer (GPT's gradients): one norm and one scale over it, not one per array
         arrays = [span[0]]
         total = fused.norm(span[0]) if fused is not None else None  # on every core (kernels/cpu/flat.py)
@@ -80,18 +80,6 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
                 if fused is None or not fused.scale(g, coef):
                     g *= coef.astype(g.dtype)
     return norm
-
-
-def _fused_flat():
-    """The flat-buffer kernels (kernels/cpu/flat.py: a norm and a scale on every core) when the CPU kernels
-    are on, else None."""
-    from . import kernels
-
-    if not kernels.cpu_enabled():
-        return None
-    from .kernels.cpu import flat
-
-    return flat
 
 
 def _clip_grad_norm_device(xp, arrays, max_norm, eps):

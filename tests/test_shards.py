@@ -6,6 +6,7 @@ import gc
 import numpy as np
 import pytest
 
+import scratchllm.flat
 import scratchllm.model
 import scratchllm.threads
 from scratchllm import shards
@@ -42,9 +43,9 @@ def train(mode, steps=3, threads=2):
 @pytest.mark.parametrize("threads", [2, 3])
 def test_training_in_processes_gives_the_bits_of_threads(threads, sum_in_pieces, monkeypatch):
     """Dropout streams, optimizer updates in place and the shard-ordered gradient sum: bit for bit, also with
-    the workers' gradients added in pieces on every core (as above model.SUM_PARALLEL_MIN parameters)."""
+    the workers' gradients added in pieces on every core (as above flat.SUM_PARALLEL_MIN parameters)."""
     if sum_in_pieces:
-        monkeypatch.setattr(scratchllm.model, "SUM_PARALLEL_MIN", 1)
+        monkeypatch.setattr(scratchllm.flat, "SUM_PARALLEL_MIN", 1)
         monkeypatch.setattr(scratchllm.threads, "PARALLEL_MIN", 1)
         monkeypatch.setattr(scratchllm.threads, "PIECE", 97)
     a, losses_a = train("threads", threads=threads)
