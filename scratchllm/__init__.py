@@ -1,7 +1,8 @@
 """scratchllm: a GPT built from scratch, every forward and backward pass written by hand in NumPy/CuPy."""
 
 from .backend import get_xp, resolve_backend, synchronize, to_numpy
-from .gradcheck import GradcheckError, gradcheck
+from . import gradcheck  # the module; calling it calls gradcheck.gradcheck (see its _CallableModule)
+from .gradcheck import GradcheckError
 from .hf import load_hf_gpt2, save_hf_gpt2
 from .model import GPT, GPTConfig
 from .optim import SGD, Adagrad, Adam, AdamW, clip_grad_norm, decay_groups, get_lr

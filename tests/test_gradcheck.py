@@ -1,10 +1,12 @@
 """The checker's own contract: modes, wrt, names, the report, and the extra checks."""
 
+import inspect
+
 import numpy as np
 import pytest
 
 from scratchllm import ops
-from scratchllm.gradcheck import GradcheckError, GradcheckReport, gradcheck
+from scratchllm.gradcheck import GradcheckError, GradcheckReport, auto_modes, gradcheck
 from tests.helpers import normal
 
 
@@ -130,3 +132,90 @@ def test_bad_arguments():
         gradcheck(ops.gelu_forward, ops.gelu_backward, (x,), mode="exact")
     with pytest.raises(ValueError, match="eps must be positive"):
         gradcheck(ops.gelu_forward, ops.gelu_backward, (x,), eps=0)
+
+
+def test_a_passing_report_says_what_it_checked():
+    x, y = normal(0, (6, 8)), normal(1, (6, 8))
+    report = gradcheck(square_forward, square_backward, (x, y), mode="sampled", n_samples=24)
+    assert [(r.n_elements, r.size, r.n_directions) for r in report.inputs] == [(24, 48, 0)] * 2
+    assert report.inputs[0].checked == "24 of 48 elements"
+    text = str(report)
+    assert "24 of 48 elements" in text and "sampled" in text and "atol 1e-10" in text and "rtol 1e-07" in text
+    for check in ("zero dout gives zero grads", "inputs not mutated", "dout not mutated", "grad shapes",
+                  "grad dtypes", "grads finite", "forward output finite"):
+        assert check in report.check_names() and check in text.replace("\n  ", " ")
+    directional = gradcheck(square_forward, square_backward, (x, y), mode="directional", n_directions=3)
+    assert directional.inputs[0].checked == "3 directions"
+    assert gradcheck(square_forward, square_backward, (x, y), mode="full").inputs[1].checked == "all 48 elements"
+
+
+def test_sampled_mode_can_miss_one_element_and_says_so_and_auto_checks_it():
+    x, y = normal(0, (6, 8)), normal(1, (6, 8))
+    seen = gradcheck(square_forward, square_backward, (x, y), mode="sampled", n_samples=24, n_worst=24)
+    compared = {m.where for m in seen.inputs[0].worst}
+    missed = next((i, j) for i in range(6) for j in range(8) if (i, j) not in compared)
+
+    def one_wrong(dout, cache):
+        dx, dy = square_backward(dout, cache)
+        dx = dx.copy()
+        dx[missed] *= 1.01
+        return dx, dy
+
+    sampled = gradcheck(square_forward, one_wrong, (x, y), mode="sampled", n_samples=24)
+    assert len(compared) == 24 and sampled.ok and "24 of 48 elements" in str(sampled)  # it says what it proves
+    auto = gradcheck(square_forward, one_wrong, (x, y), mode="auto", raise_on_fail=False)
+    assert not auto.ok and auto.inputs[0].worst[0].where == missed
+
+
+def test_auto_checks_in_full_whatever_fits_in_the_time_of_the_other_full_checks():
+    assert auto_modes({0: 120, 1: 60, 2: 60}, full_max=100) == {0: "full", 1: "full", 2: "full"}
+    assert auto_modes({0: 121, 1: 60, 2: 60}, full_max=100)[0] == "sampled+directional"
+    assert auto_modes({0: 1700, 1: 900, 2: 900}, full_max=1024)[0] == "full"
+    x = normal(0, (2, 60), scale=2.0)  # layernorm: x has 120 elements, w and b 60 each
+    w, b = 1.0 + normal(1, (60,), scale=0.3), normal(2, (60,))
+    report = gradcheck(ops.layernorm_forward, ops.layernorm_backward, (x, w, b), full_max=100)
+    assert [r.mode for r in report.inputs] == ["full"] * 3 and report.inputs[0].n_elements == 120
+
+
+def test_a_failed_report_prints_the_worst_elements_as_index_tuples():
+    def bad_backward(dout, cache):
+        dx, dy = square_backward(dout, cache)
+        dy = dy.copy()
+        dy[1, 2] += 0.5
+        return dx, dy
+
+    x, y = normal(0, (3, 4)), normal(1, (3, 4))
+    report = gradcheck(square_forward, bad_backward, (x, y), raise_on_fail=False)
+    worst = report.inputs[1].worst[0]
+    assert worst.where == (1, 2) and isinstance(worst.where[0], int)
+    assert y[worst.where] == y[1, 2]
+    assert worst.analytic - worst.numeric == pytest.approx(0.5)
+    text = str(report)
+    assert "FAILED" in text and "input 'y'" in text and "    (1, 2): " in text
+    directional = gradcheck(square_forward, bad_backward, (x, y), mode="directional", raise_on_fail=False)
+    assert directional.inputs[1].worst[0].where.startswith("direction ")
+
+
+def test_a_python_float_input_is_checked_as_a_0d_array():
+    def forward(x, a):
+        return a * np.tanh(x / a), (x, a)
+
+    def backward(dout, cache):
+        x, a = cache
+        t = np.tanh(x / a)
+        return dout * (1 - t * t), (dout * (t - x / a * (1 - t * t))).sum()
+
+    report = gradcheck(forward, backward, (normal(0, (3, 4)), 0.7))
+    assert [(r.name, r.shape) for r in report.inputs] == [("x", (3, 4)), ("a", ())]
+    with pytest.raises(GradcheckError, match="grad of 'a' must have shape \\(\\); got a float, not an array"):
+        gradcheck(forward, lambda d, c: (backward(d, c)[0], float(backward(d, c)[1])), (normal(0, (3, 4)), 0.7))
+    assert gradcheck(forward, lambda d, c: (backward(d, c)[0], None), (normal(0, (3, 4)), 2)).ok  # an int: a constant
+
+
+def test_the_module_is_the_module_and_still_callable():
+    import scratchllm
+    import scratchllm.gradcheck as g
+
+    assert inspect.ismodule(g) and g.GradcheckReport is GradcheckReport and g.gradcheck is gradcheck
+    assert scratchllm.gradcheck is g
+    assert g(square_forward, square_backward, (normal(0, (2,)), normal(1, (2,)))).ok
