@@ -6,7 +6,7 @@ Shape sets (the registry's size letters; every row records its exact sizes)
                 CPU (4; B8 takes about twice as long): ``--batch`` overrides, and the B is in the table).
     sweep       a few sizes per op for the time-vs-size plot: 2^14 .. 2^22 elements (rows x 1024) for the
                 elementwise and row-wise ops, square matmuls 128 .. 2048, attention T 64 .. 1024, cross-entropy
-                and embedding rows at V50257. The variants (softmax_axis1, attention_full, attention_dropout,
+                and embedding rows at V50257. The variants (softmax_axis1, attention_noncausal, attention_dropout,
                 attention_blocked) are skipped there.
 
 Correctness before timing (a failed check marks the row and skips timing it)
@@ -41,7 +41,7 @@ Bytes are the compulsory traffic: every input read once and every output written
     cross_entropy  4 R V + 3 R            s R V + 8 R                2 R V                  2 s R V + 8 R
 
     attention: P = B H T (T+1) / 2 query-key pairs when causal (useful work: a kernel that computes the full
-    T x T scores does twice the matmul work), B H T^2 for attention_full; attention_dropout adds 2 P each
+    T x T scores does twice the matmul work), B H T^2 for attention_noncausal; attention_dropout adds 2 P each
     way. cross_entropy: R = B T rows.
 """
 
@@ -65,7 +65,7 @@ def gpt2_small(B=8, T=1024, C=768, H=12, V=50257):
     return {"linear": dict(N=N, Cin=C, Cout=4 * C), "embedding": dict(B=B, T=T, V=V, C=C),
             "layernorm": dict(N=N, C=C), "gelu": dict(N=N, C=4 * C), "gelu_erf": dict(N=N, C=4 * C),
             "softmax": dict(B=B * H, T=T, C=T), "softmax_axis1": dict(B=B * H, T=T, C=T),
-            "attention": att, "attention_full": att, "attention_dropout": att, "attention_blocked": att,
+            "attention": att, "attention_noncausal": att, "attention_dropout": att, "attention_blocked": att,
             "dropout": dict(N=N, C=C), "cross_entropy": dict(B=B, T=T, V=V)}
 
 
@@ -122,7 +122,7 @@ COSTS = {
     "dropout": _elementwise(2, 2, mask=1),
     "attention": _attention,
     "attention_blocked": _attention,
-    "attention_full": lambda s, **sz: _attention(s, **sz, causal=False),
+    "attention_noncausal": lambda s, **sz: _attention(s, **sz, causal=False),
     "attention_dropout": lambda s, **sz: _attention(s, **sz, dropout=True),
     "cross_entropy": lambda s, B, T, V: ((4 * B * T * V + 3 * B * T, s * B * T * V + 8 * B * T),
                                          (2 * B * T * V, 2 * s * B * T * V + 8 * B * T)),

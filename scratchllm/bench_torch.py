@@ -24,7 +24,7 @@ TORCH_OPS = {
     "softmax": lambda x: torch.softmax(x, -1),
     "softmax_axis1": lambda x: torch.softmax(x, 1),
     "attention": _sdpa(True),
-    "attention_full": _sdpa(False),
+    "attention_noncausal": _sdpa(False),
     "attention_blocked": _sdpa(True),
     "attention_dropout": _sdpa(True, 0.2),
     "dropout": lambda x: F.dropout(x, 0.25, training=True),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import inspect
+import math
 import os
 import platform
 import sys
@@ -34,47 +36,86 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def cmd_gradcheck(args) -> int:
+def _gradcheck_targets(args):
+    """(label, forward, backward, inputs, names) for each OP or FILE argument; UsageError for a bad one."""
     from .backend import xp_for
-    from .gradcheck import gradcheck
-    from .ops import OPS
+    from .gradcheck import OpFileError, load_op_file
+    from .ops import OPS, resolve
 
-    names = args.ops or list(OPS)
-    unknown = [n for n in names if n not in OPS]
-    if unknown:
-        raise UsageError(f"scratchllm gradcheck: unknown op {unknown[0]!r}; choose from {', '.join(OPS)}")
     xp = xp_for(args.backend)
-    w = max(len(n) for n in names) + 1
-    header = f"{'op':<{w}} {'input':<8} {'dtype':<8} {'mode':<20} {'max abs err':>12} {'max rel err':>12}  ok"
+    targets = []
+    for arg in args.ops or list(OPS):
+        if arg.endswith(".py") or os.sep in arg:
+            try:
+                f = load_op_file(arg)
+            except OpFileError as e:
+                raise UsageError(f"scratchllm gradcheck: {e}") from e
+            cast = [a.astype(args.dtype) if args.dtype and getattr(a, "dtype", None) is not None
+                    and a.dtype.kind == "f" else a for a in f.inputs]
+            targets.append((arg, f.forward, f.backward,
+                            tuple(xp.asarray(a) if hasattr(a, "dtype") else a for a in cast), f.names))
+            continue
+        try:
+            op = OPS[resolve(arg)]
+        except KeyError:
+            raise UsageError(f"scratchllm gradcheck: unknown op {arg!r} (not a .py file either); "
+                             f"choose from {', '.join(OPS)}") from None
+        targets.append((op.name, op.forward, op.backward,
+                        op.make_inputs(dtype=args.dtype or "float64", seed=args.seed, xp=xp), list(op.input_names)))
+    return targets
+
+
+def cmd_gradcheck(args) -> int:
+    from .gradcheck import gradcheck
+    from .gradcheck.opfile import where_in
+
+    if not args.eps > 0 or not args.atol >= 0 or not args.rtol >= 0 or not math.isfinite(args.atol + args.rtol):
+        raise UsageError("scratchllm gradcheck: --eps must be > 0, --atol and --rtol finite and >= 0; got "
+                         f"{args.eps:g}, {args.atol:g}, {args.rtol:g}")
+    targets = _gradcheck_targets(args)
+    w = max(2, *(len(t[0]) for t in targets)) + 1
+    header = (f"{'op':<{w}} {'input':<8} {'dtype':<8} {'mode':<19} {'checked':<24} {'max abs err':>11} "
+              f"{'max rel err':>11}  ok")
     print(header)
     print("-" * len(header))
-    failed = []
-    for name in names:
-        op = OPS[name]
-        inputs = op.make_inputs(dtype=args.dtype, seed=args.seed, xp=xp)
-        report = gradcheck(op.forward, op.backward, inputs, mode=args.mode, seed=args.seed, rtol=args.rtol,
-                           names=op.input_names, raise_on_fail=False)
+    failed, checks = [], {}
+    for label, forward, backward, inputs, names in targets:
+        try:
+            report = gradcheck(forward, backward, inputs, mode=args.mode, eps=args.eps, atol=args.atol,
+                               rtol=args.rtol, seed=args.seed, names=names, raise_on_fail=False)
+        except Exception as e:  # the op's own code raised: that op fails, the others are still checked
+            where = where_in(label, e) if label.endswith(".py") else ""
+            print(f"{label:<{w}} FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}")
+            failed.append(label)
+            continue
         for r in report.inputs:
-            print(f"{name:<{w}} {r.name:<8} {args.dtype:<8} {r.mode:<20} {r.max_abs_err:>12.3e} "
-                  f"{r.max_rel_err:>12.3e}  {'yes' if r.ok else 'NO'}")
-        for check, ok, detail in report.checks:
-            if not ok:
-                print(f"{name:<{w}} check {check!r} FAILED: {detail}")
+            dtype = str(getattr(inputs[r.index], "dtype", "float64"))
+            print(f"{label:<{w}} {r.name:<8} {dtype:<8} {r.mode:<19} {r.checked:<24} {r.max_abs_err:>11.3e} "
+                  f"{r.max_rel_err:>11.3e}  {'yes' if r.ok else 'NO'}")
+        for line in report.failures():
+            print(f"  {line}")
+        checks.update(dict.fromkeys(report.check_names()))
         if not report.ok:
-            failed.append(name)
-    worst = "every op passed" if not failed else f"FAILED: {', '.join(failed)}"
-    print(f"\n{len(names)} ops, {args.dtype} inputs checked in float64, rtol {args.rtol:g}: {worst}")
+            failed.append(label)
+    verdict = "every op passed" if not failed else f"FAILED: {', '.join(failed)}"
+    print(f"\n{len(targets)} op{'s' * (len(targets) != 1)} checked in float64: mode {args.mode}, eps {args.eps:g}, "
+          f"atol {args.atol:g}, rtol {args.rtol:g}, seed {args.seed}")
+    print("an input passes when every value is finite and max abs err <= atol + rtol * scale")
+    if checks:
+        print(f"also checked: {', '.join(checks)}")
+    print(verdict)
     return EXIT_FAIL if failed else 0
 
 
 def cmd_bench(args) -> int:
     from .bench import cli_run
     from .bench_train import TRAIN_CONFIGS
-    from .ops import OPS
+    from .ops import ALIASES, OPS, resolve
 
-    bad = [n for n in args.ops or [] if n not in OPS]
+    bad = [n for n in args.ops or [] if n not in OPS and n not in ALIASES]
     if bad:
         raise UsageError(f"scratchllm bench: unknown op {bad[0]!r}; choose from {', '.join(OPS)}")
+    args.ops = args.ops and [resolve(n) for n in args.ops]
     bad = [n for n in args.configs or [] if n not in TRAIN_CONFIGS]
     if bad:
         raise UsageError(f"scratchllm bench: unknown config {bad[0]!r}; choose from {', '.join(TRAIN_CONFIGS)}")
@@ -206,20 +247,33 @@ def cmd_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .gradcheck import MODES
+    from .gradcheck import MODES, gradcheck
 
     p = _Parser(prog="scratchllm", description="A GPT from scratch: hand-written backprop on NumPy/CuPy.")
     p.add_argument("--version", action="version", version=f"scratchllm {_version('scratchllm') or ''}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("gradcheck", help="check every op's backward against finite differences")
-    g.add_argument("ops", nargs="*", metavar="OP", help="ops from the registry (default: all)")
-    g.add_argument("--mode", choices=MODES, default="full")
-    g.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                   help="dtype of the example inputs (the check itself runs in float64)")
-    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--rtol", type=float, default=1e-7)
+    d = {k: p.default for k, p in inspect.signature(gradcheck).parameters.items()}  # the API's defaults
+    g = sub.add_parser("gradcheck", help="check backwards against finite differences: the registry's ops, or "
+                       "your own op's file", description="Check each OP of the registry (default: all) or each "
+                       "FILE.py that defines forward(*inputs), backward(dout, cache) and example_inputs() (see "
+                       "docs/backprop.md). Exit status 0 when everything passed, 1 when a check failed, 2 on bad "
+                       "arguments.")
+    g.add_argument("ops", nargs="*", metavar="OP|FILE.py", help="registry ops or op files (default: every op)")
+    g.add_argument("--mode", choices=MODES, default=d["mode"],
+                   help="full: every element; directional: random directions; sampled: random elements; auto: "
+                   "full for small inputs, sampled + directional for large (default: %(default)s)")
+    g.add_argument("--eps", type=float, default=d["eps"], help="finite-difference step (default: %(default)g)")
+    g.add_argument("--atol", type=float, default=d["atol"], help="absolute tolerance (default: %(default)g)")
+    g.add_argument("--rtol", type=float, default=d["rtol"],
+                   help="relative tolerance, times the gradient's scale (default: %(default)g)")
+    g.add_argument("--dtype", choices=("float64", "float32"), default=None,
+                   help="dtype of the example inputs; the check itself runs in float64 (default: float64 for "
+                   "registry ops, a file's own dtypes)")
+    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy",
+                   help="array library of the inputs (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d["seed"],
+                   help="seeds the example inputs, dout, directions and samples (default: %(default)s)")
     g.set_defaults(func=cmd_gradcheck)
 
     t = sub.add_parser("train", help="train a GPT (default: the tiny preset on the Python standard library)",

@@ -53,7 +53,7 @@ def test_cost_models_give_known_numbers():
     assert bench_ops.cost("layernorm", dict(N=2, C=3)) == {"fwd": (48, 72), "bwd": (78, 108)}
     # causal attention counts the T (T+1) / 2 useful query-key pairs; full attention all T^2
     assert bench_ops.cost("attention", dict(B=1, H=1, T=2, D=3))["fwd"] == (4 * 3 * 3 + 5 * 3, 4 * 4 * 6)
-    assert bench_ops.cost("attention_full", dict(B=1, H=1, T=2, D=3))["fwd"] == (4 * 4 * 3 + 5 * 4, 96)
+    assert bench_ops.cost("attention_noncausal", dict(B=1, H=1, T=2, D=3))["fwd"] == (4 * 4 * 3 + 5 * 4, 96)
     assert bench_ops.cost("cross_entropy", dict(B=1, T=2, V=5)) == {"fwd": (46, 56), "bwd": (20, 96)}
     assert bench_ops.cost("gelu", dict(N=2, C=3), itemsize=8) == {"fwd": (60, 96), "bwd": (102, 144)}
     assert bench_ops.cost("embedding", dict(B=1, T=2, V=5, C=3))["bwd"] == (6, 4 * (15 + 6) + 16)

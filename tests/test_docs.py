@@ -24,5 +24,5 @@ def test_doc_mentions_every_op():
     for name, op in OPS.items():
         forward = getattr(op.forward, "func", op.forward)  # registry variants are functools.partial
         forward = getattr(forward, "__wrapped__", forward)  # ... or a small function that binds options
-        base = forward.__name__.removesuffix("_forward")  # gelu_erf -> gelu, attention_full -> attention
+        base = forward.__name__.removesuffix("_forward")  # gelu_erf -> gelu, attention_noncausal -> attention
         assert base in text and f"{base}_backward" in text, f"{DOC.name} does not cover op {name!r} ({base})"

@@ -114,5 +114,5 @@ def test_every_op_cut_into_pieces_on_threads_gives_the_one_piece_numbers(monkeyp
         assert calls, f"{name} never ran on threads"
 
 
-CUT_OPS = {"gelu", "gelu_erf", "layernorm", "softmax", "softmax_axis1", "attention", "attention_full",
+CUT_OPS = {"gelu", "gelu_erf", "layernorm", "softmax", "softmax_axis1", "attention", "attention_noncausal",
            "attention_blocked"}

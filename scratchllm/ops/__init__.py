@@ -1,8 +1,9 @@
 """Hand-written ops: ``<op>_forward(*inputs) -> (out, cache)`` and ``<op>_backward(dout, cache) -> grads``.
 
-``OPS`` is the one registry that the gradcheck CLI, the tests and the benchmarks iterate: a plain dict from
-name to an ``Op`` (forward, backward, and ``make_inputs`` to build example inputs at given sizes).
-A new op is one file plus one entry below.
+``OPS`` is the one registry that the gradcheck CLI, the tests and the benchmarks iterate: a dict from name
+to an ``Op`` (forward, backward, and ``make_inputs`` to build example inputs at given sizes). A new op is one
+file plus one entry below. Old names in ``ALIASES`` still look an op up (``OPS["attention_full"]``) but are
+not keys: iterating ``OPS`` sees each op once.
 """
 
 from __future__ import annotations
@@ -90,15 +91,37 @@ def _cross_entropy_inputs(rng, dtype, B, T, V):
 
 
 def _attention_in_8_blocks(q, k, v):
-    """``attention_blocked_forward`` with the queries in 8 blocks of at least 2 rows: several blocks at
-    every size (3 at the registry's T=5), and blocks of 128 rows at GPT-2's T=1024."""
+    """``attention_blocked_forward`` with the queries in blocks of ceil(T / 8) rows, at least 2: up to 8
+    blocks (3 at the registry's T=5), and blocks of 128 rows at GPT-2's T=1024."""
     return attention_blocked_forward(q, k, v, block=max(2, -(-q.shape[2] // 8)))
 
 
 _attention_in_8_blocks.__wrapped__ = attention_blocked_forward  # the op it binds (inspect.unwrap's convention)
 
 
-OPS: dict[str, Op] = {
+# Former registry names -> current ones. "attention_full" read like gradcheck's mode "full"; it is the
+# attention without the causal mask.
+ALIASES = {"attention_full": "attention_noncausal"}
+
+
+class _Registry(dict):
+    """A plain dict of ops whose lookup also accepts the old names in ``ALIASES``."""
+
+    def __missing__(self, name):
+        if name in ALIASES:
+            return self[ALIASES[name]]
+        raise KeyError(name)
+
+
+def resolve(name: str) -> str:
+    """The registry name for ``name`` (itself, or the current name of an alias); KeyError if unknown."""
+    name = ALIASES.get(name, name)
+    if name not in OPS:
+        raise KeyError(name)
+    return name
+
+
+OPS: dict[str, Op] = _Registry({
     op.name: op
     for op in (
         Op("linear", linear_forward, linear_backward, _linear_inputs, dict(N=6, Cin=5, Cout=4), ("x", "w", "b")),
@@ -113,21 +136,22 @@ OPS: dict[str, Op] = {
            dict(B=2, T=3, C=5), ("x",), "softmax over a middle axis"),
         Op("attention", attention_forward, attention_backward, _attention_inputs,
            dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal"),
-        Op("attention_full", functools.partial(attention_forward, causal=False), attention_backward,
+        Op("attention_noncausal", functools.partial(attention_forward, causal=False), attention_backward,
            _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "not causal"),
         Op("dropout", functools.partial(dropout_forward, p=0.25, rng=1234), dropout_backward, _elementwise_inputs,
            dict(N=4, C=6), ("x",), "p=0.25, a fixed seeded mask"),
         Op("attention_dropout", functools.partial(attention_forward, dropout=0.2, rng=99), attention_backward,
            _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal, dropout 0.2 on the weights"),
         Op("attention_blocked", _attention_in_8_blocks, attention_blocked_backward, _attention_inputs,
-           dict(B=2, H=2, T=5, D=3), ("q", "k", "v"), "causal, 8 query blocks (of at least 2 rows)"),
+           dict(B=2, H=2, T=5, D=3), ("q", "k", "v"), "causal, queries in blocks of ceil(T/8) >= 2 rows "
+           "(3 blocks at T=5)"),
         Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,
            dict(B=2, T=4, V=5), ("logits", "targets"), "ignore_index=-1"),
     )
-}
+})
 
 __all__ = [
-    "OPS", "Op",
+    "OPS", "Op", "ALIASES", "resolve",
     "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
     "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
     "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",

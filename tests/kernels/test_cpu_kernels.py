@@ -46,7 +46,7 @@ CASES = {  # name -> (forward, backward, input builder(seed, dtype))
                  lambda s, d: (normal(s, (6, 41), d, 3.0),)),
     "attention": (ops.attention_forward, ops.attention_backward,
                   lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
-    "attention_full": (lambda q, k, v: ops.attention_forward(q, k, v, causal=False), ops.attention_backward,
+    "attention_noncausal": (lambda q, k, v: ops.attention_forward(q, k, v, causal=False), ops.attention_backward,
                        lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
     "attention_kv": (ops.attention_forward, ops.attention_backward,  # 7 queries, the last of 23 positions
                      lambda s, d: (normal(s, (2, 2, 7, 4), d), normal(s + 1, (2, 2, 23, 4), d),
