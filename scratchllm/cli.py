@@ -72,9 +72,11 @@ def cmd_gradcheck(args) -> int:
     if not args.eps > 0 or not args.atol >= 0 or not args.rtol >= 0 or not math.isfinite(args.atol + args.rtol):
         raise UsageError("scratchllm gradcheck: --eps must be > 0, --atol and --rtol finite and >= 0; got "
                          f"{args.eps:g}, {args.atol:g}, {args.rtol:g}")
+    if args.seed < 0:
+        raise UsageError(f"scratchllm gradcheck: --seed must be >= 0; got {args.seed}")
     targets = _gradcheck_targets(args)
     w = max(2, *(len(t[0]) for t in targets)) + 1
-    header = (f"{'op':<{w}} {'input':<8} {'dtype':<8} {'mode':<19} {'checked':<24} {'max abs err':>11} "
+    header = (f"{'op':<{w}} {'input':<8} {'dtype':<8} {'mode':<19} {'checked':<36} {'max abs err':>11} "
               f"{'max rel err':>11}  ok")
     print(header)
     print("-" * len(header))
@@ -90,7 +92,7 @@ def cmd_gradcheck(args) -> int:
             continue
         for r in report.inputs:
             dtype = str(getattr(inputs[r.index], "dtype", "float64"))
-            print(f"{label:<{w}} {r.name:<8} {dtype:<8} {r.mode:<19} {r.checked:<24} {r.max_abs_err:>11.3e} "
+            print(f"{label:<{w}} {r.name:<8} {dtype:<8} {r.mode:<19} {r.checked:<36} {r.max_abs_err:>11.3e} "
                   f"{r.max_rel_err:>11.3e}  {'yes' if r.ok else 'NO'}")
         for line in report.failures():
             print(f"  {line}")
@@ -98,8 +100,9 @@ def cmd_gradcheck(args) -> int:
         if not report.ok:
             failed.append(label)
     verdict = "every op passed" if not failed else f"FAILED: {', '.join(failed)}"
-    print(f"\n{len(targets)} op{'s' * (len(targets) != 1)} checked in float64: mode {args.mode}, eps {args.eps:g}, "
-          f"atol {args.atol:g}, rtol {args.rtol:g}, seed {args.seed}")
+    low = " (float32 gradients compared with the float64 ones)" if args.dtype == "float32" else ""
+    print(f"\n{len(targets)} op{'s' * (len(targets) != 1)} checked in float64{low}: mode {args.mode}, "
+          f"eps {args.eps:g}, atol {args.atol:g}, rtol {args.rtol:g}, seed {args.seed}")
     print("an input passes when every value is finite and max abs err <= atol + rtol * scale")
     if checks:
         print(f"also checked: {', '.join(checks)}")

@@ -74,6 +74,8 @@ def test_a_users_backward_that_raises_fails_the_check_with_its_line(tmp_path, ca
     ("import numpy as np\ndef forward(x): return x, x\ndef backward(d, c): return (d,)\n"
      "def example_inputs(): return np.ones(3)\n", "must return a tuple"),
     ("raise RuntimeError('no data here')\n", "importing it raised RuntimeError: no data here"),
+    ("def forward(x): return x, x\ndef backward(d, c): return (d,)\ndef example_inputs(): return [1, 2]\n",
+     "at least one a float array"),
 ])
 def test_a_bad_op_file_is_one_line_and_exit_2(tmp_path, text, says):
     f = tmp_path / "my_op.py"
@@ -84,10 +86,20 @@ def test_a_bad_op_file_is_one_line_and_exit_2(tmp_path, text, says):
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr and says in p.stderr
 
 
-def test_bad_tolerances_exit_2():
-    for args in (["--eps", "0"], ["--atol", "-1"], ["--rtol", "inf"], ["--atol", "x"]):
-        p = run_cli("gradcheck", "gelu", *args)
+def test_bad_tolerances_seeds_and_paths_exit_2(tmp_path):
+    for args in (["gelu", "--eps", "0"], ["gelu", "--atol", "-1"], ["gelu", "--rtol", "inf"],
+                 ["gelu", "--atol", "x"], [str(EXAMPLE), "--seed", "-3"], [str(tmp_path)]):
+        p = run_cli("gradcheck", *args)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert ("--seed" in p.stderr) == ("--seed" in args) and ("directory" in p.stderr) == (args == [str(tmp_path)])
+
+
+def test_a_forward_without_its_cache_fails_with_exit_1(tmp_path, capsys):
+    f = tmp_path / "nocache.py"
+    f.write_text("import numpy as np\ndef forward(x):\n    return 2 * x\ndef backward(dout, cache):\n"
+                 "    return (2 * dout,)\ndef example_inputs():\n    return (np.ones(3),)\n")
+    assert cli.main(["gradcheck", str(f)]) == 1
+    assert "forward must return (out, cache)" in capsys.readouterr().out
 
 
 def test_the_old_name_attention_full_still_checks_the_noncausal_op(capsys):

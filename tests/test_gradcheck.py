@@ -219,3 +219,35 @@ def test_the_module_is_the_module_and_still_callable():
     assert inspect.ismodule(g) and g.GradcheckReport is GradcheckReport and g.gradcheck is gradcheck
     assert scratchllm.gradcheck is g
     assert g(square_forward, square_backward, (normal(0, (2,)), normal(1, (2,)))).ok
+
+
+def test_sampled_elements_are_measured_against_the_largest_element_not_the_norm():
+    def off(dout, cache):  # every element 1e-5 too large: 100 x rtol
+        dx, dy = square_backward(dout, cache)
+        return dx * (1 + 1e-5), dy
+
+    x, y = normal(0, (60, 50)), normal(1, (60, 50))  # 3000 elements: auto samples them
+    for mode in ("auto", "sampled"):
+        report = gradcheck(square_forward, off, (x, y), mode=mode, raise_on_fail=False)
+        assert not report.ok and not report.inputs[0].ok and report.inputs[1].ok, mode
+        assert report.inputs[0].max_rel_err > 1e-6, mode  # about 1e-5, not 1e-5 / sqrt(3000)
+    text = str(gradcheck(square_forward, off, (x, y), mode="auto", raise_on_fail=False))
+    assert "<- over the tolerance" in text
+
+
+def test_a_check_that_compares_nothing_is_refused():
+    x, y = normal(0, (3,)), normal(1, (3,))
+    for kw, says in ((dict(mode="directional", n_directions=0), "n_directions"),
+                     (dict(mode="sampled", n_samples=0), "n_samples"), (dict(wrt=[]), "nothing to check"),
+                     (dict(seed=-3), "seed"), (dict(seed=None), "seed"), (dict(wrt=["x"]), "wrt index 'x'")):
+        with pytest.raises(ValueError, match=says):
+            gradcheck(square_forward, square_backward, (x, y), **kw)
+    with pytest.raises(ValueError, match="no float input"):
+        gradcheck(lambda i: (i * 1.0, None), lambda d, c: (None,), (np.arange(3),))
+
+
+def test_a_forward_without_its_cache_is_a_failed_contract_check():
+    report = gradcheck(lambda x: x * 2, lambda d, c: (2 * d,), (normal(0, (3,)),), raise_on_fail=False)
+    assert not report.ok
+    assert report.checks == [("forward returns (out, cache)", False, "forward must return (out, cache) with out a "
+                              "float array; got a float64 array (out alone? return out, cache)")]

@@ -129,3 +129,18 @@ def test_infinite_or_nan_tolerances_are_refused():
     for kw in (dict(atol=np.inf), dict(rtol=np.inf), dict(atol=np.nan), dict(rtol=-1.0), dict(eps=np.inf)):
         with pytest.raises(ValueError, match="atol|eps"):
             gradcheck(softclip_forward, softclip_backward, inputs(), **kw)
+
+
+def test_a_nan_only_in_the_float32_gradient_is_named():
+    def backward(dout, cache):
+        dx, da = softclip_backward(dout, cache)
+        if dx.dtype == np.float32:
+            dx = dx.copy()
+            dx[BAD] = np.nan
+        return dx, da
+
+    x, a = inputs()
+    report = gradcheck(softclip_forward, backward, (x.astype(np.float32), a.astype(np.float32)),
+                       raise_on_fail=False)
+    failed = {name: detail for name, ok, detail in report.checks if not ok}
+    assert failed["grads finite"] == f"float32 grad of 'x' has 1 non-finite of 48 elements: {BAD} = nan"

@@ -35,7 +35,7 @@ def _is_array(a) -> bool:
     return hasattr(a, "dtype") and hasattr(a, "shape")
 
 
-def _is_float_array(a) -> bool:
+def _is_float_array(a) -> bool:  # also used by opfile.py
     return _is_array(a) and a.dtype.kind == "f"
 
 
@@ -106,6 +106,11 @@ def gradcheck(forward, backward, inputs, *, wrt=None, mode="auto", eps=1e-5, ato
         raise ValueError(f"eps must be positive and finite; got {eps!r}")
     if not (0 <= atol < np.inf and 0 <= rtol < np.inf):  # an infinite tolerance would pass anything
         raise ValueError(f"atol and rtol must be finite and >= 0; got atol={atol!r}, rtol={rtol!r}")
+    for key, value, least in (("seed", seed, 0), ("n_samples", n_samples, 1), ("n_directions", n_directions, 1),
+                              ("full_max", full_max, 0), ("n_worst", n_worst, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{key} must be an integer >= {least} (a check that compares nothing proves "
+                             f"nothing); got {value!r}")
     inputs = tuple(inputs)
     n = len(inputs)
     names = list(names) if names is not None else input_names(forward, n)
@@ -116,10 +121,15 @@ def gradcheck(forward, backward, inputs, *, wrt=None, mode="auto", eps=1e-5, ato
     float_idx = [j for j, a in enumerate(inputs) if _is_float_array(a)]
     if wrt is None:
         wrt = float_idx
-    wrt = [int(j) for j in ([wrt] if isinstance(wrt, int) else wrt)]
+    wrt = [wrt] if isinstance(wrt, (int, np.integer)) else list(wrt)
     for j in wrt:
-        if j not in float_idx:
-            raise ValueError(f"wrt index {j} does not name a float array input (float inputs: {float_idx})")
+        if not isinstance(j, (int, np.integer)) or j not in float_idx:
+            raise ValueError(f"wrt index {j!r} does not name a float array input (float inputs: {float_idx})")
+    wrt = [int(j) for j in wrt]
+    if not wrt:
+        raise ValueError("nothing to check: no float input (a float array or a Python float) is named by wrt"
+                         if float_idx else "nothing to check: forward has no float input (a float array or a "
+                         "Python float)")
     # Mix a constant into the seed: with a bare default_rng(seed), dout would equal inputs a user drew with
     # the same seed (then x.T @ dout is symmetric and a transposed dw goes unnoticed).
     rng = np.random.default_rng([seed, 0x67726164])
@@ -139,12 +149,22 @@ def gradcheck(forward, backward, inputs, *, wrt=None, mode="auto", eps=1e-5, ato
     x64 = [a.astype(np.float64) if j in float_idx else a for j, a in enumerate(inputs)]  # fresh copies
     x64_copies = [a.copy() if hasattr(a, "copy") else a for a in x64]
 
-    out, cache = forward(*x64)
+    result = forward(*x64)
+    out = result[0] if isinstance(result, tuple) and len(result) == 2 else None
     if not _is_float_array(out):
-        raise GradcheckError(f"forward must return (out, cache) with out a float array; got {type(out).__name__}")
+        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else _describe(result) + \
+            (" (out alone? return out, cache)" if _is_array(result) else "")
+        got += f" with out {_describe(out)}" if isinstance(result, tuple) and len(result) == 2 else ""
+        check("forward returns (out, cache)", False, f"forward must return (out, cache) with out a float array; "
+              f"got {got}")
+        return finish(GradcheckReport(False, [], checks, settings), raise_on_fail)
+    check("forward returns (out, cache)", True)
+    cache = result[1]
     out_host = to_numpy(out)
-    check("forward output finite", np.isfinite(out_host).all(),
-          _nonfinite_detail("the output at the given inputs", out_host) + " (no derivative can be checked there)")
+    if not np.isfinite(out_host).all():  # L = sum(out * dout) is not finite: no derivative can be checked
+        check("forward output finite", False, _nonfinite_detail("the output at the given inputs", out_host))
+        return finish(GradcheckReport(False, [], checks, settings), raise_on_fail)
+    check("forward output finite", True)
     dout = xp.asarray(rng.standard_normal(out.shape))  # float64, same shape as out (0-d for a scalar)
     dout_copy = dout.copy()
     grads = backward(dout, cache)
@@ -203,6 +223,9 @@ def gradcheck(forward, backward, inputs, *, wrt=None, mode="auto", eps=1e-5, ato
             ok = _is_array(g_lo) and g_lo.dtype == inputs[j].dtype and g_lo.shape == inputs[j].shape
             check("grad dtypes", ok, f"grad of {names[j]!r} must keep dtype {inputs[j].dtype}; "
                   f"got {g_lo.dtype if _is_array(g_lo) else _describe(g_lo)}")
+            if ok and not np.isfinite(to_numpy(g_lo)).all():
+                check("grads finite", False, _nonfinite_detail(f"{inputs[j].dtype} grad of {names[j]!r}",
+                                                               to_numpy(g_lo)))
             if ok:
                 with np.errstate(all="ignore"):
                     diff = nanmax(to_numpy(xp.abs(g_lo.astype(np.float64) - grads[j])).reshape(-1))
@@ -257,8 +280,7 @@ def _compare(j, name, a, mode, loss_diff, rng, xp, eps, atol, rtol, n_samples, n
         e = xp.zeros(size, dtype=np.float64)
         e[i] = eps
         rows.append((_where(i, a.shape), float(a_host[i]), loss_diff(j, e.reshape(a.shape)) / (2 * eps)))
-    finite = a_host[np.isfinite(a_host)]
-    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    n_el = len(rows)
     n_dir = n_directions if "directional" in mode else 0
     for k in range(n_dir):
         u = rng.standard_normal(a.shape)
@@ -267,19 +289,25 @@ def _compare(j, name, a, mode, loss_diff, rng, xp, eps, atol, rtol, n_samples, n
         with np.errstate(all="ignore"):
             analytic = float((a * u).sum())
         rows.append((f"direction {k}", analytic, loss_diff(j, eps * u) / (2 * eps)))
-    if n_dir:
-        scale = max(scale, float(np.linalg.norm(finite)))  # |vᵀJu| <= ||g|| for a unit u
     analytic, numeric = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
-    scale = max([scale] + [abs(v) for v in numeric if np.isfinite(v)])
+    # One scale per kind of value: an element is measured against the largest element, a direction against
+    # the gradient's norm (|g . u| <= ||g|| for a unit u); each at least the largest finite numeric value.
+    finite = a_host[np.isfinite(a_host)]
+    element_scale = max([float(np.abs(finite).max()) if finite.size else 0.0] +
+                        [abs(v) for v in numeric[:n_el] if np.isfinite(v)])
+    direction_scale = max([float(np.linalg.norm(finite))] + [abs(v) for v in numeric[n_el:] if np.isfinite(v)]) \
+        if n_dir else 0.0
+    scales = np.array([element_scale] * n_el + [direction_scale] * n_dir)
     with np.errstate(all="ignore"):
         errs = np.abs(analytic - numeric)  # inf or nan wherever either side is
-        rels = errs / scale if scale > 0 else np.where(errs == 0, 0.0, errs * np.inf)
-    max_abs, max_rel = nanmax(errs), nanmax(rels)
-    ok = bool(np.isfinite(errs).all()) and nonfinite.size == 0 and max_abs <= atol + rtol * scale
+        rels = np.where(scales > 0, errs / scales, np.where(errs == 0, 0.0, errs * np.inf))
+    over = ~(errs <= atol + rtol * scales)  # a NaN is over too
+    ok = not over.any() and nonfinite.size == 0
     order = sorted(range(len(rows)), key=lambda i: (not np.isnan(errs[i]), -np.nan_to_num(errs[i])))  # NaN first
     worst = [Mismatch(rows[i][0], rows[i][1], rows[i][2], float(errs[i]), float(rels[i])) for i in order[:n_worst]]
-    result = InputReport(j, name, tuple(a.shape), mode, len(rows), max_abs, max_rel, ok, worst,
-                         n_elements=len(elements), size=size, n_directions=n_dir, n_nonfinite=int(nonfinite.size))
+    result = InputReport(j, name, tuple(a.shape), mode, len(rows), nanmax(errs), nanmax(rels), ok, worst,
+                         n_elements=n_el, size=size, n_directions=n_dir, n_nonfinite=int(nonfinite.size),
+                         scale=element_scale, direction_scale=direction_scale)
     bad = [r for r in rows if not np.isfinite(r[2])]
     message = None if not bad else (f"the numeric derivative of {name!r} at {fmt_where(bad[0][0])} is {bad[0][2]}: "
                                     f"the forward is not finite within eps of the inputs")

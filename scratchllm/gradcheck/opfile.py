@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .check import input_names
+from .check import _is_float_array, input_names
 
 REQUIRED = ("forward", "backward", "example_inputs")
 
@@ -50,7 +50,7 @@ def load_op_file(path) -> OpFile:
     return its op; ``OpFileError`` if it cannot."""
     path = Path(path)
     if not path.is_file():
-        raise OpFileError(f"{path}: no such file")
+        raise OpFileError(f"{path}: {'a directory, not a .py file' if path.is_dir() else 'no such file'}")
     spec = importlib.util.spec_from_file_location(f"scratchllm_user_op_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.resolve().parent))
@@ -68,7 +68,9 @@ def load_op_file(path) -> OpFile:
         inputs = module.example_inputs()
     except Exception as e:
         raise OpFileError(f"{path}: example_inputs() raised {type(e).__name__}: {e}{where_in(path, e)}") from e
-    if not isinstance(inputs, (tuple, list)):
-        raise OpFileError(f"{path}: example_inputs() must return a tuple of the inputs of forward; "
-                          f"got {type(inputs).__name__}")
+    if not isinstance(inputs, (tuple, list)) or not any(type(a) is float or _is_float_array(a) for a in inputs):
+        got = type(inputs).__name__ if not isinstance(inputs, (tuple, list)) else \
+            f"({', '.join(type(a).__name__ for a in inputs)}), no float array among them"
+        raise OpFileError(f"{path}: example_inputs() must return a tuple of the inputs of forward, at least one a "
+                          f"float array; got {got}")
     return OpFile(str(path), module.forward, module.backward, tuple(inputs), input_names(module.forward, len(inputs)))

@@ -46,6 +46,13 @@ class InputReport:
     size: int = 0  # elements in the input
     n_directions: int = 0  # random directions compared
     n_nonfinite: int = 0  # analytic gradient entries that are inf or nan
+    scale: float = 0.0  # an element passes when abs_err <= atol + rtol * scale (max |analytic|, |numeric|)
+    direction_scale: float = 0.0  # ... a direction when abs_err <= atol + rtol * direction_scale (the norm)
+
+    def over(self, m: Mismatch, atol: float, rtol: float) -> bool:
+        """Whether ``m`` is beyond the tolerance (a non-finite value always is)."""
+        scale = self.direction_scale if isinstance(m.where, str) else self.scale
+        return not m.abs_err <= atol + rtol * scale
 
     @property
     def checked(self) -> str:
@@ -115,7 +122,8 @@ class GradcheckReport:
                          f"(atol {s['atol']:g}, rtol {s['rtol']:g})")
             lines.append("  worst elements (index, analytic, numeric, abs err, rel err):")
             lines += [f"    {fmt_where(m.where)}: {m.analytic:.10g}, {m.numeric:.10g}, {m.abs_err:.3e}, "
-                      f"{m.rel_err:.3e}" for m in r.worst]
+                      f"{m.rel_err:.3e}{'  <- over the tolerance' if r.over(m, s['atol'], s['rtol']) else ''}"
+                      for m in r.worst]
         for name, ok, detail in self.checks:
             if not ok:
                 lines.append(f"gradcheck failed check '{name}': {detail}")
