@@ -53,6 +53,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .bench import measure
+from .kernels.dispatch import dispatched
 
 CPU_BATCH = 4  # gpt2-small B on the CPU: every op checked and timed in about 2 minutes on 2 cores
 TOL = {"float32": 1e-4, "float64": 1e-9}
@@ -175,9 +176,10 @@ _GRADCHECKED: dict = {}
 def _gradcheck(name, op):
     from .gradcheck import gradcheck
 
-    key = (name, op.forward, op.backward)
+    forward, backward = dispatched(op.forward), dispatched(op.backward)  # what is timed
+    key = (name, forward, backward)
     if key not in _GRADCHECKED:
-        rep = gradcheck(op.forward, op.backward, op.make_inputs(dtype="float64"), mode="auto",
+        rep = gradcheck(forward, backward, op.make_inputs(dtype="float64"), mode="auto",
                         names=op.input_names, raise_on_fail=False)
         bad = [f"d{r.name} max rel err {r.max_rel_err:.2e}" for r in rep.inputs if not r.ok]
         bad += [f"{check}: {detail}" for check, ok, detail in rep.checks if not ok]
@@ -202,8 +204,9 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2):
     ref_grads = op.backward(dout_h.astype(np.float64), ref_cache)
     del ref_cache
     inputs, dout = tuple(xp.asarray(a) for a in host), xp.asarray(dout_h)
-    out, cache = op.forward(*inputs)
-    errs = _errors(out, op.backward(dout, cache), ref_out, ref_grads, op.input_names)
+    forward, backward = dispatched(op.forward), dispatched(op.backward)  # ours: what the model runs
+    out, cache = forward(*inputs)
+    errs = _errors(out, backward(dout, cache), ref_out, ref_grads, op.input_names)
     problem = _verdict(errs, tol, "ours") or _gradcheck(name, op)
     row["check"] = {"ok": problem is None, "reason": problem, "tol": tol, "errors": errs}
     del out
@@ -241,8 +244,8 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2):
     from .bench import l2_flusher
 
     flush = l2_flusher(device) if flush_l2 else None
-    row["fwd"] = measure(lambda: op.forward(*inputs), device, repeats, flush)
-    row["bwd"] = measure(lambda: op.backward(dout, cache), device, repeats, flush)
+    row["fwd"] = measure(lambda: forward(*inputs), device, repeats, flush)
+    row["bwd"] = measure(lambda: backward(dout, cache), device, repeats, flush)
     if tfn is not None:
         tflush = l2_flusher(tdev) if flush_l2 else None
         row["torch"]["fwd"] = measure(lambda: tfn(*tin), tdev, repeats, tflush)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 from scratchllm import kernels, ops  # noqa: E402
+from scratchllm.kernels import dispatch  # noqa: E402
 from scratchllm.kernels.cpu import _math  # noqa: E402
 from scratchllm.ops.attention_blocked import attention_blocked_backward, attention_blocked_forward  # noqa: E402
 from tests.helpers import assert_gradcheck, normal, random_dout, seeds  # noqa: E402
@@ -38,11 +39,11 @@ def assert_same(a, b, dtype):
 
 
 CASES = {  # name -> (forward, backward, input builder(seed, dtype))
-    "layernorm": (ops.layernorm_forward, ops.layernorm_backward,
+    "layernorm": (dispatch.layernorm_forward, dispatch.layernorm_backward,
                   lambda s, d: (normal(s, (3, 5, 37), d, 2.0) + 1.5, normal(s + 1, (37,), d), normal(s + 2, (37,), d))),
     "softmax": (ops.softmax_forward, ops.softmax_backward, lambda s, d: (normal(s, (2, 7, 45), d, 3.0),)),
-    "gelu": (ops.gelu_forward, ops.gelu_backward, lambda s, d: (normal(s, (6, 41), d, 3.0),)),
-    "gelu_erf": (lambda x: ops.gelu_forward(x, approximate="none"), ops.gelu_backward,
+    "gelu": (dispatch.gelu_forward, dispatch.gelu_backward, lambda s, d: (normal(s, (6, 41), d, 3.0),)),
+    "gelu_erf": (lambda x: dispatch.gelu_forward(x, approximate="none"), dispatch.gelu_backward,
                  lambda s, d: (normal(s, (6, 41), d, 3.0),)),
     "attention": (ops.attention_forward, ops.attention_backward,
                   lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
@@ -126,16 +127,16 @@ def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
     flat = np.zeros(20)
     params, grads = {"p": flat[:10].reshape(2, 5)}, {"p": flat[10:].reshape(2, 5)}
     monkeypatch.setenv(kernels.ENV_VAR, "0")
-    _, ln_cache = ops.layernorm_forward(x, x[0], x[1])
+    _, ln_cache = dispatch.layernorm_forward(x, x[0], x[1])
     _, sm_cache = ops.softmax_forward(x)
-    _, ge_cache = ops.gelu_forward(x)
+    _, ge_cache = dispatch.gelu_forward(x)
     _, ce_cache = ops.cross_entropy_forward(x, np.zeros(4, int))
-    cases = [(layernorm, "layernorm_forward", lambda: ops.layernorm_forward(x, x[0], x[1])),
-             (layernorm, "layernorm_backward", lambda: ops.layernorm_backward(x, ln_cache)),
+    cases = [(layernorm, "layernorm_forward", lambda: dispatch.layernorm_forward(x, x[0], x[1])),
+             (layernorm, "layernorm_backward", lambda: dispatch.layernorm_backward(x, ln_cache)),
              (softmax, "softmax_rows", lambda: ops.softmax_forward(x)),
              (softmax, "softmax_rows_backward", lambda: ops.softmax_backward(x, sm_cache)),
-             (gelu, "gelu_forward", lambda: ops.gelu_forward(x)),
-             (gelu, "gelu_backward", lambda: ops.gelu_backward(x, ge_cache)),
+             (gelu, "gelu_forward", lambda: dispatch.gelu_forward(x)),
+             (gelu, "gelu_backward", lambda: dispatch.gelu_backward(x, ge_cache)),
              (softmax, "logsumexp_rows", lambda: ops.cross_entropy_forward(x, np.zeros(4, int))),
              (softmax, "weighted_softmax_rows", lambda: ops.cross_entropy_backward(1.0, ce_cache)),
              (optim, "adam_step", lambda: AdamW(params).step(grads)),

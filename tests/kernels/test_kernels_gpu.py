@@ -5,6 +5,7 @@ the device. (What runs without a GPU: test_kernels.py.)"""
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from scratchllm import kernels
 from scratchllm.backend import to_numpy
+from scratchllm.kernels.dispatch import dispatched
 from tests.kernels.test_kernels import SPIN_SOURCE  # the device spin kernel (its nvcc compile test is there)
 
 
@@ -195,18 +197,21 @@ def test_ops_dispatch_cupy_arrays_to_the_kernels_unless_turned_off(monkeypatch, 
     from scratchllm.ops import OPS
 
     op = OPS[op_name]
+    forward = dispatched(op.forward)  # registered implementations run through the dispatch; the rest in the op
     inputs = op.make_inputs(dtype="float32", xp=cp)
     calls = []
     real = getattr(kernels, name)
-    monkeypatch.setattr(kernels, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    spy = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(kernels, name, spy)  # what an op calls ...
+    monkeypatch.setattr(importlib.import_module(real.__module__), name, spy)  # ... and what the registry loads
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
-    op.forward(*inputs)
+    forward(*inputs)
     assert calls, f"{op_name} did not use kernels.{name}"
     calls.clear()
     monkeypatch.setenv(kernels.ENV_VAR, "0")
-    op.forward(*inputs)
+    forward(*inputs)
     assert not calls
-    op.forward(*op.make_inputs(dtype="float32"))  # NumPy arrays never go to the kernels
+    forward(*op.make_inputs(dtype="float32"))  # NumPy arrays never go to the CUDA kernels
     assert not calls
 
 
@@ -219,8 +224,9 @@ def test_gradcheck_on_cupy_directional(monkeypatch, use_kernels):
     from scratchllm.ops import OPS
 
     for name, op in OPS.items():
-        report = gradcheck(op.forward, op.backward, op.make_inputs(xp=cp), mode="directional", raise_on_fail=False)
-        assert report.ok, f"{name}: {report}"
+        for forward, backward in ((op.forward, op.backward), (dispatched(op.forward), dispatched(op.backward))):
+            report = gradcheck(forward, backward, op.make_inputs(xp=cp), mode="directional", raise_on_fail=False)
+            assert report.ok, f"{name}: {report}"
 
 
 # --- fused optimizers ----------------------------------------------------------------------------------------

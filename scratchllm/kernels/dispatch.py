@@ -1,0 +1,59 @@
+"""The ops as the model, the trainer and the benchmarks call them: the textbook's names and signatures, each
+running the first registered implementation that supports its inputs (``registry.py``), else the textbook
+in ``scratchllm/ops/``. Inputs are checked here exactly as the textbook checks them, before anything runs.
+
+    from scratchllm.kernels.dispatch import layernorm_forward     # fast where it can be
+    from scratchllm.ops import layernorm_forward                  # the textbook, always
+
+``dispatched(fn)`` maps a textbook function (or a ``functools.partial`` of one, as the ``OPS`` registry binds
+options) to its dispatched counterpart, and leaves a function without one as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .. import ops
+from ..ops import gelu as gelu_op
+from ..ops import layernorm as layernorm_op
+from ..ops._checks import check_dout
+from .registry import pick, pick_backward
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    layernorm_op.check_inputs(x, w, b)
+    impl = pick("layernorm", x, w, b)
+    return (impl.forward if impl else ops.layernorm_forward)(x, w, b, eps)
+
+
+def layernorm_backward(dout, cache):
+    check_dout(dout, cache[0].shape)
+    impl = pick_backward("layernorm", dout, cache)
+    return (impl.backward if impl else ops.layernorm_backward)(dout, cache)
+
+
+def gelu_forward(x, approximate="tanh"):
+    gelu_op.check_inputs(x, approximate)
+    impl = pick("gelu", x, approximate=approximate)
+    return (impl.forward if impl else ops.gelu_forward)(x, approximate)
+
+
+def gelu_backward(dout, cache):
+    check_dout(dout, cache[0].shape)
+    impl = pick_backward("gelu", dout, cache)
+    return (impl.backward if impl else ops.gelu_backward)(dout, cache)
+
+
+# the textbook function -> the one here that dispatches it
+DISPATCHED = {
+    ops.layernorm_forward: layernorm_forward, ops.layernorm_backward: layernorm_backward,
+    ops.gelu_forward: gelu_forward, ops.gelu_backward: gelu_backward,
+}
+
+
+def dispatched(fn):
+    """The dispatched counterpart of a textbook ``fn`` (a partial keeps its bound arguments), else ``fn``."""
+    if isinstance(fn, functools.partial):
+        inner = DISPATCHED.get(fn.func)
+        return functools.partial(inner, *fn.args, **fn.keywords) if inner else fn
+    return DISPATCHED.get(fn, fn)

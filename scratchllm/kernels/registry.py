@@ -1,0 +1,123 @@
+"""The registry of fast implementations: for each op, the ways to compute the textbook's numbers faster.
+
+An implementation has its op's exact signature, return values and cache layout (a cache from any of them
+works with the textbook backward and the other way round), lives in a module of its own under
+``kernels/numpy/``, ``kernels/cpu/`` or ``kernels/cuda``-style family modules, and says which inputs it takes
+(``supports``: backend, dtype, size, layout). ``IMPLEMENTATIONS`` below lists every one, in the order they
+are preferred; ``select`` names the first that supports the inputs, "reference" (the textbook in
+``scratchllm/ops/``) when none does or ``SCRATCHLLM_KERNELS=0``. ``scratchllm.kernels.dispatch`` runs the
+selected one; ``tests/kernels/test_registry.py`` proves every one equal to its reference.
+
+Modules load on first use, so listing the registry imports neither Numba nor CuPy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..backend import get_xp
+from .status import cpu_kernel_for, enabled, switched_on
+
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One fast way to run an op. ``forward`` and ``backward`` are ``<op>_forward`` and ``<op>_backward`` of
+    ``module`` (imported on first use); ``supports(*inputs, **options)`` says whether it takes a forward's
+    inputs, ``supports_backward(dout, cache)`` a backward's."""
+
+    op: str
+    name: str
+    module: str
+    supports: Callable
+    supports_backward: Callable
+    doc: str = ""
+
+    @property
+    def forward(self) -> Callable:
+        return getattr(importlib.import_module(self.module), f"{self.op}_forward")
+
+    @property
+    def backward(self) -> Callable:
+        return getattr(importlib.import_module(self.module), f"{self.op}_backward")
+
+
+# ----------------------------------------------------------------------------------------- eligibility
+def _numpy(*arrays) -> bool:
+    """Plain NumPy arrays, not empty: what the NumPy rewrites take."""
+    return all(type(a) is np.ndarray for a in arrays) and arrays[0].size > 0
+
+
+def _numba(*arrays) -> bool:
+    """What the Numba kernels take: plain float32/float64 NumPy arrays in native byte order, Numba importable."""
+    return cpu_kernel_for(*arrays) and arrays[0].size > 0
+
+
+def _cuda(*arrays) -> bool:
+    """CuPy arrays, not empty, with the fused CUDA kernels usable (a GPU that computes)."""
+    return type(arrays[0]) is not np.ndarray and get_xp(*arrays) is not np and arrays[0].size > 0 and enabled()
+
+
+IMPLEMENTATIONS = [
+    Implementation("layernorm", "cuda", "scratchllm.kernels.layernorm",
+                   lambda x, w, b, eps=1e-5: _cuda(x, w, b), lambda dout, cache: _cuda(cache[0], dout),
+                   "one CUDA block of warps per row; dw, db in column blocks"),
+    Implementation("layernorm", "numba", "scratchllm.kernels.cpu.layernorm",
+                   lambda x, w, b, eps=1e-5: _numba(x, w, b), lambda dout, cache: _numba(cache[0], cache[2]),
+                   "one loop per row, rows on every core (prange)"),
+    Implementation("layernorm", "numpy", "scratchllm.kernels.numpy.layernorm",
+                   lambda x, w, b, eps=1e-5: _numpy(x, w, b), lambda dout, cache: _numpy(cache[0], dout),
+                   "NumPy in place, sums as matrix products, pieces of rows on every thread"),
+    Implementation("gelu", "cuda", "scratchllm.kernels.gelu",
+                   lambda x, approximate="tanh": _cuda(x), lambda dout, cache: _cuda(cache[0], dout),
+                   "one CUDA elementwise pass"),
+    Implementation("gelu", "numba", "scratchllm.kernels.cpu.gelu",
+                   lambda x, approximate="tanh": _numba(x), lambda dout, cache: _numba(cache[0], cache[1]),
+                   "one loop over the elements, pieces on every core (prange)"),
+    Implementation("gelu", "numpy", "scratchllm.kernels.numpy.gelu",
+                   lambda x, approximate="tanh": _numpy(x), lambda dout, cache: _numpy(cache[0], dout),
+                   "NumPy in place, pieces on every thread; float32 erf by a rational approximation"),
+]
+
+_BY_OP: dict = {}
+for _impl in IMPLEMENTATIONS:
+    _BY_OP.setdefault(_impl.op, []).append(_impl)
+
+
+def ops_with_implementations() -> list:
+    """The op names (``layernorm``, ``gelu``, ...) that have registered implementations."""
+    return list(_BY_OP)
+
+
+def implementations(op: str) -> dict:
+    """``{name: Implementation}`` for ``op``, in the order of preference (empty for an op with none)."""
+    return {impl.name: impl for impl in _BY_OP.get(op, ())}
+
+
+def pick(op: str, *inputs, **options):
+    """The first implementation that supports these forward inputs, or None for the textbook."""
+    if switched_on():
+        for impl in _BY_OP.get(op, ()):
+            if impl.supports(*inputs, **options):
+                return impl
+    return None
+
+
+def pick_backward(op: str, dout, cache):
+    """The first implementation that supports this backward's dout and cache, or None for the textbook."""
+    if switched_on():
+        for impl in _BY_OP.get(op, ()):
+            if impl.supports_backward(dout, cache):
+                return impl
+    return None
+
+
+def select(op: str, *inputs, **options) -> str:
+    """The name of what runs ``op``'s forward for these inputs: an implementation's, or "reference"."""
+    impl = pick(op, *inputs, **options)
+    return REFERENCE if impl is None else impl.name

@@ -1,0 +1,132 @@
+"""Every registered implementation (scratchllm/kernels/registry.py) equals its textbook op: forward and backward,
+float32 and float64, below and above the sizes where work is cut into pieces or run on every core, contiguous
+and strided inputs, and with caches interchangeable both ways. A new implementation is covered by registering
+it; a new op by its OPS entry (tests/ops)."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from scratchllm import kernels, ops
+from scratchllm.kernels import dispatch, registry
+from scratchllm.ops import OPS
+
+# normwise: |got - want| <= TOL * max|want| (float32 sums over 512 rows differ by their order, not by a bug)
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+LARGE = {"N": 512, "C": 520}  # 266 K elements: above threads.PARALLEL_MIN and kernels.cpu.PRANGE_MIN
+
+
+def textbook_name(fn):
+    """layernorm for ops.layernorm_forward and for a functools.partial of it."""
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    return fn.__name__.removesuffix("_forward")
+
+
+def cases():
+    """(registry entry, implementation) for every OPS entry whose textbook op has implementations."""
+    for name, op in OPS.items():
+        for impl in kernels.implementations(textbook_name(op.forward)).values():
+            yield pytest.param(name, impl.name, id=f"{name}-{impl.name}")
+
+
+def bind(fn, entry_forward):
+    """``fn`` with the options the registry entry binds (gelu_erf: approximate="none")."""
+    if isinstance(entry_forward, functools.partial):
+        return functools.partial(fn, *entry_forward.args, **entry_forward.keywords)
+    return fn
+
+
+def strided(a):
+    """The same values in a non-contiguous array (every other element of a buffer twice as long)."""
+    if not (isinstance(a, np.ndarray) and a.dtype.kind == "f"):
+        return a
+    buffer = np.zeros(a.shape + (2,), a.dtype)
+    view = buffer[..., 0]
+    view[...] = a
+    return view
+
+
+def leaves(cache):
+    if isinstance(cache, (tuple, list)):
+        return [leaf for item in cache for leaf in leaves(item)]
+    return [cache]
+
+
+def assert_close(got, want, dtype, what):
+    for i, (a, b) in enumerate(zip(got, want)):
+        if isinstance(b, np.ndarray):
+            assert isinstance(a, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, (what, i)
+            scale = float(np.abs(b).max()) if b.size else 0.0
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype] * scale, err_msg=f"{what} [{i}]")
+        else:
+            assert a == b or (a is None and b is None), (what, i)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("size", ["registry", "large"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, impl_name", list(cases()))
+def test_implementation_equals_the_textbook(name, impl_name, dtype, size, layout):
+    op = OPS[name]
+    impl = kernels.implementations(textbook_name(op.forward))[impl_name]
+    sizes = {k: v for k, v in LARGE.items() if k in op.default_sizes} if size == "large" else None
+    inputs = op.make_inputs(sizes, dtype=np.dtype(dtype).name, seed=5)
+    if layout == "strided":
+        inputs = tuple(strided(a) for a in inputs)
+    if not impl.supports(*inputs, **getattr(op.forward, "keywords", {})):
+        pytest.skip(f"{impl_name} does not run here for these inputs (e.g. no GPU, no Numba)")
+    forward, backward = bind(impl.forward, op.forward), impl.backward
+    out_ref, cache_ref = op.forward(*inputs)
+    out, cache = forward(*inputs)
+    assert_close([out], [out_ref], dtype, "out")
+    assert_close(leaves(cache), leaves(cache_ref), dtype, "cache")  # the same layout, the same values
+    dout = np.random.default_rng(6).standard_normal(np.shape(out_ref)).astype(dtype)
+    grads_ref = op.backward(dout, cache_ref)
+    assert_close(backward(dout, cache), grads_ref, dtype, "grads")
+    assert_close(op.backward(dout, cache), grads_ref, dtype, "textbook backward of its cache")
+    assert_close(backward(dout, cache_ref), grads_ref, dtype, "its backward of the textbook cache")
+    for a, a_before in zip(inputs, op.make_inputs(sizes, dtype=np.dtype(dtype).name, seed=5)):
+        np.testing.assert_array_equal(a, a_before)  # inputs not mutated
+
+
+def test_select_names_what_runs_and_the_switch_turns_everything_off(monkeypatch):
+    x = np.ones((4, 8), np.float64)
+    w = np.ones(8)
+    want = next(iter(name for name, impl in kernels.implementations("layernorm").items() if impl.supports(x, w, w)))
+    assert kernels.select("layernorm", x, w, w) == want
+    assert kernels.select("no_such_op", x) == kernels.REFERENCE
+    monkeypatch.setenv(kernels.ENV_VAR, "0")
+    assert kernels.select("layernorm", x, w, w) == kernels.REFERENCE
+    calls = []
+    monkeypatch.setattr(ops, "layernorm_forward", lambda *a: calls.append(a) or ("out", "cache"))
+    assert dispatch.layernorm_forward(x, w, w) == ("out", "cache") and len(calls) == 1
+
+
+def test_the_dispatch_runs_the_selected_implementation(monkeypatch):
+    x = np.random.default_rng(0).standard_normal((4, 8))
+    name = kernels.select("gelu", x)
+    assert name != kernels.REFERENCE  # numpy, or numba with the fast extra
+    impl = kernels.implementations("gelu")[name]
+    module = __import__(impl.module, fromlist=["gelu_forward"])
+    monkeypatch.setattr(module, "gelu_forward", lambda x, approximate="tanh": ("ran", approximate))
+    assert dispatch.gelu_forward(x, approximate="none") == ("ran", "none")
+
+
+def test_the_dispatch_checks_inputs_as_the_textbook_does():
+    with pytest.raises(ValueError, match="w and b must have shape"):
+        dispatch.layernorm_forward(np.ones((2, 3)), np.ones(4), np.ones(3))
+    with pytest.raises(ValueError, match="approximate must be"):
+        dispatch.gelu_forward(np.ones(3), approximate="erf")
+    with pytest.raises(ValueError, match="dout must have the forward output's shape"):
+        dispatch.gelu_backward(np.ones(2), dispatch.gelu_forward(np.ones(3))[1])
+
+
+def test_every_implementation_is_listed_once_and_loads():
+    seen = set()
+    for impl in registry.IMPLEMENTATIONS:
+        assert (impl.op, impl.name) not in seen
+        seen.add((impl.op, impl.name))
+        assert impl.op in {textbook_name(op.forward) for op in OPS.values()}
+        assert impl.doc
+    assert len(seen) >= 6
