@@ -16,6 +16,7 @@ import functools
 from .. import ops
 from ..ops import gelu as gelu_op
 from ..ops import layernorm as layernorm_op
+from ..ops import softmax as softmax_op
 from ..ops._checks import check_dout
 from .registry import pick, pick_backward
 
@@ -44,10 +45,23 @@ def gelu_backward(dout, cache):
     return (impl.backward if impl else ops.gelu_backward)(dout, cache)
 
 
+def softmax_forward(x, axis=-1):
+    softmax_op.check_inputs(x, axis)
+    impl = pick("softmax", x, axis=axis)
+    return (impl.forward if impl else ops.softmax_forward)(x, axis)
+
+
+def softmax_backward(dout, cache):
+    check_dout(dout, cache[0].shape)
+    impl = pick_backward("softmax", dout, cache)
+    return (impl.backward if impl else ops.softmax_backward)(dout, cache)
+
+
 # the textbook function -> the one here that dispatches it
 DISPATCHED = {
     ops.layernorm_forward: layernorm_forward, ops.layernorm_backward: layernorm_backward,
     ops.gelu_forward: gelu_forward, ops.gelu_backward: gelu_backward,
+    ops.softmax_forward: softmax_forward, ops.softmax_backward: softmax_backward,
 }
 
 

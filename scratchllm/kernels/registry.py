@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..backend import get_xp
+from .cpu import fused_rows
 from .status import cpu_kernel_for, enabled, switched_on
 
 REFERENCE = "reference"
@@ -63,6 +64,10 @@ def _cuda(*arrays) -> bool:
     return type(arrays[0]) is not np.ndarray and get_xp(*arrays) is not np and arrays[0].size > 0 and enabled()
 
 
+def _last(a, axis) -> bool:
+    return axis % a.ndim == a.ndim - 1
+
+
 IMPLEMENTATIONS = [
     Implementation("layernorm", "cuda", "scratchllm.kernels.layernorm",
                    lambda x, w, b, eps=1e-5: _cuda(x, w, b), lambda dout, cache: _cuda(cache[0], dout),
@@ -73,6 +78,16 @@ IMPLEMENTATIONS = [
     Implementation("layernorm", "numpy", "scratchllm.kernels.numpy.layernorm",
                    lambda x, w, b, eps=1e-5: _numpy(x, w, b), lambda dout, cache: _numpy(cache[0], dout),
                    "NumPy in place, sums as matrix products, pieces of rows on every thread"),
+    Implementation("softmax", "cuda", "scratchllm.kernels.softmax",
+                   lambda x, axis=-1: _cuda(x), lambda dout, cache: _cuda(cache[0], dout),
+                   "one CUDA warp per slice along the axis"),
+    Implementation("softmax", "numba", "scratchllm.kernels.cpu.softmax",
+                   lambda x, axis=-1: _last(x, axis) and fused_rows(x),
+                   lambda dout, cache: _last(*cache) and fused_rows(cache[0]) and cpu_kernel_for(dout),
+                   "three sweeps per row of the last axis (C-contiguous), rows on every core (prange)"),
+    Implementation("softmax", "numpy", "scratchllm.kernels.numpy.softmax",
+                   lambda x, axis=-1: _numpy(x), lambda dout, cache: _numpy(cache[0], dout),
+                   "NumPy in place, sums as matrix products, pieces along another axis on every thread"),
     Implementation("gelu", "cuda", "scratchllm.kernels.gelu",
                    lambda x, approximate="tanh": _cuda(x), lambda dout, cache: _cuda(cache[0], dout),
                    "one CUDA elementwise pass"),

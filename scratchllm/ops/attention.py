@@ -19,7 +19,9 @@ from ..blas import matmul  # a @ b (through MKL in a single-core piece or shard 
 from ._checks import check_dout, check_float, check_same_dtype
 from .dropout import dropout_backward, dropout_forward
 from ..threads import parallel_chunks
-from .softmax import fused_rows, softmax_backward, softmax_rows, softmax_rows_backward
+from ..kernels.cpu import fused_rows
+from ..kernels.cpu.rows import softmax_rows, softmax_rows_backward
+from .softmax import softmax_backward
 
 # From this many queries causal attention without dropout on the CPU runs in query blocks, of 64 rows below
 # T = 512 and 128 from there. Forward + backward, median of interleaved runs on the 2-core CI machine (D64, H12):
@@ -144,7 +146,7 @@ def attention_backward(dout, cache):
     if xp is not np:  # CuPy: whole arrays (the softmax backward is a fused kernel there)
         dv = pd.swapaxes(-1, -2) @ dout  # (B, H, Tk, D)
         (dp,) = dropout_backward(dout @ v.swapaxes(-1, -2), drop_cache)  # (B, H, T, Tk)
-        (datt,) = softmax_backward(dp, p_cache)  # (B, H, T, Tk)
+        (datt,) = (kernels.softmax_backward if kernels.enabled() else softmax_backward)(dp, p_cache)  # (B, H, T, Tk)
         datt = datt * scale  # (B, H, T, Tk); the scale of att = q k^T * scale
         return datt @ k, datt.swapaxes(-1, -2) @ q, dv
     B, H, T, D = q.shape

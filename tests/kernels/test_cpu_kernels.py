@@ -41,7 +41,7 @@ def assert_same(a, b, dtype):
 CASES = {  # name -> (forward, backward, input builder(seed, dtype))
     "layernorm": (dispatch.layernorm_forward, dispatch.layernorm_backward,
                   lambda s, d: (normal(s, (3, 5, 37), d, 2.0) + 1.5, normal(s + 1, (37,), d), normal(s + 2, (37,), d))),
-    "softmax": (ops.softmax_forward, ops.softmax_backward, lambda s, d: (normal(s, (2, 7, 45), d, 3.0),)),
+    "softmax": (dispatch.softmax_forward, dispatch.softmax_backward, lambda s, d: (normal(s, (2, 7, 45), d, 3.0),)),
     "gelu": (dispatch.gelu_forward, dispatch.gelu_backward, lambda s, d: (normal(s, (6, 41), d, 3.0),)),
     "gelu_erf": (lambda x: dispatch.gelu_forward(x, approximate="none"), dispatch.gelu_backward,
                  lambda s, d: (normal(s, (6, 41), d, 3.0),)),
@@ -128,13 +128,13 @@ def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
     params, grads = {"p": flat[:10].reshape(2, 5)}, {"p": flat[10:].reshape(2, 5)}
     monkeypatch.setenv(kernels.ENV_VAR, "0")
     _, ln_cache = dispatch.layernorm_forward(x, x[0], x[1])
-    _, sm_cache = ops.softmax_forward(x)
+    _, sm_cache = dispatch.softmax_forward(x)
     _, ge_cache = dispatch.gelu_forward(x)
     _, ce_cache = ops.cross_entropy_forward(x, np.zeros(4, int))
     cases = [(layernorm, "layernorm_forward", lambda: dispatch.layernorm_forward(x, x[0], x[1])),
              (layernorm, "layernorm_backward", lambda: dispatch.layernorm_backward(x, ln_cache)),
-             (softmax, "softmax_rows", lambda: ops.softmax_forward(x)),
-             (softmax, "softmax_rows_backward", lambda: ops.softmax_backward(x, sm_cache)),
+             (softmax, "softmax_rows", lambda: dispatch.softmax_forward(x)),
+             (softmax, "softmax_rows_backward", lambda: dispatch.softmax_backward(x, sm_cache)),
              (gelu, "gelu_forward", lambda: dispatch.gelu_forward(x)),
              (gelu, "gelu_backward", lambda: dispatch.gelu_backward(x, ge_cache)),
              (softmax, "logsumexp_rows", lambda: ops.cross_entropy_forward(x, np.zeros(4, int))),
@@ -345,7 +345,7 @@ def test_arrays_the_kernels_are_not_built_for_take_the_numpy_code(monkeypatch):
         for opt in (AdamW(params, lr=0.1), Adagrad(params, lr=0.1)):
             opt.step(grads)
         assert np.all(params["w"] < 1)
-    from scratchllm.ops.softmax import softmax_rows
+    from scratchllm.kernels.cpu.rows import softmax_rows
 
     buf = (np.arange(12) / 3).reshape(4, 3).astype(np.float32)  # y one row below x: overlapping views
     expected = np.exp(buf[:3] - buf[:3].max(-1, keepdims=True))

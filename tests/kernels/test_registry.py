@@ -14,7 +14,8 @@ from scratchllm.ops import OPS
 
 # normwise: |got - want| <= TOL * max|want| (float32 sums over 512 rows differ by their order, not by a bug)
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
-LARGE = {"N": 512, "C": 520}  # 266 K elements: above threads.PARALLEL_MIN and kernels.cpu.PRANGE_MIN
+# about 266 K elements: above threads.PARALLEL_MIN and kernels.cpu.PRANGE_MIN
+LARGE = dict(N=512, C=520, B=4, T=128, V=520, H=4, D=32, Cin=256, Cout=260)
 
 
 def textbook_name(fn):
@@ -91,6 +92,7 @@ def test_implementation_equals_the_textbook(name, impl_name, dtype, size, layout
 
 
 def test_select_names_what_runs_and_the_switch_turns_everything_off(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
     x = np.ones((4, 8), np.float64)
     w = np.ones(8)
     want = next(iter(name for name, impl in kernels.implementations("layernorm").items() if impl.supports(x, w, w)))
@@ -104,6 +106,7 @@ def test_select_names_what_runs_and_the_switch_turns_everything_off(monkeypatch)
 
 
 def test_the_dispatch_runs_the_selected_implementation(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
     x = np.random.default_rng(0).standard_normal((4, 8))
     name = kernels.select("gelu", x)
     assert name != kernels.REFERENCE  # numpy, or numba with the fast extra

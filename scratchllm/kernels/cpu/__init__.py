@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..status import cpu_kernel_for
+
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
 REDUCE = {"reassoc", "contract"}  # fastmath flags: vectorized sums and fused multiply-adds
 # Numba options of every kernel: NumPy's error model (x / 0 gives inf, as in NumPy; Python's model would
@@ -136,3 +138,14 @@ def jit(signatures=None, **options):
             numba.config.CACHE_DIR = saved
 
     return decorate
+
+
+def fused_rows(*arrays) -> bool:
+    """True when the fused row kernels take these arrays (``cpu_kernel_for``): not empty, C-contiguous, of one
+    dtype (rows of the last axis, viewed as (n, C) without a copy), and any two either the very same memory
+    (in place) or apart (a partial overlap would read entries already written)."""
+    first = arrays[0]
+    return (first.size > 0 and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays)
+            and cpu_kernel_for(*arrays)
+            and all(not np.may_share_memory(a, b) or (a.shape == b.shape and a.ctypes.data == b.ctypes.data)
+                    for i, a in enumerate(arrays) for b in arrays[i + 1:]))  # apart (checked first: cheaper)

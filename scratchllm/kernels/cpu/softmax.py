@@ -1,7 +1,7 @@
 """Softmax along the last axis, and attention's scaled (causal) softmax, as Numba CPU kernels.
 
-References: ``softmax_rows`` and ``softmax_rows_backward`` in ``scratchllm/ops/softmax.py`` (the softmax op
-and attention call them on pieces of their arrays), the scale-mask-softmax of ``attention_weights`` in
+References: ``scratchllm/ops/softmax.py`` (``softmax_forward``/``softmax_backward`` below have the op's
+signature and cache, for rows of the last axis), the scale-mask-softmax of ``attention_weights`` in
 ``scratchllm/ops/attention.py``, and the cross-entropy's ``_logsumexp_rows`` and ``_weighted_softmax_rows``:
 
     att *= scale;  att = -inf above the causal diagonal;  p = softmax(att, axis=-1)
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from . import ONE, REDUCE, ZERO, jit
+from . import ONE, REDUCE, ZERO, jit, run_rows
 from ._math import cast, exp, row_max
 
 
@@ -158,3 +158,22 @@ def weighted_softmax_rows_par(x, lse, w, dx, rows):
     for k in prange((x.shape[0] + rows - 1) // rows):
         r = slice(k * rows, min((k + 1) * rows, x.shape[0]))
         weighted_softmax_rows(x[r], lse[r], w[r], dx[r])
+
+
+def softmax_forward(x, axis=-1):
+    """``ops.softmax_forward`` on C-contiguous NumPy arrays along their last axis (checked by the dispatch):
+    ``y, (y, axis)``, the rows on every core."""
+    y = np.empty_like(x)  # (...) C order, as x
+    x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])  # (N, C) views
+    run_rows(softmax_rows, softmax_rows_par, (x2, y2), (x.dtype.type(1.0),), x.size)
+    return y, (y, axis)
+
+
+def softmax_backward(dout, cache):
+    """``ops.softmax_backward`` on C-contiguous NumPy arrays along their last axis: ``(dx,)``."""
+    y, axis = cache
+    dout = np.ascontiguousarray(dout.astype(y.dtype, copy=False))
+    dx = np.empty_like(y)  # (...)
+    rows = [a.reshape(-1, y.shape[-1]) for a in (dout, y, dx)]  # (N, C) views
+    run_rows(softmax_rows_backward, softmax_rows_backward_par, rows, (y.dtype.type(1.0),), y.size)
+    return (dx,)
