@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 from .. import ops
+from ..ops import cross_entropy as cross_entropy_op
 from ..ops import gelu as gelu_op
 from ..ops import layernorm as layernorm_op
 from ..ops import softmax as softmax_op
@@ -57,11 +58,24 @@ def softmax_backward(dout, cache):
     return (impl.backward if impl else ops.softmax_backward)(dout, cache)
 
 
+def cross_entropy_forward(logits, targets, ignore_index=-1):
+    cross_entropy_op.check_inputs(logits, targets, ignore_index)
+    impl = pick("cross_entropy", logits, targets, ignore_index=ignore_index)
+    return (impl.forward if impl else ops.cross_entropy_forward)(logits, targets, ignore_index)
+
+
+def cross_entropy_backward(dout, cache):
+    cross_entropy_op.check_dout(dout)
+    impl = pick_backward("cross_entropy", dout, cache)
+    return (impl.backward if impl else ops.cross_entropy_backward)(dout, cache)
+
+
 # the textbook function -> the one here that dispatches it
 DISPATCHED = {
     ops.layernorm_forward: layernorm_forward, ops.layernorm_backward: layernorm_backward,
     ops.gelu_forward: gelu_forward, ops.gelu_backward: gelu_backward,
     ops.softmax_forward: softmax_forward, ops.softmax_backward: softmax_backward,
+    ops.cross_entropy_forward: cross_entropy_forward, ops.cross_entropy_backward: cross_entropy_backward,
 }
 
 

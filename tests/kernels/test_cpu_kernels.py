@@ -54,7 +54,7 @@ CASES = {  # name -> (forward, backward, input builder(seed, dtype))
                                    normal(s + 2, (2, 2, 23, 4), d))),
     "embedding": (ops.embedding_forward, ops.embedding_backward,  # 40 tokens of 9 ids: most ids repeat
                   lambda s, d: (np.random.default_rng(s).integers(0, 9, (4, 10)), normal(s, (9, 6), d))),
-    "cross_entropy": (ops.cross_entropy_forward, ops.cross_entropy_backward,  # one ignored row
+    "cross_entropy": (dispatch.cross_entropy_forward, dispatch.cross_entropy_backward,  # one ignored row
                       lambda s, d: (normal(s, (3, 5, 37), d, 3.0),
                                     np.where(np.arange(15).reshape(3, 5) == 4, -1,
                                              np.random.default_rng(s).integers(0, 37, (3, 5))))),
@@ -130,15 +130,15 @@ def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
     _, ln_cache = dispatch.layernorm_forward(x, x[0], x[1])
     _, sm_cache = dispatch.softmax_forward(x)
     _, ge_cache = dispatch.gelu_forward(x)
-    _, ce_cache = ops.cross_entropy_forward(x, np.zeros(4, int))
+    _, ce_cache = dispatch.cross_entropy_forward(x, np.zeros(4, int))
     cases = [(layernorm, "layernorm_forward", lambda: dispatch.layernorm_forward(x, x[0], x[1])),
              (layernorm, "layernorm_backward", lambda: dispatch.layernorm_backward(x, ln_cache)),
              (softmax, "softmax_rows", lambda: dispatch.softmax_forward(x)),
              (softmax, "softmax_rows_backward", lambda: dispatch.softmax_backward(x, sm_cache)),
              (gelu, "gelu_forward", lambda: dispatch.gelu_forward(x)),
              (gelu, "gelu_backward", lambda: dispatch.gelu_backward(x, ge_cache)),
-             (softmax, "logsumexp_rows", lambda: ops.cross_entropy_forward(x, np.zeros(4, int))),
-             (softmax, "weighted_softmax_rows", lambda: ops.cross_entropy_backward(1.0, ce_cache)),
+             (softmax, "logsumexp_rows", lambda: dispatch.cross_entropy_forward(x, np.zeros(4, int))),
+             (softmax, "weighted_softmax_rows", lambda: dispatch.cross_entropy_backward(1.0, ce_cache)),
              (optim, "adam_step", lambda: AdamW(params).step(grads)),
              (softmax, "scaled_causal_softmax_rows", lambda: ops.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3)),
              (embedding, "embedding_backward", lambda: ops.embedding_backward(x, ops.embedding_forward(
