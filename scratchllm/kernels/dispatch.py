@@ -15,8 +15,10 @@ import functools
 
 from .. import ops
 from ..ops import cross_entropy as cross_entropy_op
+from ..ops import embedding as embedding_op
 from ..ops import gelu as gelu_op
 from ..ops import layernorm as layernorm_op
+from ..ops import linear as linear_op
 from ..ops import softmax as softmax_op
 from ..ops._checks import check_dout
 from .registry import pick, pick_backward
@@ -70,12 +72,51 @@ def cross_entropy_backward(dout, cache):
     return (impl.backward if impl else ops.cross_entropy_backward)(dout, cache)
 
 
+def embedding_forward(idx, table):
+    embedding_op.check_inputs(idx, table)
+    impl = pick("embedding", idx, table)
+    return (impl.forward if impl else ops.embedding_forward)(idx, table)
+
+
+def embedding_backward(dout, cache):
+    idx, (V, C), _ = cache
+    check_dout(dout, idx.shape + (C,))
+    impl = pick_backward("embedding", dout, cache)
+    return (impl.backward if impl else ops.embedding_backward)(dout, cache)
+
+
+def linear_forward(x, w, b=None):
+    linear_op.check_inputs(x, w, b)
+    impl = pick("linear", x, w, b)
+    return (impl.forward if impl else ops.linear_forward)(x, w, b)
+
+
+def linear_backward(dout, cache, dw_out=None):
+    """``ops.linear_backward``, and ``dw_out``: an array (Cin, Cout) of w's dtype to write dw into, which is then
+    returned as dw (GPT passes views of its flat gradient buffer: no copy afterwards); None: a new array."""
+    x, w, _ = cache
+    check_dout(dout, x.shape[:-1] + (w.shape[1],))
+    if dw_out is not None and (not hasattr(dw_out, "shape") or dw_out.shape != w.shape or dw_out.dtype != w.dtype):
+        raise ValueError(f"dw_out must be an array of shape {w.shape} and dtype {w.dtype}; got "
+                         f"{getattr(dw_out, 'shape', type(dw_out).__name__)} {getattr(dw_out, 'dtype', '')}".rstrip())
+    impl = pick_backward("linear", dout, cache)
+    if impl:
+        return impl.backward(dout, cache, dw_out=dw_out)  # linear's implementations write into dw_out
+    dx, dw, db = ops.linear_backward(dout, cache)
+    if dw_out is not None:
+        dw_out[...] = dw
+        dw = dw_out
+    return dx, dw, db
+
+
 # the textbook function -> the one here that dispatches it
 DISPATCHED = {
     ops.layernorm_forward: layernorm_forward, ops.layernorm_backward: layernorm_backward,
     ops.gelu_forward: gelu_forward, ops.gelu_backward: gelu_backward,
     ops.softmax_forward: softmax_forward, ops.softmax_backward: softmax_backward,
     ops.cross_entropy_forward: cross_entropy_forward, ops.cross_entropy_backward: cross_entropy_backward,
+    ops.embedding_forward: embedding_forward, ops.embedding_backward: embedding_backward,
+    ops.linear_forward: linear_forward, ops.linear_backward: linear_backward,
 }
 
 

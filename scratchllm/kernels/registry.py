@@ -30,7 +30,8 @@ REFERENCE = "reference"
 class Implementation:
     """One fast way to run an op. ``forward`` and ``backward`` are ``<op>_forward`` and ``<op>_backward`` of
     ``module`` (imported on first use); ``supports(*inputs, **options)`` says whether it takes a forward's
-    inputs, ``supports_backward(dout, cache)`` a backward's."""
+    inputs, ``supports_backward(dout, cache)`` a backward's (an implementation of one direction only says
+    False for the other)."""
 
     op: str
     name: str
@@ -99,6 +100,17 @@ IMPLEMENTATIONS = [
                    lambda logits, targets, ignore_index=-1: _numpy(logits),
                    lambda dout, cache: _numpy(cache[0]),
                    "NumPy in place, sums as matrix products, pieces of rows on every thread"),
+    Implementation("embedding", "numba", "scratchllm.kernels.cpu.embedding",
+                   lambda idx, table: False,  # the backward only: the gather is NumPy's
+                   lambda dout, cache: cpu_kernel_for(dout) and dout.dtype == cache[2] and dout.size > 0,
+                   "the backward's scatter-add in one loop over the tokens, columns dealt to the threads"),
+    Implementation("embedding", "numpy", "scratchllm.kernels.numpy.embedding",
+                   lambda idx, table: _numpy(idx, table), lambda dout, cache: _numpy(dout),
+                   "the gather in pieces on every thread; the zeroed table by memset on every core"),
+    Implementation("linear", "blas", "scratchllm.kernels.numpy.linear",
+                   lambda x, w, b=None: _numpy(x, w), lambda dout, cache: _numpy(dout, cache[0]),
+                   "one GEMM over all rows (MKL's sequential GEMM in a single-core shard), bias in place, "
+                   "dw into a given array"),
     Implementation("gelu", "cuda", "scratchllm.kernels.gelu",
                    lambda x, approximate="tanh": _cuda(x), lambda dout, cache: _cuda(cache[0], dout),
                    "one CUDA elementwise pass"),

@@ -52,7 +52,7 @@ CASES = {  # name -> (forward, backward, input builder(seed, dtype))
     "attention_kv": (ops.attention_forward, ops.attention_backward,  # 7 queries, the last of 23 positions
                      lambda s, d: (normal(s, (2, 2, 7, 4), d), normal(s + 1, (2, 2, 23, 4), d),
                                    normal(s + 2, (2, 2, 23, 4), d))),
-    "embedding": (ops.embedding_forward, ops.embedding_backward,  # 40 tokens of 9 ids: most ids repeat
+    "embedding": (dispatch.embedding_forward, dispatch.embedding_backward,  # 40 tokens of 9 ids: most ids repeat
                   lambda s, d: (np.random.default_rng(s).integers(0, 9, (4, 10)), normal(s, (9, 6), d))),
     "cross_entropy": (dispatch.cross_entropy_forward, dispatch.cross_entropy_backward,  # one ignored row
                       lambda s, d: (normal(s, (3, 5, 37), d, 3.0),
@@ -141,7 +141,7 @@ def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
              (softmax, "weighted_softmax_rows", lambda: dispatch.cross_entropy_backward(1.0, ce_cache)),
              (optim, "adam_step", lambda: AdamW(params).step(grads)),
              (softmax, "scaled_causal_softmax_rows", lambda: ops.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3)),
-             (embedding, "embedding_backward", lambda: ops.embedding_backward(x, ops.embedding_forward(
+             (embedding, "embedding_backward", lambda: dispatch.embedding_backward(x, dispatch.embedding_forward(
                  np.arange(4), x)[1]))]
     for module, name, call in cases:
         monkeypatch.setattr(module, name, broken)
@@ -311,7 +311,7 @@ def test_embedding_kernel_refuses_ids_outside_the_table(monkeypatch):
     for bad in (-1, 5):
         ids = np.array([[0, 1, 2], [3, 4, bad]])
         with pytest.raises(ValueError, match=r"\[0, 5\)"):
-            ops.embedding_backward(dout, (ids, (5, 4), np.float64))
+            dispatch.embedding_backward(dout, (ids, (5, 4), np.float64))
 
 
 def test_arrays_the_kernels_are_not_built_for_take_the_numpy_code(monkeypatch):

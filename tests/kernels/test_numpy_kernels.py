@@ -4,10 +4,14 @@
 import math
 
 import numpy as np
+import pytest
 
 from scratchllm import ops
+from scratchllm.kernels import dispatch
+from scratchllm.kernels.numpy import embedding as numpy_embedding
 from scratchllm.kernels.numpy import gelu
 from scratchllm.kernels.numpy.gelu import _normal_cdf_float32
+from tests.helpers import normal
 
 
 def test_float32_normal_cdf_equals_the_exact_one():
@@ -22,3 +26,38 @@ def test_float32_normal_cdf_equals_the_exact_one():
     out32, _ = gelu.gelu_forward(x, "none")
     out64, _ = ops.gelu_forward(x.astype(np.float64), "none")
     np.testing.assert_allclose(out32, out64, rtol=0, atol=4e-7 * 12)  # |x * dPhi| <= 12 * 3e-7
+
+
+def test_large_lookups_gathered_in_pieces_equal_plain_indexing(monkeypatch):
+    monkeypatch.setattr(numpy_embedding, "GATHER_PARALLEL_MIN", 1)
+    monkeypatch.setattr("scratchllm.threads.PARALLEL_MIN", 1)  # and on every thread, in pieces of 2 rows
+    monkeypatch.setattr("scratchllm.threads.PIECE", 8)
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((11, 8)).astype(np.float32)
+    idx = rng.integers(0, 11, (3, 7))
+    out, _ = dispatch.embedding_forward(idx, table)
+    np.testing.assert_array_equal(out, table[idx])
+    out, _ = dispatch.embedding_forward(idx, table[:, ::2])  # a strided table
+    np.testing.assert_array_equal(out, table[:, ::2][idx])
+    with pytest.raises(ValueError, match="outside"):
+        dispatch.embedding_forward(np.array([[0, 11]]), table)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dw_out_receives_dw_in_place(dtype):
+    x, w, b = normal(0, (2, 3, 4), dtype), normal(1, (4, 5), dtype), normal(2, (5,), dtype)
+    _, cache = dispatch.linear_forward(x, w, b)
+    dout = normal(3, (2, 3, 5), dtype)
+    dx, dw, db = dispatch.linear_backward(dout, cache)
+    flat = np.full(26, 7.0, dtype)  # a flat buffer with room around the view, as GPT's gradients
+    view = flat[3:23].reshape(4, 5)
+    dx2, dw2, db2 = dispatch.linear_backward(dout, cache, dw_out=view)
+    assert dw2 is view
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(dx2, dx)
+    np.testing.assert_array_equal(db2, db)
+    assert (flat[:3] == 7).all() and (flat[23:] == 7).all()  # nothing written outside the view
+    with pytest.raises(ValueError, match=r"dw_out must be an array of shape \(4, 5\)"):
+        dispatch.linear_backward(dout, cache, dw_out=np.zeros((5, 4), dtype))
+    with pytest.raises(ValueError, match="dw_out must be an array"):
+        dispatch.linear_backward(dout, cache, dw_out=np.zeros((4, 5), np.float16))

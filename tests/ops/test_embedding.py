@@ -49,20 +49,3 @@ def test_torch_oracle():
 def test_bad_ids_are_refused(idx, match):
     with pytest.raises((ValueError, TypeError), match=match):
         embedding_forward(idx, normal(0, (5, 2)))
-
-
-def test_large_lookups_gathered_in_pieces_equal_plain_indexing(monkeypatch):
-    from scratchllm.ops import embedding as embedding_module
-
-    monkeypatch.setattr(embedding_module, "GATHER_PARALLEL_MIN", 1)
-    monkeypatch.setattr("scratchllm.threads.PARALLEL_MIN", 1)  # and on every thread, in pieces of 2 rows
-    monkeypatch.setattr("scratchllm.threads.PIECE", 8)
-    rng = np.random.default_rng(0)
-    table = rng.standard_normal((11, 8)).astype(np.float32)
-    idx = rng.integers(0, 11, (3, 7))
-    out, _ = embedding_forward(idx, table)
-    np.testing.assert_array_equal(out, table[idx])
-    out, _ = embedding_forward(idx, table[:, ::2])  # a strided table
-    np.testing.assert_array_equal(out, table[:, ::2][idx])
-    with pytest.raises(ValueError, match="outside"):
-        embedding_forward(np.array([[0, 11]]), table)

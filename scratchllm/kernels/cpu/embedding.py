@@ -1,5 +1,6 @@
 """The embedding backward (a scatter-add of rows) as a Numba CPU kernel. Reference:
-``scratchllm/ops/embedding.py`` (through ``backend.index_sum``, which sorts the ids and sums runs of rows).
+``scratchllm/ops/embedding.py`` (a scatter-add into zeros; ``kernels/numpy/embedding.py`` sorts the ids and
+sums runs of rows).
 
 One loop over the tokens adds each row of dout into its id's row of the zeroed table, in token order, so
 every id's rows are summed in their original order, as the reference sums them. The columns are dealt out to
@@ -27,7 +28,7 @@ def _scatter_rows(ids, values, table, c0, c1):
 
 
 def embedding_backward(dout, cache):
-    """``ops.embedding_backward`` on NumPy arrays (dout checked by the op): ``(None, dtable)``."""
+    """``ops.embedding_backward`` on NumPy arrays (dout checked by the dispatch): ``(None, dtable)``."""
     idx, (V, C), dtype = cache
     ids = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)  # (N,)
     if ids.size and (ids.min() < 0 or ids.max() >= V):  # the kernel does not check its writes: we do
