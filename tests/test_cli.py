@@ -63,3 +63,21 @@ def test_info_prints_backend_versions_blas_threads_gpu():
     assert p.returncode == 0, p.stderr
     for word in ("backend", "numpy", np.__version__, "blas", "threads", "gpu"):
         assert word in p.stdout
+
+
+def test_info_lists_every_ops_implementations_and_what_runs():
+    from scratchllm import kernels
+
+    p = run_cli("info")
+    rows = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines() if line.startswith("  ")}
+    for name, op in ops.OPS.items():
+        listed = [n.strip("[]") for n in rows[name] if not n.startswith("(")]
+        want = [*kernels.implementations(op.family), kernels.REFERENCE]
+        assert listed[:len(want)] == want, name
+        chosen = [n.strip("[]") for n in rows[name] if n.startswith("[")]
+        assert chosen == [kernels.select(op.family, *op.make_inputs(dtype="float32"),
+                                         **getattr(op.forward, "keywords", {}))], name
+    p = subprocess.run([sys.executable, "-m", "scratchllm", "info"], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "SCRATCHLLM_KERNELS": "0"})
+    assert all("[reference]" in line for line in p.stdout.splitlines()
+               if line.startswith("  ") and line.split()[0] in ops.OPS)

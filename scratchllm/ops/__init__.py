@@ -43,6 +43,14 @@ class Op:
     input_names: tuple = ()
     doc: str = ""
 
+    @property
+    def family(self) -> str:
+        """The textbook op this entry runs (``gelu`` for ``gelu_erf``): the name its fast implementations are
+        registered under in ``scratchllm/kernels/registry.py``."""
+        fn = getattr(self.forward, "func", self.forward)  # variants are functools.partial ...
+        fn = getattr(fn, "__wrapped__", fn)  # ... or a small function that binds options
+        return fn.__name__.removesuffix("_forward")
+
     def make_inputs(self, sizes=None, dtype="float64", seed=0, xp=np):
         unknown = set(sizes or {}) - set(self.default_sizes)
         if unknown:

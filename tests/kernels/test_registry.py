@@ -18,16 +18,10 @@ TOL = {np.float32: 2e-5, np.float64: 1e-12}
 LARGE = dict(N=512, C=520, B=4, T=128, V=520, H=4, D=32, Cin=256, Cout=260)
 
 
-def textbook_name(fn):
-    """layernorm for ops.layernorm_forward and for a functools.partial of it."""
-    fn = fn.func if isinstance(fn, functools.partial) else fn
-    return fn.__name__.removesuffix("_forward")
-
-
 def cases():
     """(registry entry, implementation) for every OPS entry whose textbook op has implementations."""
     for name, op in OPS.items():
-        for impl in kernels.implementations(textbook_name(op.forward)).values():
+        for impl in kernels.implementations(op.family).values():
             yield pytest.param(name, impl.name, id=f"{name}-{impl.name}")
 
 
@@ -70,7 +64,7 @@ def assert_close(got, want, dtype, what):
 @pytest.mark.parametrize("name, impl_name", list(cases()))
 def test_implementation_equals_the_textbook(name, impl_name, dtype, size, layout):
     op = OPS[name]
-    impl = kernels.implementations(textbook_name(op.forward))[impl_name]
+    impl = kernels.implementations(op.family)[impl_name]
     sizes = {k: v for k, v in LARGE.items() if k in op.default_sizes} if size == "large" else None
     inputs = op.make_inputs(sizes, dtype=np.dtype(dtype).name, seed=5)
     if layout == "strided":
@@ -134,6 +128,6 @@ def test_every_implementation_is_listed_once_and_loads():
     for impl in registry.IMPLEMENTATIONS:
         assert (impl.op, impl.name) not in seen
         seen.add((impl.op, impl.name))
-        assert impl.op in {textbook_name(op.forward) for op in OPS.values()}
+        assert impl.op in {op.family for op in OPS.values()}
         assert impl.doc
     assert len(seen) >= 6
