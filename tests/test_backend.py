@@ -160,3 +160,18 @@ def test_index_sum_into_a_large_table_is_zero_outside_the_indices():
     expected = np.zeros((40_000, 64), np.float32)
     np.add.at(expected, ids, values)
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_importing_the_package_is_cheap_and_its_names_still_work():
+    import subprocess
+    import sys
+
+    code = ("import sys, scratchllm\n"
+            "assert [m for m in sys.modules if m.startswith('scratchllm')] == ['scratchllm'], sys.modules.keys()\n"
+            "assert not {'numba', 'cupy', 'torch', 'numpy'} & set(sys.modules)\n"
+            "from scratchllm import GPT, GPTConfig, AdamW, GradcheckError, gradcheck, get_xp, load_hf_gpt2\n"
+            "import scratchllm.gradcheck as g\n"
+            "assert g is gradcheck and callable(gradcheck) and GPT.__name__ == 'GPT'\n"
+            "assert 'numba' not in sys.modules\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
