@@ -53,3 +53,16 @@ def test_kernels_on_every_core_give_the_one_thread_bits(name, dtype, piece, monk
             assert b is None
         else:
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_first_compile_is_announced_once(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cpu, "_ANNOUNCED", [])
+    monkeypatch.setattr(cpu, "CACHE_DIR", str(tmp_path / "not-yet"))
+    cpu.announce_first_compile()
+    cpu.announce_first_compile()
+    err = capsys.readouterr().err
+    assert err.count("compiling the CPU kernels (first run only") == 1 and str(tmp_path) in err
+    monkeypatch.setattr(cpu, "_ANNOUNCED", [])
+    monkeypatch.setattr(cpu, "CACHE_DIR", str(tmp_path))  # a cache that exists: nothing to say
+    cpu.announce_first_compile()
+    assert capsys.readouterr().err == ""

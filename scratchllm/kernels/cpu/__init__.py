@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,26 @@ def _tbb_layer() -> bool:
     return _TBB[0]
 
 
+_ANNOUNCED = []
+
+
+def announce_first_compile() -> None:
+    """Say once on stderr that the kernels compile now, when their disk cache does not exist yet (a fresh
+    install, or an edit of these files): a first training step otherwise pauses for seconds, silently."""
+    if not _ANNOUNCED:
+        _ANNOUNCED.append(not os.path.isdir(CACHE_DIR))
+        if _ANNOUNCED[0]:
+            print(f"scratchllm: compiling the CPU kernels (first run only, about a second per kernel; cached in "
+                  f"{CACHE_DIR})", file=sys.stderr)
+
+
 def jit(signatures=None, **options):
     """``numba.njit`` with the kernels' ``OPTIONS`` (plus ``options``, e.g. fastmath), its machine code cached
     on disk in ``CACHE_DIR`` (Numba reads its cache setting when a function is decorated). ``signatures``:
     compile these at once and only these (arrays of any layout then share one compiled function)."""
     import numba
+
+    announce_first_compile()
 
     def decorate(fn):
         saved = numba.config.CACHE_DIR
