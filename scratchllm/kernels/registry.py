@@ -14,6 +14,7 @@ Modules load on first use, so listing the registry imports neither Numba nor CuP
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,11 +43,16 @@ class Implementation:
 
     @property
     def forward(self) -> Callable:
-        return getattr(importlib.import_module(self.module), f"{self.op}_forward")
+        return getattr(_loaded(self.module), f"{self.op}_forward")
 
     @property
     def backward(self) -> Callable:
-        return getattr(importlib.import_module(self.module), f"{self.op}_backward")
+        return getattr(_loaded(self.module), f"{self.op}_backward")
+
+
+def _loaded(module: str):
+    """The module, imported on first use (a dict look-up afterwards: the dispatch asks at every call)."""
+    return sys.modules.get(module) or importlib.import_module(module)
 
 
 # ----------------------------------------------------------------------------------------- eligibility
