@@ -1,18 +1,18 @@
-"""Optional fused CUDA kernels for the hot ops, through CuPy. Each has its xp op in ``scratchllm/ops/`` (or
-the update rule in ``scratchllm/optim.py``) as its reference, with the same signature, return values and
-cache layout, so a kernel forward's cache also works with the xp backward and the other way round.
+"""Fast implementations of the ops, each registered for its op with the rule of which inputs it takes
+(``registry.py``: ``implementations(op)``, ``select(op, *inputs)``), run by ``dispatch.py`` under the textbook's
+names; docs/architecture.md. Every one has its op in ``scratchllm/ops/`` as its reference, with the same
+signature, return values and cache layout, so a fast forward's cache also works with the textbook backward and
+the other way round (``tests/kernels/test_registry.py``).
 
-Dispatch: each op checks, at the top of its forward and backward, ``xp is not np and kernels.enabled()``
-and then calls the kernel here. ``enabled()`` is True when CuPy imports AND a GPU really computes AND the
-environment variable ``SCRATCHLLM_KERNELS`` is not ``"0"`` (set it to 0 to compare with the plain CuPy ops).
+Where they live: ``numpy/`` (NumPy rewrites), ``cpu/`` (Numba kernels and the compiled MKL caller), and the CUDA
+families below (through CuPy). ``SCRATCHLLM_KERNELS=0`` turns every one off; ``status()``/``cpu_status()`` say
+whether the CUDA and CPU kernels can run here, and why (not).
 
-The same switch turns off the fused CPU kernels (``scratchllm/kernels/cpu/``, compiled by Numba when it is
-installed), which the ops dispatch NumPy arrays to when ``cpu_enabled()``.
-
-Importing this package does not import cupy: the families (``layernorm``, ``softmax``, ``gelu``,
-``cross_entropy``, ``optim``) are loaded on first use, and their CUDA sources are plain module-level strings
-that the tests compile with nvcc on a machine without a GPU. Float32 and float64 are both compiled (C++
-templates, or the ElementwiseKernel type placeholder). docs/gpu.md describes every kernel.
+The names ``layernorm_forward``, ``softmax_forward``, ... of this package are the raw CUDA kernels (the
+families ``layernorm``, ``softmax``, ``gelu``, ``cross_entropy``, ``optim``), loaded on first use: importing
+this package does not import cupy, and their CUDA sources are plain module-level strings that the tests compile
+with nvcc on a machine without a GPU. The dispatched ops are ``scratchllm.kernels.dispatch.layernorm_forward``
+etc. docs/gpu.md describes every CUDA kernel.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ def embedding_backward(dout, cache):
     idx, (V, C), dtype = cache
     check_dout(dout, idx.shape + (C,))
     dtable = get_xp(dout).zeros((V, C), dtype=dtype)  # (V, C)
-    scatter_add(dtable, idx.reshape(-1), dout.reshape(-1, C).astype(dtype, copy=False))  # dtable[idx] += dout
+    rows = dout.reshape(-1, C).astype(dtype, copy=False)  # (N, C) one row per token
+    scatter_add(dtable, idx.reshape(-1), rows)  # accumulates repeated ids (NumPy's dtable[idx] += rows would not)
     return None, dtable
 
 

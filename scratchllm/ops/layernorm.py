@@ -19,9 +19,10 @@ def layernorm_forward(x, w, b, eps=1e-5):
 
     Math (per row, over the C entries; var is the biased variance, as in PyTorch):
         mean = sum(x) / C
-        var  = sum((x - mean)^2) / C
+        xc   = x - mean
+        var  = sum(xc^2) / C
         rstd = 1 / sqrt(var + eps)
-        norm = (x - mean) * rstd
+        norm = xc * rstd
         out  = norm * w + b
     """
     check_inputs(x, w, b)

@@ -34,18 +34,18 @@ def linear_backward(dout, cache):
     Shapes:
         dout (..., Cout)  ->  dx (..., Cin), dw (Cin, Cout), db (Cout,) or None
 
-    Math (rows of x flattened to N = prod(...)):
+    Math (x2, dout2: the rows of x and dout, leading axes flattened to N = prod(...)):
         dx = dout @ w.T
-        dw = x.T @ dout          (sum over every row)
-        db = sum(dout, rows)     (b is added to every row: its gradient sums over them)
+        dw = x2.T @ dout2        (a sum over every row)
+        db = sum(dout2, rows)    (b is added to every row: its gradient sums over them)
     """
     x, w, has_bias = cache
     Cin, Cout = w.shape
     check_dout(dout, x.shape[:-1] + (Cout,))
     dout = dout.astype(w.dtype, copy=False)
-    dout2 = dout.reshape(-1, Cout)  # (N, Cout)
+    x2, dout2 = x.reshape(-1, Cin), dout.reshape(-1, Cout)  # (N, Cin), (N, Cout)
     dx = dout @ w.T  # (..., Cin)
-    dw = x.reshape(-1, Cin).T @ dout2  # (Cin, Cout)
+    dw = x2.T @ dout2  # (Cin, Cout)
     db = dout2.sum(axis=0) if has_bias else None  # (Cout,)
     return dx, dw, db
 
