@@ -162,15 +162,13 @@ def cmd_info(args) -> int:
     print(f"shard GEMM {blas.status()[1]}")
     print("ops        fast implementations in order of preference (scratchllm/kernels/registry.py); [x] is what "
           "runs for the registry's float32 NumPy example, 'reference' the textbook in scratchllm/ops/")
-    from .kernels import registry
     from .ops import OPS
 
     for name, op in OPS.items():
         impls = kernels.implementations(op.family)
         chosen = kernels.select(op.family, *op.make_inputs(dtype="float32"), **getattr(op.forward, "keywords", {}))
         names = [f"[{n}]" if n == chosen else n for n in [*impls, kernels.REFERENCE]]
-        inside = " (its fast paths are still inside the op)" if op.family in registry.NOT_YET_MOVED else ""
-        print(f"  {name:<20} {' '.join(names)}{inside}")
+        print(f"  {name:<20} {' '.join(names)}")
     return 0
 
 

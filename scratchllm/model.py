@@ -18,10 +18,10 @@ from .backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_
 from .flat import add_into, buffer_root, empty_flat, flatten_params
 from .shards import RemoteCache, ShardWorkers, default_mode, processes_supported, shared_empty
 from .threads import cpu_threads, parallel_chunks, parallel_map, shard_bounds
-from .kernels.dispatch import (cross_entropy_backward, cross_entropy_forward, embedding_backward, embedding_forward,
-                               gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
-                               linear_forward)
-from .ops import attention_blocked_backward, attention_blocked_forward, dropout_backward, dropout_forward
+from .kernels.dispatch import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
+                               cross_entropy_forward, embedding_backward, embedding_forward, gelu_backward,
+                               gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+from .ops import dropout_backward, dropout_forward
 
 DTYPES = ("float32", "float64")
 # Causal attention runs in query blocks of this many rows (ops/attention_blocked.py): it skips most of the

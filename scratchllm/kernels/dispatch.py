@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 
 from .. import ops
+from ..ops import attention as attention_op
+from ..ops import attention_blocked as attention_blocked_op
 from ..ops import cross_entropy as cross_entropy_op
 from ..ops import embedding as embedding_op
 from ..ops import gelu as gelu_op
@@ -109,6 +111,45 @@ def linear_backward(dout, cache, dw_out=None):
     return dx, dw, db
 
 
+def attention_forward(q, k, v, causal=True, dropout=0.0, rng=None):
+    attention_op.check_inputs(q, k, v, causal, dropout, rng)
+    impl = pick("attention", q, k, v, causal=causal, dropout=dropout, rng=rng)
+    return (impl.forward if impl else ops.attention_forward)(q, k, v, causal, dropout, rng)
+
+
+def attention_backward(dout, cache):
+    check_dout(dout, cache[0].shape)
+    impl = pick_backward("attention", dout, cache)
+    return (impl.backward if impl else ops.attention_backward)(dout, cache)
+
+
+def attention_blocked_forward(q, k, v, dropout=0.0, rng=None, block=64):
+    attention_blocked_op.check_inputs(q, k, v, dropout, rng, block)
+    impl = pick("attention_blocked", q, k, v, dropout=dropout, rng=rng, block=block)
+    return (impl.forward if impl else ops.attention_blocked_forward)(q, k, v, dropout, rng, block)
+
+
+def attention_blocked_backward(dout, cache, out=None):
+    """``ops.attention_blocked_backward``, and ``out``: three arrays (dq, dk, dv) of the gradients' shapes and q's
+    dtype, of any layout, apart from each other and from dout, to write the gradients into (then returned): GPT
+    passes the three (B, H, T, D) views of the (B, T, 3, H, D) array its qkv projection's backward reads."""
+    q, k, v = cache[:3]
+    check_dout(dout, q.shape)
+    if out is not None and (len(out) != 3 or any(getattr(o, "shape", None) != a.shape or getattr(o, "dtype", None)
+                                                 != q.dtype for o, a in zip(out, (q, k, v)))):
+        raise ValueError(f"out must be three arrays (dq, dk, dv) of shapes {(q.shape, k.shape, v.shape)} and "
+                         f"dtype {q.dtype}")
+    impl = pick_backward("attention_blocked", dout, cache)
+    if impl:
+        return impl.backward(dout, cache, out=out)  # the blocked implementations write into out
+    grads = ops.attention_blocked_backward(dout, cache)
+    if out is None:
+        return grads
+    for o, g in zip(out, grads):
+        o[...] = g
+    return tuple(out)
+
+
 # the textbook function -> the one here that dispatches it
 DISPATCHED = {
     ops.layernorm_forward: layernorm_forward, ops.layernorm_backward: layernorm_backward,
@@ -117,12 +158,17 @@ DISPATCHED = {
     ops.cross_entropy_forward: cross_entropy_forward, ops.cross_entropy_backward: cross_entropy_backward,
     ops.embedding_forward: embedding_forward, ops.embedding_backward: embedding_backward,
     ops.linear_forward: linear_forward, ops.linear_backward: linear_backward,
+    ops.attention_forward: attention_forward, ops.attention_backward: attention_backward,
+    ops.attention_blocked_forward: attention_blocked_forward, ops.attention_blocked_backward: attention_blocked_backward,
 }
 
 
 def dispatched(fn):
-    """The dispatched counterpart of a textbook ``fn`` (a partial keeps its bound arguments), else ``fn``."""
+    """The dispatched counterpart of a textbook ``fn`` (a partial keeps its bound arguments, a registry wrapper
+    with ``.rebind`` its binding), else ``fn``."""
     if isinstance(fn, functools.partial):
         inner = DISPATCHED.get(fn.func)
         return functools.partial(inner, *fn.args, **fn.keywords) if inner else fn
+    if hasattr(fn, "rebind") and getattr(fn, "__wrapped__", None) in DISPATCHED:
+        return fn.rebind(DISPATCHED[fn.__wrapped__])
     return DISPATCHED.get(fn, fn)

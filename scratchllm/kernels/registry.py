@@ -117,6 +117,23 @@ IMPLEMENTATIONS = [
                    lambda x, w, b=None: _numpy(x, w), lambda dout, cache: _numpy(dout, cache[0]),
                    "one GEMM over all rows (MKL's sequential GEMM in a single-core shard), bias in place, "
                    "dw into a given array"),
+    Implementation("attention", "cuda", "scratchllm.kernels.attention",
+                   lambda q, k, v, causal=True, dropout=0.0, rng=None: _cuda(q, k, v),
+                   lambda dout, cache: _cuda(cache[0], dout),
+                   "whole arrays; scale, causal mask and softmax in one CUDA pass"),
+    Implementation("attention", "numpy", "scratchllm.kernels.numpy.attention",
+                   lambda q, k, v, causal=True, dropout=0.0, rng=None: _numpy(q, k, v),
+                   lambda dout, cache: _numpy(cache[0], dout),
+                   "the (batch, head) matrices in pieces on every thread, MKL's GEMM, the scale-mask-softmax "
+                   "fused per row where Numba is installed"),
+    Implementation("attention_blocked", "cuda", "scratchllm.kernels.attention",
+                   lambda q, k, v, dropout=0.0, rng=None, block=64: _cuda(q, k, v),
+                   lambda dout, cache: _cuda(cache[0], dout),
+                   "each block's scale, mask and softmax in one CUDA pass"),
+    Implementation("attention_blocked", "numpy", "scratchllm.kernels.numpy.attention_blocked",
+                   lambda q, k, v, dropout=0.0, rng=None, block=64: _numpy(q, k, v),
+                   lambda dout, cache: _numpy(cache[0], dout),
+                   "each block as the attention's pieces; inputs read and outputs written in GPT's layouts"),
     Implementation("gelu", "cuda", "scratchllm.kernels.gelu",
                    lambda x, approximate="tanh": _cuda(x), lambda dout, cache: _cuda(cache[0], dout),
                    "one CUDA elementwise pass"),
@@ -127,10 +144,6 @@ IMPLEMENTATIONS = [
                    lambda x, approximate="tanh": _numpy(x), lambda dout, cache: _numpy(cache[0], dout),
                    "NumPy in place, pieces on every thread; float32 erf by a rational approximation"),
 ]
-
-# Ops whose fast paths are still written inside their op file, not yet registered here (the move of issue 15
-# continues with them): `scratchllm info` says so.
-NOT_YET_MOVED = ("attention", "attention_blocked")
 
 _BY_OP: dict = {}
 for _impl in IMPLEMENTATIONS:

@@ -98,13 +98,17 @@ def _cross_entropy_inputs(rng, dtype, B, T, V):
     return logits, targets
 
 
-def _attention_in_8_blocks(q, k, v):
-    """``attention_blocked_forward`` with the queries in blocks of ceil(T / 8) rows, at least 2: up to 8
-    blocks (3 at the registry's T=5), and blocks of 128 rows at GPT-2's T=1024."""
-    return attention_blocked_forward(q, k, v, block=max(2, -(-q.shape[2] // 8)))
+def in_8_blocks(forward):
+    """``forward`` (``attention_blocked_forward``, or an implementation of it) with the queries in blocks of
+    ceil(T / 8) rows, at least 2: up to 8 blocks (3 at the registry's T=5), and blocks of 128 rows at GPT-2's
+    T=1024. ``.rebind(other)`` makes the same binding of another forward (the dispatch's, a kernel's)."""
 
+    def run(q, k, v):
+        return forward(q, k, v, block=max(2, -(-q.shape[2] // 8)))
 
-_attention_in_8_blocks.__wrapped__ = attention_blocked_forward  # the op it binds (inspect.unwrap's convention)
+    run.__wrapped__ = forward  # the op it binds (inspect.unwrap's convention)
+    run.rebind = in_8_blocks
+    return run
 
 
 # Former registry names -> current ones. "attention_full" read like gradcheck's mode "full"; it is the
@@ -150,7 +154,7 @@ OPS: dict[str, Op] = _Registry({
            dict(N=4, C=6), ("x",), "p=0.25, a fixed seeded mask"),
         Op("attention_dropout", functools.partial(attention_forward, dropout=0.2, rng=99), attention_backward,
            _attention_inputs, dict(B=2, H=2, T=4, D=3), ("q", "k", "v"), "causal, dropout 0.2 on the weights"),
-        Op("attention_blocked", _attention_in_8_blocks, attention_blocked_backward, _attention_inputs,
+        Op("attention_blocked", in_8_blocks(attention_blocked_forward), attention_blocked_backward, _attention_inputs,
            dict(B=2, H=2, T=5, D=3), ("q", "k", "v"), "causal, queries in blocks of ceil(T/8) >= 2 rows "
            "(3 blocks at T=5)"),
         Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,

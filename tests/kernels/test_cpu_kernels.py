@@ -18,7 +18,6 @@ pytest.importorskip("numba")
 from scratchllm import kernels, ops  # noqa: E402
 from scratchllm.kernels import dispatch  # noqa: E402
 from scratchllm.kernels.cpu import _math  # noqa: E402
-from scratchllm.ops.attention_blocked import attention_blocked_backward, attention_blocked_forward  # noqa: E402
 from tests.helpers import assert_gradcheck, normal, random_dout, seeds  # noqa: E402
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -45,11 +44,11 @@ CASES = {  # name -> (forward, backward, input builder(seed, dtype))
     "gelu": (dispatch.gelu_forward, dispatch.gelu_backward, lambda s, d: (normal(s, (6, 41), d, 3.0),)),
     "gelu_erf": (lambda x: dispatch.gelu_forward(x, approximate="none"), dispatch.gelu_backward,
                  lambda s, d: (normal(s, (6, 41), d, 3.0),)),
-    "attention": (ops.attention_forward, ops.attention_backward,
+    "attention": (dispatch.attention_forward, dispatch.attention_backward,
                   lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
-    "attention_noncausal": (lambda q, k, v: ops.attention_forward(q, k, v, causal=False), ops.attention_backward,
+    "attention_noncausal": (lambda q, k, v: dispatch.attention_forward(q, k, v, causal=False), dispatch.attention_backward,
                        lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
-    "attention_kv": (ops.attention_forward, ops.attention_backward,  # 7 queries, the last of 23 positions
+    "attention_kv": (dispatch.attention_forward, dispatch.attention_backward,  # 7 queries, the last of 23 positions
                      lambda s, d: (normal(s, (2, 2, 7, 4), d), normal(s + 1, (2, 2, 23, 4), d),
                                    normal(s + 2, (2, 2, 23, 4), d))),
     "embedding": (dispatch.embedding_forward, dispatch.embedding_backward,  # 40 tokens of 9 ids: most ids repeat
@@ -58,7 +57,8 @@ CASES = {  # name -> (forward, backward, input builder(seed, dtype))
                       lambda s, d: (normal(s, (3, 5, 37), d, 3.0),
                                     np.where(np.arange(15).reshape(3, 5) == 4, -1,
                                              np.random.default_rng(s).integers(0, 37, (3, 5))))),
-    "attention_blocked": (lambda q, k, v: attention_blocked_forward(q, k, v, block=5), attention_blocked_backward,
+    "attention_blocked": (lambda q, k, v: dispatch.attention_blocked_forward(q, k, v, block=5),
+                          dispatch.attention_blocked_backward,
                           lambda s, d: tuple(normal(s + i, (2, 3, 19, 4), d) for i in range(3))),
 }
 
@@ -140,7 +140,7 @@ def test_the_ops_really_dispatch_to_the_kernels(monkeypatch):
              (softmax, "logsumexp_rows", lambda: dispatch.cross_entropy_forward(x, np.zeros(4, int))),
              (softmax, "weighted_softmax_rows", lambda: dispatch.cross_entropy_backward(1.0, ce_cache)),
              (optim, "adam_step", lambda: AdamW(params).step(grads)),
-             (softmax, "scaled_causal_softmax_rows", lambda: ops.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3)),
+             (softmax, "scaled_causal_softmax_rows", lambda: dispatch.attention_forward(*(x.reshape(1, 1, 4, 32),) * 3)),
              (embedding, "embedding_backward", lambda: dispatch.embedding_backward(x, dispatch.embedding_forward(
                  np.arange(4), x)[1]))]
     for module, name, call in cases:
@@ -362,6 +362,6 @@ def test_a_nan_score_in_a_future_key_does_not_reach_earlier_queries(monkeypatch)
     k[0, 0, 3, 0] = np.nan  # key 3: only query 3 sees it
     for switch in ("1", "0"):
         monkeypatch.setenv(kernels.ENV_VAR, switch)
-        for out in (ops.attention_forward(q, k, q)[0], attention_blocked_forward(q, k, q, block=2)[0]):
+        for out in (dispatch.attention_forward(q, k, q)[0], dispatch.attention_blocked_forward(q, k, q, block=2)[0]):
             assert np.isnan(out).any(-1).ravel().tolist() == [False, False, False, True], switch
 

@@ -202,8 +202,8 @@ def test_ops_dispatch_cupy_arrays_to_the_kernels_unless_turned_off(monkeypatch, 
     calls = []
     real = getattr(kernels, name)
     spy = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
-    monkeypatch.setattr(kernels, name, spy)  # what an op calls ...
-    monkeypatch.setattr(importlib.import_module(real.__module__), name, spy)  # ... and what the registry loads
+    monkeypatch.setattr(kernels, name, spy)  # the package's name ...
+    monkeypatch.setattr(importlib.import_module(real.__module__), name, spy)  # ... and the one implementations call
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     forward(*inputs)
     assert calls, f"{op_name} did not use kernels.{name}"

@@ -61,3 +61,43 @@ def test_dw_out_receives_dw_in_place(dtype):
         dispatch.linear_backward(dout, cache, dw_out=np.zeros((5, 4), dtype))
     with pytest.raises(ValueError, match="dw_out must be an array"):
         dispatch.linear_backward(dout, cache, dw_out=np.zeros((4, 5), np.float16))
+
+
+@pytest.mark.parametrize("T, extra, block", [(256, 0, 64), (300, 5, 64), (520, 3, 128)])
+def test_long_blocked_attention_equals_the_whole_matrix(T, extra, block):
+    """The blocked attention GPT runs (the CPU implementation at its block sizes) against the textbook's whole
+    T x Tk matrix, with more keys than queries too."""
+    q = normal(0, (1, 2, T, 4))
+    k, v = normal(1, (1, 2, T + extra, 4)), normal(2, (1, 2, T + extra, 4))
+    dout = normal(3, q.shape)
+    out, cache = dispatch.attention_blocked_forward(q, k, v, block=block)
+    grads = dispatch.attention_blocked_backward(dout, cache)
+    ref, ref_cache = ops.attention_forward(q, k, v)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
+    for g, r in zip(grads, ops.attention_backward(dout, ref_cache)):
+        np.testing.assert_allclose(g, r, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("T, extra, block", [(9, 0, 4), (9, 3, 2), (6, 0, 6)])
+def test_blocked_attention_writes_its_gradients_into_out_views(T, extra, block):
+    """``out``: dq, dk, dv written into given arrays of any layout (GPT's: the thirds of a (B, T, 3, H, D)
+    array), the same numbers as new arrays; a wrong shape or dtype names the argument."""
+    B, H, D = 2, 3, 4
+    qkv = normal(0, (B, T + extra, 3 * H * D))
+    q, k, v = qkv.reshape(B, T + extra, 3, H, D).transpose(2, 0, 3, 1, 4)  # (B, H, T + extra, D) views
+    q = q[:, :, extra:]  # the last T positions query all T + extra keys
+    out, cache = dispatch.attention_blocked_forward(q, k, v, block=block)
+    dout = normal(1, out.shape)
+    expected = dispatch.attention_blocked_backward(dout, cache)
+    buf = np.full((B, T + extra, 3, H, D), 5.0)
+    views = (buf[:, extra:, 0].transpose(0, 2, 1, 3), buf[:, :, 1].transpose(0, 2, 1, 3),
+             buf[:, :, 2].transpose(0, 2, 1, 3))
+    got = dispatch.attention_blocked_backward(dout, cache, out=views)
+    assert all(g is w for g, w in zip(got, views))
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-13)
+    assert (buf[:, :extra, 0] == 5.0).all()  # nothing written outside the views
+    with pytest.raises(ValueError, match="out must be three arrays"):
+        dispatch.attention_blocked_backward(dout, cache, out=views[:2])
+    with pytest.raises(ValueError, match="out must be three arrays"):
+        dispatch.attention_blocked_backward(dout, cache, out=(views[0].astype(np.float32),) + views[1:])

@@ -29,9 +29,12 @@ def cases():
 
 
 def bind(fn, entry_forward):
-    """``fn`` with the options the registry entry binds (gelu_erf: approximate="none")."""
+    """``fn`` with the options the registry entry binds (gelu_erf: approximate="none"; attention_blocked: its
+    block size)."""
     if isinstance(entry_forward, functools.partial):
         return functools.partial(fn, *entry_forward.args, **entry_forward.keywords)
+    if hasattr(entry_forward, "rebind"):
+        return entry_forward.rebind(fn)
     return fn
 
 

@@ -79,28 +79,3 @@ def test_shape_errors_name_the_argument():
         attention_forward(np.zeros((2, 3, 4)), np.zeros((2, 3, 4)), np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="k and v must have shape"):
         attention_forward(np.zeros((1, 1, 3, 2)), np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 3, 4)))
-
-
-@pytest.mark.parametrize("T, extra", [(256, 0), (300, 5), (520, 3)])  # blocks of 64 rows; 128 from T = 512
-def test_long_causal_attention_runs_in_blocks_and_equals_the_whole_matrix(monkeypatch, T, extra):
-    from scratchllm.ops import attention as attention_module
-
-    q = normal(0, (1, 2, T, 4))
-    k, v = normal(1, (1, 2, T + extra, 4)), normal(2, (1, 2, T + extra, 4))
-    dout = normal(3, q.shape)
-    out, cache = attention_forward(q, k, v)
-    assert len(cache) == 1  # the query-block cache (attention_blocked)
-    grads = attention_backward(dout, cache)
-    monkeypatch.setattr(attention_module, "BLOCKED_MIN_T", math.inf)  # the whole T x Tk matrix
-    ref, ref_cache = attention_forward(q, k, v)
-    assert len(ref_cache) == 6
-    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
-    for g, r in zip(grads, attention_backward(dout, ref_cache)):
-        np.testing.assert_allclose(g, r, rtol=1e-11, atol=1e-13)
-
-
-def test_only_causal_attention_without_dropout_runs_in_blocks():
-    q, k, v = (normal(s, (1, 1, 256, 2)) for s in range(3))
-    assert len(attention_forward(q, k, v, causal=False)[1]) == 6
-    assert len(attention_forward(q, k, v, dropout=0.1, rng=0)[1]) == 6  # its masks are drawn for the whole matrix
-    assert len(attention_forward(q[:, :, :255], k, v)[1]) == 6  # below BLOCKED_MIN_T queries
