@@ -360,8 +360,9 @@ class GPT:
 
         Counts each distinct buffer once (views such as q, k, v of one qkv buffer share it) and leaves
         out the parameters, which caches only reference. For GPT at dropout 0 this is, per step,
-        ``B*T*(n_layer*(20*C + 2) + 2*C + 2 + V) * itemsize + n_layer*B*H*T*T * itemsize`` plus the
-        integer token ids, positions and targets (``docs/gpt_backward.md`` itemizes it).
+        ``B*T*(n_layer*(20*C + 2) + 2*C + 2 + V) * itemsize + n_layer*B*H*P(T) * itemsize`` plus the
+        integer token ids, positions and targets, with P(T) the attention weights the query blocks keep (T*T up
+        to ``ATTN_BLOCK`` queries; ``docs/gpt_backward.md`` itemizes it).
         """
         params = {id(buffer_root(v)) for v in self.params.values()}
         seen, total, stack = set(), 0, [cache]

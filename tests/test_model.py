@@ -7,7 +7,7 @@ import pytest
 
 from scratchllm.flat import flat_span
 from scratchllm.gradcheck import gradcheck
-from scratchllm.model import GPT, GPTConfig, param_shapes
+from scratchllm.model import ATTN_BLOCK, GPT, GPTConfig, param_shapes
 from scratchllm.shards import RemoteCache, processes_supported
 
 TINY = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
@@ -178,17 +178,24 @@ def test_assigning_params_changes_the_model():
     assert not np.allclose(before, model.forward(idx)[0])
 
 
+def attention_weights_kept(T, c):
+    """P(T) of docs/gpt_backward.md: the weights the query blocks of c rows keep, per (batch, head)."""
+    return sum((min(i0 + c, T) - i0) * min(i0 + c, T) for i0 in range(0, T, c))
+
+
 @pytest.mark.parametrize("mode", SHARD_MODES)
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_activation_bytes_match_the_documented_budget(threads, mode):
-    cfg = GPTConfig(vocab_size=65, block_size=16, n_layer=3, n_head=2, n_embd=16)
+@pytest.mark.parametrize("threads, T", [(1, 16), (2, 16), (3, 16), (1, 150), (2, 150)])
+def test_activation_bytes_match_the_documented_budget(threads, T, mode):
+    cfg = GPTConfig(vocab_size=65, block_size=T, n_layer=3, n_head=2, n_embd=16)
     model = GPT(cfg, backend="numpy")
     model.threads, model.shard_mode = threads, mode  # batch shards: the same activations, positions per shard
-    B, T = 4, 16
+    B = 4
     idx, targets = batch(cfg, B=B, T=T)
     cache = model.forward(idx, targets)[2]
     L, C, H, V = 3, 16, 2, 65
-    floats = B * T * (L * (20 * C + 2) + 2 * C + 2 + V) + L * B * H * T * T
+    P = attention_weights_kept(T, ATTN_BLOCK)
+    assert P == (T * T if T <= ATTN_BLOCK else 64 * 64 + 64 * 128 + 22 * 150)  # 150 = 64 + 64 + 22 rows
+    floats = B * T * (L * (20 * C + 2) + 2 * C + 2 + V) + L * B * H * P
     ints = 8 * B * T * 2 + B * T + 8 * T * threads  # idx, targets (int64), the kept mask (bool), positions
     if mode == "processes" and threads > 1:  # each worker process also keeps its own copy of its shard's ids
         ints += 8 * T * (B - B // threads)
