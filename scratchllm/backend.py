@@ -279,11 +279,4 @@ def device_info() -> dict:
         "cupy": cupy.__version__,
         "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
         "tf32": os.environ.get("CUPY_TF32", "0") == "1",  # CuPy's float32 matmuls in TF32 (off unless set)
-        "fused_kernels": _kernels_enabled(),
     }
-
-
-def _kernels_enabled() -> bool:
-    from . import kernels  # lazy: kernels imports this module
-
-    return kernels.enabled()

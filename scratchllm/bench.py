@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .blas import status as shard_gemm_status
+from . import kernels
 from .kernels import cpu_status
 from .backend import cupy_status, device_info, tune_host_allocator
 from .bench_load import OtherLoad, background_busy  # noqa: F401 (OtherLoad: part of bench's API)
@@ -231,7 +232,8 @@ def environment(torch=None) -> dict:
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
         "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
-        "cupy_usable": usable, "cupy_reason": reason, "gpu": device_info() if usable else {},
+        "cupy_usable": usable, "cupy_reason": reason,
+        "gpu": {**device_info(), "fused_kernels": kernels.enabled()} if usable else {},
     }
     return env
 

@@ -154,9 +154,10 @@ def cmd_info(args) -> int:
                   f"({pool.get('architecture', '')})")
     except ImportError:
         pass
-    gpu = device_info() if usable else {}
-    print("gpu        " + (", ".join(f"{k}={v}" for k, v in gpu.items()) if gpu else "none usable"))
     from . import blas, kernels
+
+    gpu = {**device_info(), "fused_kernels": kernels.enabled()} if usable else {}
+    print("gpu        " + (", ".join(f"{k}={v}" for k, v in gpu.items()) if gpu else "none usable"))
 
     print(f"kernels    CUDA: {kernels.status()[1]}; CPU: {kernels.cpu_status()[1]}")
     print(f"shard GEMM {blas.status()[1]}")

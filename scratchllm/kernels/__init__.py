@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import importlib
 
+from .cpu import cpu_status
 from .registry import REFERENCE, Implementation, implementations, select
-from .status import (ENV_VAR, _numba_reason, cpu_enabled, cpu_kernel_for, cpu_status, enabled, status,  # noqa: F401
+from .status import (ENV_VAR, _numba_reason, cpu_enabled, cpu_kernel_for, enabled, status,  # noqa: F401
                      switched_on)
 
 FAMILIES = ("layernorm", "softmax", "gelu", "cross_entropy", "optim")

@@ -43,25 +43,6 @@ def _numba_reason():
     return None
 
 
-def cpu_status() -> tuple[bool, str]:
-    """``(enabled, reason)``: whether the ops dispatch NumPy arrays to the fused CPU kernels, and why (not)."""
-    if os.environ.get(ENV_VAR, "1").strip() == "0":
-        return False, f"{ENV_VAR}=0 turns the fused kernels off"
-    reason = _numba_reason()
-    if reason is not None:
-        return False, f"no fused CPU kernels: {reason}"
-    from ..threads import cpu_threads
-    from .cpu import PRANGE_MIN, _tbb_layer
-
-    if cpu_threads() < 2:
-        where = "on one thread"
-    elif _tbb_layer():
-        where = f"on {cpu_threads()} threads from {PRANGE_MIN // 1024}K elements (Numba's TBB layer)"
-    else:
-        where = "on the Python threads (Numba's TBB layer not in use)"
-    return True, f"fused CPU kernels (Numba) on ({ENV_VAR}=0 turns them off), {where}"
-
-
 def cpu_enabled() -> bool:
     """True when NumPy arrays go to the fused CPU kernels (Numba imports, ``SCRATCHLLM_KERNELS`` != 0)."""
     return os.environ.get(ENV_VAR, "1").strip() != "0" and _numba_reason() is None

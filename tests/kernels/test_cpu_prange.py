@@ -56,13 +56,15 @@ def test_kernels_on_every_core_give_the_one_thread_bits(name, dtype, piece, monk
 
 
 def test_the_first_compile_is_announced_once(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cpu, "_ANNOUNCED", [])
-    monkeypatch.setattr(cpu, "CACHE_DIR", str(tmp_path / "not-yet"))
+    from scratchllm.kernels.cpu import compile as cpu_compile
+
+    monkeypatch.setattr(cpu_compile, "_ANNOUNCED", [])
+    monkeypatch.setattr(cpu_compile, "CACHE_DIR", str(tmp_path / "not-yet"))
     cpu.announce_first_compile()
     cpu.announce_first_compile()
     err = capsys.readouterr().err
     assert err.count("compiling the CPU kernels (first run only") == 1 and str(tmp_path) in err
-    monkeypatch.setattr(cpu, "_ANNOUNCED", [])
-    monkeypatch.setattr(cpu, "CACHE_DIR", str(tmp_path))  # a cache that exists: nothing to say
+    monkeypatch.setattr(cpu_compile, "_ANNOUNCED", [])
+    monkeypatch.setattr(cpu_compile, "CACHE_DIR", str(tmp_path))  # a cache that exists: nothing to say
     cpu.announce_first_compile()
     assert capsys.readouterr().err == ""

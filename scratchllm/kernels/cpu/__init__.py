@@ -27,39 +27,13 @@ lanes (like NumPy's pairwise sums, not the same order as a sequential loop).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 
-from ..status import cpu_kernel_for
-
-ZERO, ONE = np.float32(0.0), np.float32(1.0)
-REDUCE = {"reassoc", "contract"}  # fastmath flags: vectorized sums and fused multiply-adds
-# Numba options of every kernel: NumPy's error model (x / 0 gives inf, as in NumPy; Python's model would
-# check every division for ZeroDivisionError, and that branch keeps LLVM from vectorizing the loop), and no
-# GIL (the ops run kernels on every core in threads)
-OPTIONS = {"error_model": "numpy", "nogil": True}
-HERE = Path(__file__).parent
-
-
-def _cache_dir() -> str:
-    """Where the kernels' machine code is cached: a folder named after a hash of every file in this package
-    (and of ``blas.py``, whose layout checks ``gemm.py`` compiles in).
-
-    Numba keys a function's disk cache on that function's own source file only, not on the ``_math.py``
-    functions it inlines or the flags above; keyed on all of them, an edit anywhere here recompiles every
-    kernel instead of loading stale code. Next to the sources when that is writable, else in ~/.cache."""
-    sources = sorted(HERE.glob("*.py")) + [HERE.parent.parent / "blas.py"]  # gemm.py compiles blas's layout checks
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
-    base = HERE / "__pycache__" if os.access(HERE, os.W_OK) else Path.home() / ".cache" / "scratchllm"
-    return str(base / f"numba-{digest}")
-
-
-CACHE_DIR = _cache_dir()
-
+from ... import threads
+from ..status import ENV_VAR, _numba_reason, cpu_kernel_for
+from .compile import CACHE_DIR, ONE, OPTIONS, REDUCE, ZERO, announce_first_compile, jit  # noqa: F401 (kernels' names)
 
 # Kernels on every core through Numba's ``prange`` (the ``*_par`` drivers next to each kernel), from PRANGE_MIN
 # elements, in pieces of about PRANGE_PIECE (sizes fixed by the work, not the thread count, so sums over
@@ -74,8 +48,6 @@ PRANGE_PIECE = 1 << 14
 def prange_rows(n: int, size: int) -> int:
     """Rows per piece for a kernel's ``*_par`` driver over ``n`` rows (``size`` elements in all), after setting
     Numba's thread count; 0 when the kernel should not use it (then ``threads.parallel_chunks`` runs it)."""
-    from ... import threads
-
     if size < PRANGE_MIN or threads.in_line_active():
         return 0
     import numba
@@ -91,8 +63,6 @@ def run_rows(serial, par, arrays, extra, size):
     """``serial(*[a[r] for a in arrays], *extra)`` over every row range r of the arrays (rows on axis 0):
     through ``par(*arrays, *extra, rows)`` (its ``prange`` driver) where ``prange_rows`` says so, else in
     ``threads.parallel_chunks`` pieces. ``size``: the elements the work touches."""
-    from ... import threads
-
     n = arrays[0].shape[0]
     rows = prange_rows(n, size)
     if rows:
@@ -122,40 +92,6 @@ def _tbb_layer() -> bool:
     return _TBB[0]
 
 
-_ANNOUNCED = []
-
-
-def announce_first_compile() -> None:
-    """Say once on stderr that the kernels compile now, when their disk cache does not exist yet (a fresh
-    install, or an edit of these files): a first training step otherwise pauses for seconds, silently."""
-    if not _ANNOUNCED:
-        _ANNOUNCED.append(not os.path.isdir(CACHE_DIR))
-        if _ANNOUNCED[0]:
-            print(f"scratchllm: compiling the CPU kernels (first run only, about a second per kernel; cached in "
-                  f"{CACHE_DIR})", file=sys.stderr)
-
-
-def jit(signatures=None, **options):
-    """``numba.njit`` with the kernels' ``OPTIONS`` (plus ``options``, e.g. fastmath), its machine code cached
-    on disk in ``CACHE_DIR`` (Numba reads its cache setting when a function is decorated). ``signatures``:
-    compile these at once and only these (arrays of any layout then share one compiled function)."""
-    import numba
-
-    announce_first_compile()
-
-    def decorate(fn):
-        saved = numba.config.CACHE_DIR
-        numba.config.CACHE_DIR = CACHE_DIR
-        try:
-            if signatures is not None:
-                return numba.njit(signatures, cache=True, **OPTIONS, **options)(fn)
-            return numba.njit(cache=True, **OPTIONS, **options)(fn)
-        finally:
-            numba.config.CACHE_DIR = saved
-
-    return decorate
-
-
 def fused_rows(*arrays) -> bool:
     """True when the fused row kernels take these arrays (``cpu_kernel_for``): not empty, C-contiguous, of one
     dtype (rows of the last axis, viewed as (n, C) without a copy), and any two either the very same memory
@@ -165,3 +101,19 @@ def fused_rows(*arrays) -> bool:
             and cpu_kernel_for(*arrays)
             and all(not np.may_share_memory(a, b) or (a.shape == b.shape and a.ctypes.data == b.ctypes.data)
                     for i, a in enumerate(arrays) for b in arrays[i + 1:]))  # apart (checked first: cheaper)
+
+
+def cpu_status() -> tuple[bool, str]:
+    """``(enabled, reason)``: whether the ops dispatch NumPy arrays to the fused CPU kernels, and why (not)."""
+    if os.environ.get(ENV_VAR, "1").strip() == "0":
+        return False, f"{ENV_VAR}=0 turns the fused kernels off"
+    reason = _numba_reason()
+    if reason is not None:
+        return False, f"no fused CPU kernels: {reason}"
+    if threads.cpu_threads() < 2:
+        where = "on one thread"
+    elif _tbb_layer():
+        where = f"on {threads.cpu_threads()} threads from {PRANGE_MIN // 1024}K elements (Numba's TBB layer)"
+    else:
+        where = "on the Python threads (Numba's TBB layer not in use)"
+    return True, f"fused CPU kernels (Numba) on ({ENV_VAR}=0 turns them off), {where}"

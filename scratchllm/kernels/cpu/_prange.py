@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numba
 
-from . import jit
+from .compile import jit
 
 
 @jit(parallel=True)

@@ -4,7 +4,7 @@
 ctypes one call cost about 10 us of Python on the CI machine: checking the layouts, fetching three data
 pointers (``a.ctypes.data`` builds an object each time) and converting 14 arguments. A batch shard of
 nanoGPT's CPU recipe makes 75 such calls a step, so that was 0.75 ms of a 20 ms step. Here the layout
-checks (``blas.gemm_args``, the same Python function compiled) and the call itself run in Numba: about 1 us.
+checks (``gemm_layout.gemm_args``, the same Python function compiled) and the call itself run in Numba: about 1 us.
 
 MKL's functions are called through their addresses, which the caller passes in (``_c_call`` turns an
 address into a function pointer in LLVM IR), so the compiled code holds no address of this process and is
@@ -19,30 +19,30 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ... import blas
-from ...blas import ROW_MAJOR, gemm_args, stacks_args
-from . import jit
+from . import gemm_layout
+from .compile import jit
+from .gemm_layout import ROW_MAJOR, gemm_args, stacks_args
 
 
 # blas's layout functions, compiled into the callers below: the very Python code of the ctypes path
-@overload(blas._operand, jit_options={"error_model": "numpy"})
+@overload(gemm_layout._operand, jit_options={"error_model": "numpy"})
 def _operand(s0, s1, rows, cols, step):
-    return blas._operand
+    return gemm_layout._operand
 
 
-@overload(blas.gemm_args, jit_options={"error_model": "numpy"})
+@overload(gemm_layout.gemm_args, jit_options={"error_model": "numpy"})
 def _gemm_args(M, K, N, n, stacked, step, sa, sb, sc):
-    return blas.gemm_args
+    return gemm_layout.gemm_args
 
 
-@overload(blas.apart, jit_options={"error_model": "numpy"})
+@overload(gemm_layout.apart, jit_options={"error_model": "numpy"})
 def _apart(M, N, ldc, n_hi, s_hi, n_lo, s_lo):
-    return blas.apart
+    return gemm_layout.apart
 
 
-@overload(blas.stacks_args, jit_options={"error_model": "numpy"})
+@overload(gemm_layout.stacks_args, jit_options={"error_model": "numpy"})
 def _stacks_args(M, K, N, n_hi, n_lo, step, sa, sb, sc):
-    return blas.stacks_args
+    return gemm_layout.stacks_args
 
 
 # The C argument kinds: i = int, f = the real type, p = a pointer (Numba passes it as an integer address)
