@@ -25,10 +25,8 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -37,96 +35,11 @@ from .blas import status as shard_gemm_status
 from . import kernels
 from .kernels import cpu_status
 from .backend import cupy_status, device_info, tune_host_allocator
+from . import bench_ops, bench_train
 from .bench_load import OtherLoad, background_busy  # noqa: F401 (OtherLoad: part of bench's API)
+from .bench_timing import MIN_REPEAT_S, import_torch, l2_flusher, make_clock, measure, summarize  # noqa: F401
 from .shards import default_mode as shard_mode
 from .threads import cpu_threads
-
-MIN_REPEAT_S = 2e-3  # a CPU repeat lasts at least this long (more calls per repeat for tiny ops)
-
-
-def import_torch():
-    """torch, or None when it is not installed (tests hide it with ``sys.modules['torch'] = None``)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-# --------------------------------------------------------------------------------------------- clocks
-def make_clock(device: str):
-    """``clock(fn, number) -> seconds per call`` for ``device``: "cpu", "cupy" or "cuda" (torch)."""
-    if device == "cpu":
-        def clock(fn, number):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            return (time.perf_counter() - t0) / number
-        return clock
-    if device == "cupy":
-        import cupy
-
-        event, elapsed_ms = cupy.cuda.Event, cupy.cuda.get_elapsed_time
-    elif device == "cuda":
-        import torch
-
-        def event():
-            return torch.cuda.Event(enable_timing=True)
-
-        def elapsed_ms(a, b):
-            return a.elapsed_time(b)
-    else:
-        raise ValueError(f"unknown device {device!r}")
-
-    def gpu_clock(fn, number):
-        start, end = event(), event()
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        end.synchronize()
-        return elapsed_ms(start, end) / 1e3 / number
-    return gpu_clock
-
-
-def l2_flusher(device: str, mb: int = 256):
-    """A function that overwrites an ``mb`` MB device buffer (evicting L2), or None on the CPU."""
-    if device == "cupy":
-        import cupy
-
-        buf = cupy.empty(mb * 2**20 // 4, dtype=cupy.float32)
-        return lambda: buf.fill(0)
-    if device == "cuda":
-        import torch
-
-        buf = torch.empty(mb * 2**20 // 4, dtype=torch.float32, device="cuda")
-        return buf.zero_
-    return None
-
-
-def measure(fn, device="cpu", repeats=7, flush=None) -> dict:
-    """Warm up, then time ``fn`` ``repeats`` times; per-call seconds summarised (median, IQR, min)."""
-    clock = make_clock(device)
-    t = clock(fn, 1)  # warm-up: caches, allocator, kernel compilation on a GPU
-    if t < 0.25 or device != "cpu":  # calibrate on a warm call (a slow CPU call is its own calibration)
-        t = clock(fn, 1)
-    number = 1 if flush or t >= MIN_REPEAT_S else min(100_000, math.ceil(MIN_REPEAT_S / max(t, 1e-8)))
-    if number > 1:  # warm-up at the timed rhythm
-        clock(fn, number)
-    samples = []
-    for _ in range(repeats):
-        if flush:
-            flush()
-        samples.append(clock(fn, number))
-    return summarize(samples, number)
-
-
-def summarize(samples, number=1) -> dict:
-    q1, _, q3 = np.percentile(samples, [25, 50, 75]) if len(samples) > 1 else (samples[0],) * 3
-    return {"median_ms": 1e3 * statistics.median(samples), "iqr_ms": 1e3 * float(q3 - q1),
-            "min_ms": 1e3 * min(samples), "repeats": len(samples), "number": number,
-            "samples_ms": [round(1e3 * s, 6) for s in samples]}
-
 
 # ---------------------------------------------------------------------------------------- machine peaks
 def _best_s(fn, device):
@@ -243,7 +156,6 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
               batch=None, use_torch=True, flush_l2=False, train_configs=None, rounds=7, steps=None,
               progress=True, registry=None, peaks=None, argv=None) -> dict:
     """Run the suites; returns the JSON-ready result (``env``, ``peaks``, ``ops`` rows, ``train`` rows)."""
-    from . import bench_ops, bench_train
     from .backend import resolve_backend
 
     torch = import_torch() if use_torch else None
@@ -312,10 +224,10 @@ def markdown(result) -> str:
                          f"{p['peak_gbs']:.1f} GB/s ({p['copy_mb']} MB, read + write)")
     lines += [f"- note: {n}" for n in result["notes"]]
     if result.get("ops"):
-        from .bench_ops import ops_markdown
+        ops_markdown = bench_ops.ops_markdown
         lines += ["", ops_markdown(result["ops"])]
     if result.get("train"):
-        from .bench_train import train_markdown
+        train_markdown = bench_train.train_markdown
         lines += ["", train_markdown(result["train"])]
     return "\n".join(lines) + "\n"
 

@@ -52,7 +52,7 @@ import sys
 import numpy as np
 
 from .backend import to_numpy
-from .bench import measure
+from .bench_timing import l2_flusher, measure
 from .kernels.dispatch import dispatched
 
 CPU_BATCH = 4  # gpt2-small B on the CPU: every op checked and timed in about 2 minutes on 2 cores
@@ -240,8 +240,6 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2):
     del ref_out, ref_grads
     if not row["check"]["ok"]:
         return row
-
-    from .bench import l2_flusher
 
     flush = l2_flusher(device) if flush_l2 else None
     row["fwd"] = measure(lambda: forward(*inputs), device, repeats, flush)

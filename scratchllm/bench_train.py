@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from .bench import make_clock, summarize
+from .bench_timing import make_clock, summarize
 
 TRAIN_CONFIGS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
