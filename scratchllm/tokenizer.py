@@ -41,27 +41,13 @@ from pathlib import Path
 from .bpe_train import learn_merges, merge_pair
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-ENDOFTEXT = "<|endoftext|>"
 VERSION = 1
 DEFAULT_BPE_VOCAB = 1024
 _CACHE_MAX = 200_000  # chunk -> ids entries kept by ByteBPETokenizer.encode before the cache is cleared
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map (``encoder.py``); its key order is our byte-id order."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-_BYTE_TO_CHAR = bytes_to_unicode()
-BYTE_ORDER = tuple(_BYTE_TO_CHAR)  # BYTE_ORDER[id] is the byte that ids 0..255 stand for
+from .gpt2_vocab import (_BYTE_TO_CHAR, BYTE_ORDER, ENDOFTEXT, bytes_to_unicode,  # noqa: F401 (public names)
+                         read_vocab_merges, vocab_merges_to_table, write_vocab_merges)
 _BYTE_TO_ID = bytes(sorted(range(256), key=BYTE_ORDER.__getitem__))  # bytes.translate table: byte -> id
 
 
@@ -289,15 +275,12 @@ class ByteBPETokenizer:
     @classmethod
     def from_gpt2_files(cls, vocab_json, merges_txt) -> "ByteBPETokenizer":
         """GPT-2's ``vocab.json`` + ``merges.txt`` (or a Hugging Face ByteLevel BPE's); keeps the file's ids."""
-        from .gpt2_files import read_gpt2_files
-
-        return read_gpt2_files(vocab_json, merges_txt)
+        return cls(*vocab_merges_to_table(*read_vocab_merges(vocab_json, merges_txt)))
 
     def save_gpt2_files(self, directory) -> tuple[Path, Path]:
         """Write ``vocab.json`` and ``merges.txt`` (GPT-2's layout) into ``directory``; returns their paths."""
-        from .gpt2_files import write_gpt2_files
-
-        return write_gpt2_files(self, directory)
+        vocab = {self.id_to_token(i): i for i in range(self.vocab_size)}
+        return write_vocab_merges(directory, vocab, self.merge_tokens())
 
     def to_dict(self) -> dict:
         d = {"type": "byte_bpe", "version": VERSION, "pattern": GPT2_PATTERN, "byte_order": "gpt2",
