@@ -24,9 +24,8 @@ from .kernels.dispatch import (attention_blocked_backward, attention_blocked_for
 from .ops import dropout_backward, dropout_forward
 
 DTYPES = ("float32", "float64")
-# Causal attention runs in query blocks of this many rows (ops/attention_blocked.py): it skips most of the
-# masked upper triangle and gives attention_forward's numbers. 64 measured fastest at T = 256 on one core
-# (a batch shard's), 10 % faster than 128.
+# Causal attention runs in query blocks of this many rows (attention_blocked): it skips most of the masked upper
+# triangle, with attention_forward's numbers. 64 measured fastest at T = 256 on a shard's core, 10 % over 128.
 ATTN_BLOCK = 64
 
 
@@ -360,9 +359,8 @@ class GPT:
 
         Counts each distinct buffer once (views such as q, k, v of one qkv buffer share it) and leaves
         out the parameters, which caches only reference. For GPT at dropout 0 this is, per step,
-        ``B*T*(n_layer*(20*C + 2) + 2*C + 2 + V) * itemsize + n_layer*B*H*P(T) * itemsize`` plus the
-        integer token ids, positions and targets, with P(T) the attention weights the query blocks keep (T*T up
-        to ``ATTN_BLOCK`` queries; ``docs/gpt_backward.md`` itemizes it).
+        ``B*T*(n_layer*(20*C + 2) + 2*C + 2 + V) * itemsize + n_layer*B*H*P(T) * itemsize`` plus the int ids,
+        positions and targets; P(T): the weights the query blocks keep (``docs/gpt_backward.md`` itemizes it).
         """
         params = {id(buffer_root(v)) for v in self.params.values()}
         seen, total, stack = set(), 0, [cache]
