@@ -14,7 +14,6 @@ Modules load on first use, so listing the registry imports neither Numba nor CuP
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,9 +49,17 @@ class Implementation:
         return getattr(_loaded(self.module), f"{self.op}_backward")
 
 
+_LOADED: dict = {}
+
+
 def _loaded(module: str):
-    """The module, imported on first use (a dict look-up afterwards: the dispatch asks at every call)."""
-    return sys.modules.get(module) or importlib.import_module(module)
+    """The module, imported on first use (a dict look-up afterwards: the dispatch asks at every call). Only a
+    module whose import has finished is remembered: batch shards in threads may ask for one at once, and
+    ``sys.modules`` holds a module while another thread is still running its code (``import_module`` waits)."""
+    found = _LOADED.get(module)
+    if found is None:
+        found = _LOADED[module] = importlib.import_module(module)
+    return found
 
 
 # ----------------------------------------------------------------------------------------- eligibility

@@ -172,3 +172,21 @@ def test_every_implementation_is_listed_once_and_loads():
         assert impl.op in {op.family for op in OPS.values()}
         assert impl.doc
     assert len(seen) >= 6
+
+
+def test_batch_shards_in_threads_load_the_implementations_together():
+    """In a fresh interpreter the shards' threads ask the dispatch for the same kernel modules at once: each must
+    get the module after its import has finished (sys.modules holds it half-run meanwhile: AttributeError)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from scratchllm.model import GPT, GPTConfig\n"
+            "m = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32), backend='numpy')\n"
+            "m.threads, m.shard_mode = 4, 'threads'\n"
+            "idx = np.random.default_rng(0).integers(0, 65, (16, 32))\n"
+            "_, loss, cache = m.forward(idx, idx)\n"
+            "m.backward(cache)\n")
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
