@@ -53,7 +53,9 @@ import numpy as np
 
 from .backend import to_numpy
 from .bench_timing import l2_flusher, measure
+from . import kernels
 from .kernels.dispatch import dispatched
+from .kernels.registry import pick_backward
 
 CPU_BATCH = 4  # gpt2-small B on the CPU: every op checked and timed in about 2 minutes on 2 cores
 TOL = {"float32": 1e-4, "float64": 1e-9}
@@ -176,7 +178,7 @@ _GRADCHECKED: dict = {}
 def _gradcheck(name, op):
     from .gradcheck import gradcheck
 
-    forward, backward = dispatched(op.forward), dispatched(op.backward)  # what is timed
+    forward, backward = dispatched(op.forward), dispatched(op.backward)  # dispatched, at the registry's sizes
     key = (name, forward, backward)
     if key not in _GRADCHECKED:
         rep = gradcheck(forward, backward, op.make_inputs(dtype="float64"), mode="auto",
@@ -206,6 +208,9 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2):
     inputs, dout = tuple(xp.asarray(a) for a in host), xp.asarray(dout_h)
     forward, backward = dispatched(op.forward), dispatched(op.backward)  # ours: what the model runs
     out, cache = forward(*inputs)
+    ran = {"fwd": kernels.select(op.family, *inputs, **getattr(op.forward, "keywords", {})),
+           "bwd": getattr(pick_backward(op.family, dout, cache), "name", kernels.REFERENCE)}
+    row["impl"] = ran  # which registered implementation the timings below are of (kernels/registry.py)
     errs = _errors(out, backward(dout, cache), ref_out, ref_grads, op.input_names)
     problem = _verdict(errs, tol, "ours") or _gradcheck(name, op)
     row["check"] = {"ok": problem is None, "reason": problem, "tol": tol, "errors": errs}
@@ -340,10 +345,10 @@ def ops_markdown(rows) -> str:
     slower than torch); speedup vs numpy is the numpy row's fwd+bwd time over this row's."""
     head = ("| op | sizes | backend | check | fwd | bwd | fwd GFLOP/s | fwd GB/s | fwd % peak | bwd GFLOP/s "
             "| bwd GB/s | bwd % peak | torch fwd | torch bwd | ours/torch fwd | ours/torch bwd "
-            "| ours/torch fwd+bwd | speedup vs numpy |")
+            "| ours/torch fwd+bwd | speedup vs numpy | ran (fwd/bwd) |")
     out = []
     for shape_set in dict.fromkeys(r["shapes"] for r in rows):
-        out += [f"### ops, shapes `{shape_set}` ({rows[0]['dtype']})", "", head, "|" + "---|" * 18]
+        out += [f"### ops, shapes `{shape_set}` ({rows[0]['dtype']})", "", head, "|" + "---|" * 19]
         for r in (r for r in rows if r["shapes"] == shape_set):
             ms = fmt_time
             pct = lambda k: "" if k not in r.get("pct_peak", {}) else "{:.1f}% {}".format(*r["pct_peak"][k])  # noqa
@@ -358,6 +363,7 @@ def ops_markdown(rows) -> str:
                      ms(tt.get("fwd")), ms(tt.get("bwd"))]
             cells += [_g(r.get("ratio_torch", {}).get(k), ".2f") for k in ("fwd", "bwd", "total")]
             cells += [_g(r.get("speedup_numpy", {}).get("total"), ".1f")]
+            cells += ["/".join(dict.fromkeys(r["impl"].values())) if r.get("impl") else ""]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)

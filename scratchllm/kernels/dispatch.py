@@ -159,7 +159,8 @@ DISPATCHED = {
     ops.embedding_forward: embedding_forward, ops.embedding_backward: embedding_backward,
     ops.linear_forward: linear_forward, ops.linear_backward: linear_backward,
     ops.attention_forward: attention_forward, ops.attention_backward: attention_backward,
-    ops.attention_blocked_forward: attention_blocked_forward, ops.attention_blocked_backward: attention_blocked_backward,
+    ops.attention_blocked_forward: attention_blocked_forward,
+    ops.attention_blocked_backward: attention_blocked_backward,
 }
 
 
