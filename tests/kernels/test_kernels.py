@@ -236,3 +236,44 @@ def test_launch_arguments_match_the_kernel_signatures(numpy_as_cupy, dtype):
     optim.adam_step(p, g, m, v, vmax, 3, {**h, "amsgrad": True}, decoupled=False)
     optim.adagrad_step(p, g, m, 2, dict(lr=1e-2, lr_decay=0.1, weight_decay=0.0, eps=1e-10, maximize=True))
     assert set(FakeRawKernel.launches) == {k for m in RAW_MODULES for k in m.KERNELS}
+
+
+def test_the_cuda_attention_around_its_kernels_on_the_host(monkeypatch):
+    """kernels/attention.py's Python (whole arrays, the query blocks, out=) with the two CUDA softmax kernels
+    stood in by NumPy and NumPy for CuPy: the same numbers as the textbook, dropout masks drawn alike."""
+    from scratchllm import ops
+    from scratchllm.kernels import attention as cuda_attention
+    from scratchllm.kernels import softmax as cuda_softmax
+    from scratchllm.ops.attention import causal_mask
+
+    def scaled_causal_softmax(att, scale, causal=True):
+        att = att * scale
+        if causal:
+            att = np.where(causal_mask(*att.shape[-2:]), -np.inf, att)
+        return ops.softmax_forward(att)
+
+    monkeypatch.setattr(cuda_softmax, "scaled_causal_softmax_forward", scaled_causal_softmax)
+    monkeypatch.setattr(cuda_softmax, "softmax_backward", ops.softmax_backward)
+    monkeypatch.setattr(cuda_attention, "cupy", lambda: np)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 3, 7, 4))
+    k, v = rng.standard_normal((2, 3, 9, 4)), rng.standard_normal((2, 3, 9, 4))
+    dout = rng.standard_normal(q.shape)
+    pairs = [((cuda_attention.attention_forward, cuda_attention.attention_backward),
+              (ops.attention_forward, ops.attention_backward), kw) for kw in
+             (dict(causal=True), dict(causal=False), dict(causal=True, dropout=0.3, rng=5))]
+    pairs += [((cuda_attention.attention_blocked_forward, cuda_attention.attention_blocked_backward),
+               (ops.attention_blocked_forward, ops.attention_blocked_backward), kw) for kw in
+              (dict(block=3), dict(block=2, dropout=0.3, rng=5))]
+    for (fwd, bwd), (ref_fwd, ref_bwd), kw in pairs:
+        out, cache = fwd(q, k, v, **kw)
+        ref, ref_cache = ref_fwd(q, k, v, **kw)
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
+        for g, r in zip(bwd(dout, cache), ref_bwd(dout, ref_cache)):
+            np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-13)
+    out, cache = cuda_attention.attention_blocked_forward(q, k, v, block=3)
+    views = tuple(np.full(a.shape, 7.0) for a in (q, k, v))
+    got = cuda_attention.attention_blocked_backward(dout, cache, out=views)
+    assert all(g is w for g, w in zip(got, views))
+    for g, r in zip(got, ops.attention_blocked_backward(dout, ops.attention_blocked_forward(q, k, v, block=3)[1])):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-13)
