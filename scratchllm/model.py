@@ -111,10 +111,9 @@ class GPT:
             self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
         else:
             self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in param_shapes(cfg).items()}
-        # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is
-        # one contiguous stretch, which the optimizer updates at once (optim.py, "Flat fast path": one fused
-        # launch on CuPy, one chunk per thread on NumPy). _flat_order is the params' order in the buffer.
-        # On the CPU (Linux) that buffer is shared memory, which batch shards in worker processes read.
+        # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is one
+        # stretch, which the optimizer updates at once (optim.py, "Flat fast path"). _flat_order is the params'
+        # order in the buffer. On the CPU (Linux) it is shared memory, which batch shards in processes read.
         self._flat_order = sorted(self.params, key=lambda k: self.params[k].ndim < 2)
         shared = self.backend == "numpy" and processes_supported()
         _, views = flatten_params({k: self.params[k] for k in self._flat_order}, alloc=shared_empty if shared else None)

@@ -190,7 +190,7 @@ def test_every_implementation_runs_in_some_case_here():
                     inputs = op.make_inputs(sizes, dtype=dtype, seed=5)
                     out, cache = op.forward(*inputs)
                     ran = ran or impl.supports(*inputs, **getattr(op.forward, "keywords", {})) \
-                        or impl.supports_backward(np.ones_like(out), cache)
+                        or impl.supports_backward(np.full(np.shape(out), 0.5, out.dtype), cache)
         assert ran, f"{impl.op}/{impl.name} runs in no case of test_implementation_equals_the_textbook: add one"
 
 
