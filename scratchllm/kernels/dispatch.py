@@ -164,6 +164,10 @@ DISPATCHED = {
 }
 
 
+for _textbook, _fast in DISPATCHED.items():  # help() on a dispatched op shows the textbook's Math
+    _fast.__doc__ = _fast.__doc__ or _textbook.__doc__
+
+
 def dispatched(fn):
     """The dispatched counterpart of a textbook ``fn`` (a partial keeps its bound arguments, a registry wrapper
     with ``.rebind`` its binding), else ``fn``."""
