@@ -112,6 +112,7 @@ import numpy as np
 
 from scratchllm import kernels
 from scratchllm.backend import device_info
+from scratchllm.kernels.dispatch import dispatched
 from scratchllm.model import GPT, GPTConfig
 from scratchllm.ops import OPS
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
@@ -136,17 +137,19 @@ def ms(fn, reps=5, rounds=3):
 
 
 res = {"label": label, "kernels": kernels.status()[1], "tf32": os.environ.get("CUPY_TF32", "0") == "1",
-       "device": device_info(), "shapes": dict(B=B, T=T, C=C, H=H, V=V), "ms": {}}
+       "device": {**device_info(), "fused_kernels": kernels.enabled()}, "shapes": dict(B=B, T=T, C=C, H=H, V=V),
+       "ms": {}}
 if what in ("ops", "all"):
     sizes = {"layernorm": dict(N=B * T, C=C), "gelu": dict(N=B * T, C=4 * C), "softmax": dict(B=B * H, T=T, C=T),
              "attention": dict(B=B, H=H, T=T, D=C // H), "cross_entropy": dict(B=B, T=T, V=V)}
     for name, s in sizes.items():
         op = OPS[name]
+        forward, backward = dispatched(op.forward), dispatched(op.backward)  # the CUDA kernels where they run
         inputs = op.make_inputs(sizes=s, dtype="float32", xp=cp)
-        out, cache = op.forward(*inputs)
+        out, cache = forward(*inputs)
         dout = cp.ones_like(out)
-        res["ms"][name + "_forward"] = ms(lambda: op.forward(*inputs))
-        res["ms"][name + "_backward"] = ms(lambda: op.backward(dout, cache))
+        res["ms"][name + "_forward"] = ms(lambda: forward(*inputs))
+        res["ms"][name + "_backward"] = ms(lambda: backward(dout, cache))
         del inputs, out, cache, dout
 if what in ("train", "all"):
     model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=12, n_head=H, n_embd=C), backend="cupy")

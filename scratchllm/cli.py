@@ -40,6 +40,7 @@ def _gradcheck_targets(args):
     """(label, forward, backward, inputs, names) for each OP or FILE argument; UsageError for a bad one."""
     from .backend import xp_for
     from .gradcheck import OpFileError, load_op_file
+    from .kernels.dispatch import dispatched
     from .ops import OPS, resolve
 
     xp = xp_for(args.backend)
@@ -60,7 +61,9 @@ def _gradcheck_targets(args):
         except KeyError:
             raise UsageError(f"scratchllm gradcheck: unknown op {arg!r} (not a .py file either); "
                              f"choose from {', '.join(OPS)}") from None
-        targets.append((op.name, op.forward, op.backward,
+        forward, backward = (dispatched(op.forward), dispatched(op.backward)) if args.dispatched else \
+            (op.forward, op.backward)
+        targets.append((op.name, forward, backward,
                         op.make_inputs(dtype=args.dtype or "float64", seed=args.seed, xp=xp), list(op.input_names)))
     return targets
 
@@ -69,7 +72,8 @@ def cmd_gradcheck(args) -> int:
     from .gradcheck import gradcheck
     from .gradcheck.opfile import where_in
 
-    if not args.eps > 0 or not args.atol >= 0 or not args.rtol >= 0 or not math.isfinite(args.atol + args.rtol):
+    finite = math.isfinite(args.eps + args.atol + args.rtol)
+    if not args.eps > 0 or not args.atol >= 0 or not args.rtol >= 0 or not finite:
         raise UsageError("scratchllm gradcheck: --eps must be > 0, --atol and --rtol finite and >= 0; got "
                          f"{args.eps:g}, {args.atol:g}, {args.rtol:g}")
     if args.seed < 0:
@@ -287,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="array library of the inputs (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d["seed"],
                    help="seeds the example inputs, dout, directions and samples (default: %(default)s)")
+    g.add_argument("--dispatched", action="store_true",
+                   help="check a registry op as the model runs it (its fast implementation where one takes the "
+                   "inputs: `scratchllm info` lists them), not the textbook in scratchllm/ops/")
     g.set_defaults(func=cmd_gradcheck)
 
     t = sub.add_parser("train", help="train a GPT (default: the tiny preset on the Python standard library)",

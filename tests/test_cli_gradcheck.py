@@ -87,8 +87,8 @@ def test_a_bad_op_file_is_one_line_and_exit_2(tmp_path, text, says):
 
 
 def test_bad_tolerances_seeds_and_paths_exit_2(tmp_path):
-    for args in (["gelu", "--eps", "0"], ["gelu", "--atol", "-1"], ["gelu", "--rtol", "inf"],
-                 ["gelu", "--atol", "x"], [str(EXAMPLE), "--seed", "-3"], [str(tmp_path)]):
+    for args in (["gelu", "--eps", "0"], ["gelu", "--eps", "inf"], ["gelu", "--atol", "-1"], ["gelu", "--rtol", "inf"],
+                 ["gelu", "--atol", "x"], [str(EXAMPLE), "--seed", "-3"], [str(tmp_path)], ["./README.md"]):
         p = run_cli("gradcheck", *args)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
         assert ("--seed" in p.stderr) == ("--seed" in args) and ("directory" in p.stderr) == (args == [str(tmp_path)])
@@ -106,3 +106,29 @@ def test_the_old_name_attention_full_still_checks_the_noncausal_op(capsys):
     assert cli.main(["gradcheck", "attention_full"]) == 0
     out = capsys.readouterr().out
     assert "attention_noncausal " in out and "1 op checked" in out
+
+
+def test_an_op_file_with_a_dataclass_loads(tmp_path, capsys):
+    """The file is imported as a module is (in sys.modules while it runs): dataclasses in it work."""
+    f = tmp_path / "scaled.py"
+    f.write_text("from __future__ import annotations\nfrom dataclasses import dataclass\nimport numpy as np\n\n"
+                 "@dataclass\nclass Cache:\n    s: float\n\n"
+                 "def forward(x):\n    return 3.0 * x, Cache(3.0)\n\n"
+                 "def backward(dout, cache):\n    return (cache.s * dout,)\n\n"
+                 "def example_inputs():\n    return (np.linspace(-1, 1, 5),)\n")
+    assert cli.main(["gradcheck", str(f)]) == 0, capsys.readouterr().out
+
+
+def test_dispatched_checks_the_fast_implementations(monkeypatch, capsys):
+    """--dispatched: the registry op as the model runs it. A wrong fast implementation fails there while the
+    textbook still passes."""
+    from scratchllm.kernels import implementations, select
+
+    x = __import__("scratchllm").ops.OPS["gelu"].make_inputs()[0]
+    impl = implementations("gelu")[select("gelu", x)]
+    module = __import__(impl.module, fromlist=["gelu_backward"])
+    real = module.gelu_backward
+    monkeypatch.setattr(module, "gelu_backward", lambda d, c: (real(d, c)[0] * 1.001,))
+    assert cli.main(["gradcheck", "gelu"]) == 0
+    assert cli.main(["gradcheck", "gelu", "--dispatched"]) == 1
+    assert "FAILED: gelu" in capsys.readouterr().out

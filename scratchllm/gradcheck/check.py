@@ -26,7 +26,7 @@ import inspect
 import numpy as np
 
 from ..backend import get_xp, to_numpy
-from .report import GradcheckError, GradcheckReport, InputReport, Mismatch, finish, fmt_where, nanmax
+from .report import GradcheckReport, InputReport, Mismatch, finish, fmt_where, nanmax
 
 MODES = ("auto", "full", "directional", "sampled")
 

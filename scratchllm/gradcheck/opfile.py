@@ -51,12 +51,17 @@ def load_op_file(path) -> OpFile:
     path = Path(path)
     if not path.is_file():
         raise OpFileError(f"{path}: {'a directory, not a .py file' if path.is_dir() else 'no such file'}")
-    spec = importlib.util.spec_from_file_location(f"scratchllm_user_op_{path.stem}", path)
+    if path.suffix != ".py":
+        raise OpFileError(f"{path}: not a .py file")
+    name = f"scratchllm_user_op_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would (dataclasses and pickling look the module up there)
     sys.path.insert(0, str(path.resolve().parent))
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # the user's code: report it in one line, where it happened
+        del sys.modules[name]
         raise OpFileError(f"{path}: importing it raised {type(e).__name__}: {e}{where_in(path, e)}") from e
     finally:
         sys.path.remove(str(path.resolve().parent))
