@@ -11,10 +11,11 @@ __version__ = "0.1.0"
 _LAZY = {  # public name -> the module that defines it
     "get_xp": "backend", "resolve_backend": "backend", "synchronize": "backend", "to_numpy": "backend",
     "GradcheckError": "gradcheck",
-    "GPT": "model", "GPTConfig": "model",
+    "GPT": "models.gpt", "GPTConfig": "models.gpt",
     "SGD": "optim", "Adam": "optim", "AdamW": "optim", "Adagrad": "optim", "clip_grad_norm": "optim",
     "decay_groups": "optim", "get_lr": "optim",
-    "load_hf_gpt2": "hf", "save_hf_gpt2": "hf",
+    "DataParallel": "parallel",
+    "load_hf_gpt2": "io.hf", "save_hf_gpt2": "io.hf",
 }
 
 __all__ = ["__version__", "gradcheck", *_LAZY]

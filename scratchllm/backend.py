@@ -11,7 +11,6 @@ fallback). The environment variable ``SCRATCHLLM_BACKEND`` gives the default for
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import math
@@ -159,38 +158,6 @@ def scatter_add(target, indices, values) -> None:
         import cupyx
 
         cupyx.scatter_add(target, indices, values)
-
-
-def index_sum(indices, values, n):
-    """A new (n, ...) array whose row i is the sum of the ``values`` rows j with ``indices[j] == i`` (zero
-    where i never occurs): ``scatter_add`` into zeros, but each row is written once, by assignment."""
-    xp = get_xp(values)
-    if xp is np:
-        out = _zeros_on_every_core((n,) + tuple(values.shape[1:]), values.dtype)
-        for rows, sums in _run_sums(np.asarray(indices).reshape(-1), values):
-            out[rows] = sums
-    else:
-        out = xp.zeros((n,) + tuple(values.shape[1:]), dtype=values.dtype)
-        scatter_add(out, indices, values)
-    return out
-
-
-def _zeros_on_every_core(shape, dtype):
-    """``np.zeros``, written by every CPU thread at once when large (an embedding gradient: GPT-2's is
-    154 MB). The threads' memory is reused, not fresh from the OS (see ``tune_host_allocator``), so it must be
-    written. By the C library's ``memset`` (through ctypes, which lets go of the GIL): it writes whole cache
-    lines without reading them first, where NumPy's ``fill`` reads each line before writing it. 154 MB on
-    the CI machine's 2 cores: 7.4 ms with ``fill``, 4.5 ms with ``memset`` (one core: 17.4 and 10.3 ms)."""
-    from .threads import PARALLEL_MIN, cpu_threads, parallel_map, shard_bounds
-
-    out = np.empty(shape, dtype=dtype)
-    flat = out.reshape(-1)
-    if flat.size < 16 * PARALLEL_MIN:
-        flat.fill(0)
-    else:  # all-zero bytes are 0.0 in every float format NumPy has
-        parallel_map(lambda part: ctypes.memset(flat[part].ctypes.data, 0, flat[part].nbytes),
-                     shard_bounds(flat.size, cpu_threads()))
-    return out
 
 
 def _run_sums(indices, values):

@@ -116,7 +116,7 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import cli_run
-    from .bench_train import TRAIN_CONFIGS
+    from .bench.train import TRAIN_CONFIGS
     from .ops import ALIASES, OPS, resolve
 
     bad = [n for n in args.ops or [] if n not in OPS and n not in ALIASES]
@@ -158,7 +158,8 @@ def cmd_info(args) -> int:
                   f"({pool.get('architecture', '')})")
     except ImportError:
         pass
-    from . import blas, kernels
+    from .kernels import blas
+    from . import kernels
 
     gpu = {**device_info(), "fused_kernels": kernels.enabled()} if usable else {}
     print("gpu        " + (", ".join(f"{k}={v}" for k, v in gpu.items()) if gpu else "none usable"))
@@ -194,9 +195,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .checkpoint import load_checkpoint
+    from .io.checkpoint import load_checkpoint
     from .generate import generate_text
-    from .hf import is_hf_dir, load_pretrained
+    from .io.hf import is_hf_dir, load_pretrained
 
     if args.hf:  # prompts are read as Hugging Face's GPT-2 tokenizer reads them: <|endoftext|> is special
         model, tokenizer = load_pretrained(_hf_dir(args.hf, "generate --hf"), backend=args.backend)
@@ -215,8 +216,8 @@ def cmd_generate(args) -> int:
 
 
 def _hf_dir(path, what):
-    from .checkpoint import resolve_checkpoint
-    from .hf import is_hf_dir
+    from .io.checkpoint import resolve_checkpoint
+    from .io.hf import is_hf_dir
 
     if not is_hf_dir(path):
         try:
@@ -229,10 +230,10 @@ def _hf_dir(path, what):
 
 
 def cmd_convert(args) -> int:
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .gpt2_files import load_tokenizer_dir
-    from .hf import load_hf_gpt2, save_hf_gpt2
-    from .tokenizer import ByteBPETokenizer
+    from .io.checkpoint import load_checkpoint, save_checkpoint
+    from .io.gpt2_files import load_tokenizer_dir
+    from .io.hf import load_hf_gpt2, save_hf_gpt2
+    from .text.tokenizer import ByteBPETokenizer
 
     if bool(args.from_hf) == bool(args.ckpt):
         raise UsageError("scratchllm convert: give either --from_hf=DIR --out=CKPT_DIR or --ckpt=DIR --to_hf=OUT_DIR")

@@ -153,7 +153,7 @@ def adopt_init(cfg: TrainConfig, model, tokenizer, overrides: dict | None) -> Tr
     A key the user set (named in ``overrides``) must agree with it, except ``block_size``, the training window,
     which may be shorter than the model's context. The model's dropout becomes ``cfg.dropout``.
     """
-    from .tokenizer import CharTokenizer
+    from .text.tokenizer import CharTokenizer
 
     m = model.cfg
     shape = dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
@@ -197,7 +197,7 @@ def _log(msg: str) -> None:
 def estimate_loss(model, splits: dict, cfg: TrainConfig, step: int) -> dict:
     """Mean loss over ``eval_iters`` batches per split, in eval mode, with batches from an RNG of its own
     (seeded by seed and step) so evaluating never disturbs the training stream."""
-    from .data import get_batch
+    from .text.data import get_batch
 
     model.eval()
     out = {}
@@ -257,13 +257,13 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     ``overrides``: the keys the user set explicitly. With ``--resume`` they replace the saved config; with
     ``init_from`` they are checked against the loaded model (``adopt_init``).
     """
-    from .checkpoint import load_checkpoint, resolve_checkpoint, save_training_checkpoint
-    from .data import get_batch, load_text, prepare_tokens
+    from .io.checkpoint import load_checkpoint, resolve_checkpoint, save_training_checkpoint
+    from .text.data import get_batch, load_text, prepare_tokens
     from .generate import generate_text
-    from .hf import load_pretrained
-    from .model import GPT, GPTConfig
+    from .io.hf import load_pretrained
+    from .models.gpt import GPT, GPTConfig
     from .optim import clip_grad_norm, get_lr
-    from .tokenizer import train_tokenizer
+    from .text.tokenizer import train_tokenizer
 
     out_dir = Path(cfg.out_dir)
     metrics_path = out_dir / "metrics.jsonl"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from scratchllm import backend
-from scratchllm.backend import (BackendError, get_xp, index_sum, resolve_backend, scatter_add, to_numpy,
+from scratchllm.kernels.numpy.embedding import index_sum
+from scratchllm.backend import (BackendError, get_xp, resolve_backend, scatter_add, to_numpy,
                                 tune_host_allocator)
 
 
@@ -148,7 +149,7 @@ def test_gradcheck_on_cupy_directional():
 
 
 def test_index_sum_into_a_large_table_is_zero_outside_the_indices():
-    """Above 2 M elements the zeros are written by every CPU thread (backend._zeros_on_every_core); the
+    """Above 2 M elements the zeros are written by every CPU thread (kernels/numpy/embedding.py's zeros_on_every_core); the
     memory is reused, so a stale value anywhere would show."""
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 40_000, 300)

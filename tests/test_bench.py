@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from scratchllm import bench, bench_ops, cli, ops
+from scratchllm import bench, cli, ops
+from scratchllm.bench import ops as bench_ops
 from scratchllm.ops import Op
 
 PEAKS = {"cpu": {"gemm_n": 8, "copy_mb": 1, "peak_gflops": 100.0, "peak_gbs": 10.0}, "dtype": "float32"}
@@ -173,7 +174,7 @@ def test_plots(monkeypatch, tmp_path):
     res = bench.run_bench(shapes=("tiny", "sweep"), ops=["gelu", "linear"], backend="numpy", repeats=3,
                           progress=False, peaks=PEAKS)
     assert [r["shapes"] for r in res["ops"]] == ["tiny", "tiny", "sweep", "sweep"]
-    from scratchllm.bench_plots import make_plots
+    from scratchllm.bench.plots import make_plots
 
     paths = make_plots(res, str(tmp_path))
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["time_vs_size.png", "roofline.png"]

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from scratchllm import blas
-from scratchllm.threads import in_line
+from scratchllm.kernels import blas
+from scratchllm.kernels.threads import in_line
 
 needs_mkl = pytest.mark.skipif(not blas.status()[0], reason=f"MKL not usable: {blas.status()[1]}")
 
@@ -257,7 +257,7 @@ def test_the_pointer_arrays_live_through_the_mkl_call(tmp_path):
     pytest.importorskip("numba")
     code = ("import numpy as np, scratchllm.kernels.cpu as kc\n"
             f"kc.CACHE_DIR = {str(tmp_path)!r}\n"
-            "from scratchllm import blas, threads\n"
+            "from scratchllm.kernels import blas, threads\n"
             "rng = np.random.default_rng(0)\n"
             "a, b = rng.standard_normal((2, 3, 4, 5)).astype('f4'), rng.standard_normal((2, 3, 5, 6)).astype('f4')\n"
             "out = np.zeros((2, 3, 4, 6), 'f4')\n"

@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from scratchllm import cli  # noqa: E402
 from scratchllm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from scratchllm.gpt2_files import load_tokenizer_dir, read_gpt2_files  # noqa: E402
+from scratchllm.io.gpt2_files import load_tokenizer_dir, read_gpt2_files  # noqa: E402
 from scratchllm.hf import HFError, load_hf_gpt2, load_hf_tokenizer, save_hf_gpt2  # noqa: E402
 from scratchllm.model import GPT, GPTConfig  # noqa: E402
 from scratchllm.tokenizer import ENDOFTEXT, ByteBPETokenizer, CharTokenizer, load_tokenizer  # noqa: E402

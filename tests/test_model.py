@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from scratchllm.flat import flat_span
+from scratchllm.kernels.flat import flat_span
 from scratchllm.gradcheck import gradcheck
 from scratchllm.model import ATTN_BLOCK, GPT, GPTConfig, param_shapes
-from scratchllm.shards import RemoteCache, processes_supported
+from scratchllm.parallel.processes import RemoteCache, processes_supported
 
 TINY = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
 SHARD_MODES = ["threads", pytest.param("processes", marks=pytest.mark.skipif(

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from scratchllm import optim, threads
-from scratchllm.flat import buffer_root, flat_span
+from scratchllm import optim
+from scratchllm.kernels import threads
+from scratchllm.kernels.flat import buffer_root, flat_span
 from scratchllm.optim import Adam, decay_groups
 from tests.optim_cases import ALL_IDS, ALL_OPTIONS, SHAPES, make_grads, make_params, to_disk_and_back
 

@@ -6,13 +6,13 @@ import gc
 import numpy as np
 import pytest
 
-import scratchllm.flat
+import scratchllm.kernels.flat
 import scratchllm.model
-import scratchllm.threads
-from scratchllm import shards
+import scratchllm.kernels.threads
+from scratchllm.parallel import processes as shards
 from scratchllm.model import GPT, GPTConfig
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
-from scratchllm.shards import RemoteCache, WorkerExited
+from scratchllm.parallel.processes import RemoteCache, WorkerExited
 
 pytestmark = pytest.mark.skipif(not shards.processes_supported(), reason="process shards need fork (Linux)")
 
@@ -45,9 +45,9 @@ def test_training_in_processes_gives_the_bits_of_threads(threads, sum_in_pieces,
     """Dropout streams, optimizer updates in place and the shard-ordered gradient sum: bit for bit, also with
     the workers' gradients added in pieces on every core (as above flat.SUM_PARALLEL_MIN parameters)."""
     if sum_in_pieces:
-        monkeypatch.setattr(scratchllm.flat, "SUM_PARALLEL_MIN", 1)
-        monkeypatch.setattr(scratchllm.threads, "PARALLEL_MIN", 1)
-        monkeypatch.setattr(scratchllm.threads, "PIECE", 97)
+        monkeypatch.setattr(scratchllm.kernels.flat, "SUM_PARALLEL_MIN", 1)
+        monkeypatch.setattr(scratchllm.kernels.threads, "PARALLEL_MIN", 1)
+        monkeypatch.setattr(scratchllm.kernels.threads, "PIECE", 97)
     a, losses_a = train("threads", threads=threads)
     b, losses_b = train("processes", threads=threads)
     assert losses_a == losses_b and losses_a[0] != losses_a[-1]

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from scratchllm import threads
+from scratchllm.kernels import threads
 from scratchllm.kernels import switched_on
 from scratchllm.kernels.dispatch import dispatched
 from scratchllm.ops import OPS
-from scratchllm.threads import cpu_threads, parallel_map, shard_bounds
+from scratchllm.kernels.threads import cpu_threads, parallel_map, shard_bounds
 
 
 def test_parallel_map_keeps_the_items_order_and_uses_threads():

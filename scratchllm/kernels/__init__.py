@@ -44,6 +44,6 @@ def __getattr__(name):  # PEP 562: load a family (and so cupy) only when one of 
     family = _EXPORTS.get(name)
     if family is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{family}"), name)
+    value = getattr(importlib.import_module(f"{__name__}.cuda.{family}"), name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value

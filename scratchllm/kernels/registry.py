@@ -84,7 +84,7 @@ def _last(a, axis) -> bool:
 
 
 IMPLEMENTATIONS = [
-    Implementation("layernorm", "cuda", "scratchllm.kernels.layernorm",
+    Implementation("layernorm", "cuda", "scratchllm.kernels.cuda.layernorm",
                    lambda x, w, b, eps=1e-5: _cuda(x, w, b), lambda dout, cache: _cuda(cache[0], dout),
                    "one CUDA block of warps per row; dw, db in column blocks", needs="cuda"),
     Implementation("layernorm", "numba", "scratchllm.kernels.cpu.layernorm",
@@ -93,7 +93,7 @@ IMPLEMENTATIONS = [
     Implementation("layernorm", "numpy", "scratchllm.kernels.numpy.layernorm",
                    lambda x, w, b, eps=1e-5: _numpy(x, w, b), lambda dout, cache: _numpy(cache[0], dout),
                    "NumPy in place, sums as matrix products, pieces of rows on every thread"),
-    Implementation("softmax", "cuda", "scratchllm.kernels.softmax",
+    Implementation("softmax", "cuda", "scratchllm.kernels.cuda.softmax",
                    lambda x, axis=-1: _cuda(x), lambda dout, cache: _cuda(cache[0], dout),
                    "one CUDA warp per slice along the axis", needs="cuda"),
     Implementation("softmax", "numba", "scratchllm.kernels.cpu.softmax",
@@ -104,7 +104,7 @@ IMPLEMENTATIONS = [
     Implementation("softmax", "numpy", "scratchllm.kernels.numpy.softmax",
                    lambda x, axis=-1: _numpy(x), lambda dout, cache: _numpy(cache[0], dout),
                    "NumPy in place, sums as matrix products, pieces along another axis on every thread"),
-    Implementation("cross_entropy", "cuda", "scratchllm.kernels.cross_entropy",
+    Implementation("cross_entropy", "cuda", "scratchllm.kernels.cuda.cross_entropy",
                    lambda logits, targets, ignore_index=-1: _cuda(logits), lambda dout, cache: _cuda(cache[0]),
                    "log-sum-exp and the loss in one pass per row; the backward's softmax recomputed", needs="cuda"),
     Implementation("cross_entropy", "numba", "scratchllm.kernels.cpu.cross_entropy",
@@ -127,7 +127,7 @@ IMPLEMENTATIONS = [
                    lambda x, w, b=None: x.size > 0, lambda dout, cache: dout.size > 0,  # NumPy or CuPy
                    "one GEMM over all rows (MKL's sequential GEMM in a single-core shard), bias in place, "
                    "dw into a given array"),
-    Implementation("attention", "cuda", "scratchllm.kernels.attention",
+    Implementation("attention", "cuda", "scratchllm.kernels.cuda.attention",
                    lambda q, k, v, causal=True, dropout=0.0, rng=None: _cuda(q, k, v),
                    lambda dout, cache: _cuda(cache[0], dout),
                    "whole arrays; scale, causal mask and softmax in one CUDA pass", needs="cuda"),
@@ -136,7 +136,7 @@ IMPLEMENTATIONS = [
                    lambda dout, cache: _numpy(cache[0], dout),
                    "the (batch, head) matrices in pieces on every thread, MKL's GEMM, the scale-mask-softmax "
                    "fused per row where Numba is installed"),
-    Implementation("attention_blocked", "cuda", "scratchllm.kernels.attention",
+    Implementation("attention_blocked", "cuda", "scratchllm.kernels.cuda.attention",
                    lambda q, k, v, dropout=0.0, rng=None, block=64: _cuda(q, k, v),
                    lambda dout, cache: _cuda(cache[0], dout),
                    "each block's scale, mask and softmax in one CUDA pass", needs="cuda"),
@@ -144,7 +144,7 @@ IMPLEMENTATIONS = [
                    lambda q, k, v, dropout=0.0, rng=None, block=64: _numpy(q, k, v),
                    lambda dout, cache: _numpy(cache[0], dout),
                    "each block as the attention's pieces; inputs read and outputs written in GPT's layouts"),
-    Implementation("gelu", "cuda", "scratchllm.kernels.gelu",
+    Implementation("gelu", "cuda", "scratchllm.kernels.cuda.gelu",
                    lambda x, approximate="tanh": _cuda(x), lambda dout, cache: _cuda(cache[0], dout),
                    "one CUDA elementwise pass", needs="cuda"),
     Implementation("gelu", "numba", "scratchllm.kernels.cpu.gelu",

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from scratchllm import threads  # noqa: E402
+from scratchllm.kernels import threads  # noqa: E402
 from scratchllm.kernels import cpu  # noqa: E402
 from scratchllm.kernels.cpu import flat  # noqa: E402
 from scratchllm.optim import clip_grad_norm  # noqa: E402

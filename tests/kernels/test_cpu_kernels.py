@@ -274,7 +274,7 @@ def test_float32_math_accuracy():
 def test_fused_optimizer_steps_are_bit_identical_to_numpy(make, on_every_core, monkeypatch):
     """The update kernels repeat the NumPy update's float32 operations in order: the same bits, also with
     Adam's pieces on every core through Numba's prange (pieces of 97 elements: a short last one)."""
-    from scratchllm.flat import flatten_params
+    from scratchllm.kernels.flat import flatten_params
     from scratchllm.kernels import cpu
     from scratchllm.kernels.cpu import optim as fused_optim
 
@@ -317,7 +317,7 @@ def test_embedding_kernel_refuses_ids_outside_the_table(monkeypatch):
 def test_arrays_the_kernels_are_not_built_for_take_the_numpy_code(monkeypatch):
     """With the kernels on: subclassed arrays in the ops (they accept native float32/float64 only), float16 and
     byte-swapped buffers in the optimizers (they accept any float), and partly overlapping in-place views."""
-    from scratchllm.flat import flatten_params
+    from scratchllm.kernels.flat import flatten_params
     from scratchllm.optim import Adagrad, AdamW
 
     monkeypatch.setenv(kernels.ENV_VAR, "1")

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from scratchllm import threads  # noqa: E402
+from scratchllm.kernels import threads  # noqa: E402
 from scratchllm.kernels import cpu  # noqa: E402
 from tests.kernels.test_cpu_kernels import CASES, run  # noqa: E402
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from scratchllm import kernels
-from scratchllm.kernels import cross_entropy, gelu, layernorm, optim, softmax
+from scratchllm.kernels.cuda import cross_entropy, gelu, layernorm, optim, softmax
 
 RAW_MODULES = (layernorm, softmax, cross_entropy)  # RawModule sources (C++ templates)
 ELEMENTWISE_MODULES = (gelu, optim)  # ElementwiseKernel bodies
@@ -47,7 +47,7 @@ extern "C" __global__ void scratchllm_spin(long long ns) {
 def test_import_does_not_need_cupy():
     code = ("import sys; sys.modules['cupy'] = None\n"  # `import cupy` now raises ImportError
             "import scratchllm.kernels as k, scratchllm.ops, scratchllm.model, scratchllm.optim\n"
-            "from scratchllm.kernels import layernorm, softmax, gelu, cross_entropy, optim\n"
+            "from scratchllm.kernels.cuda import layernorm, softmax, gelu, cross_entropy, optim\n"
             "ok, why = k.status()\n"
             "assert not ok and not k.enabled(), why\n"
             "assert 'cupy is not importable' in why, why\n"
@@ -242,8 +242,8 @@ def test_the_cuda_attention_around_its_kernels_on_the_host(monkeypatch):
     """kernels/attention.py's Python (whole arrays, the query blocks, out=) with the two CUDA softmax kernels
     stood in by NumPy and NumPy for CuPy: the same numbers as the textbook, dropout masks drawn alike."""
     from scratchllm import ops
-    from scratchllm.kernels import attention as cuda_attention
-    from scratchllm.kernels import softmax as cuda_softmax
+    from scratchllm.kernels.cuda import attention as cuda_attention
+    from scratchllm.kernels.cuda import softmax as cuda_softmax
     from scratchllm.ops.attention import causal_mask
 
     def scaled_causal_softmax(att, scale, causal=True):

@@ -335,7 +335,7 @@ def test_gpt_step_on_cupy_matches_numpy(monkeypatch, use_kernels, dtype, rtol):
 @pytest.mark.gpu
 def test_gpt_on_cupy_keeps_params_and_grads_flat():
     from scratchllm.model import GPT
-    from scratchllm.flat import flat_span as _flat_span
+    from scratchllm.kernels.flat import flat_span as _flat_span
     from scratchllm.optim import decay_groups
 
     model = GPT(_tiny_cfg(), backend="cupy")

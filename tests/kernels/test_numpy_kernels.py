@@ -30,8 +30,8 @@ def test_float32_normal_cdf_equals_the_exact_one():
 
 def test_large_lookups_gathered_in_pieces_equal_plain_indexing(monkeypatch):
     monkeypatch.setattr(numpy_embedding, "GATHER_PARALLEL_MIN", 1)
-    monkeypatch.setattr("scratchllm.threads.PARALLEL_MIN", 1)  # and on every thread, in pieces of 2 rows
-    monkeypatch.setattr("scratchllm.threads.PIECE", 8)
+    monkeypatch.setattr("scratchllm.kernels.threads.PARALLEL_MIN", 1)  # and on every thread, in pieces of 2 rows
+    monkeypatch.setattr("scratchllm.kernels.threads.PIECE", 8)
     rng = np.random.default_rng(0)
     table = rng.standard_normal((11, 8)).astype(np.float32)
     idx = rng.integers(0, 11, (3, 7))

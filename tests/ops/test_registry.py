@@ -36,7 +36,7 @@ def test_torch_agrees_on_drawn_values(name, data):
     a small array. (Finite differences need well-spread inputs: at a constant layernorm row, whose function
     bends on the scale of sqrt(eps), the central difference itself is off by 7e-7 relative.)"""
     torch = pytest.importorskip("torch")
-    from scratchllm.bench_torch import TIMING_ONLY, TORCH_OPS
+    from scratchllm.bench.torch_ref import TIMING_ONLY, TORCH_OPS
 
     if name in TIMING_ONLY:
         pytest.skip("random masks: torch draws its own")

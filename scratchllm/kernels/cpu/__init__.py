@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from ... import threads
+from .. import threads
 from ..status import ENV_VAR, _numba_reason, cpu_kernel_for
 from .compile import CACHE_DIR, ONE, OPTIONS, REDUCE, ZERO, announce_first_compile, jit  # noqa: F401 (kernels' names)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import _zeros_on_every_core
-from ... import threads as threads_module
-from ...threads import cpu_threads, parallel_map, shard_bounds
+from .. import threads as threads_module
+from ..threads import cpu_threads, parallel_map, shard_bounds
+from ..numpy.embedding import zeros_on_every_core
 from . import jit
 
 
@@ -34,7 +34,7 @@ def embedding_backward(dout, cache):
     if ids.size and (ids.min() < 0 or ids.max() >= V):  # the kernel does not check its writes: we do
         raise ValueError(f"the cache's token ids must lie in [0, {V}); got {ids.min()} .. {ids.max()}")
     values = np.ascontiguousarray(dout.reshape(-1, C).astype(dtype, copy=False))  # (N, C)
-    table = _zeros_on_every_core((V, C), dtype)  # (V, C)
+    table = zeros_on_every_core((V, C), dtype)  # (V, C)
     threads = cpu_threads() if values.size >= threads_module.KERNEL_PARALLEL_MIN else 1
     parallel_map(lambda cols: _scatter_rows(ids, values, table, cols.start, cols.stop), shard_bounds(C, threads))
     return None, table

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 from . import ONE, jit, prange_rows
 from ._math import SQRT_2_OVER_PI, cast, exp, phi_cdf, tanh
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 from . import ONE, REDUCE, ZERO, jit, prange_rows
 
 BACKWARD_PIECE = 1 << 14  # elements per piece of the backward, whose sums for dw and db are kept per piece

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 from . import jit, prange_rows
 
 

@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
-from ...blas import matmul  # a @ b (through MKL in a single-core piece or shard when it is installed: blas.py)
+from ..blas import matmul  # a @ b (through MKL in a single-core piece or shard when it is installed: blas.py)
 from ...ops.attention import causal_mask
 from ...ops.dropout import dropout_backward, dropout_forward
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 from ..cpu import fused_rows
 from ..cpu.rows import softmax_rows, softmax_rows_backward
 

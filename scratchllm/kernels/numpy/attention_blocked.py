@@ -14,10 +14,10 @@ import math
 
 import numpy as np
 
-from ...blas import matmul
+from ..blas import matmul
 from ...ops.attention import causal_mask
 from ...ops.dropout import dropout_backward, dropout_forward
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 from .attention import attention_weights, matrices_backward
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-1):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...backend import erf
 from ...ops.gelu import INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 
 # Abramowitz & Stegun 7.1.26 (Hastings): for u >= 0, erfc(u) = t * P(t) * exp(-u^2) + e(u), t = 1 / (1 + p u),
 # |e(u)| <= 1.5e-7. PyTorch's vectorized float32 erf on the CPU uses the same constants.

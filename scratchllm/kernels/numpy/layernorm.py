@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 
 
 def layernorm_forward(x, w, b, eps=1e-5):

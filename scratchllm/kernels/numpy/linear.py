@@ -6,7 +6,7 @@ Any backend: ``blas.matmul`` hands CuPy arrays to CuPy's own product (cuBLAS), w
 from __future__ import annotations
 
 from ...backend import get_xp
-from ...blas import matmul
+from ..blas import matmul
 
 
 def linear_forward(x, w, b=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...threads import parallel_chunks
+from ..threads import parallel_chunks
 
 
 def softmax_forward(x, axis=-1):

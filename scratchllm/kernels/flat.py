@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_xp
+from ..backend import get_xp
 
 
 def flatten_params(params, xp=None, dtype=None, alloc=None):
@@ -90,11 +90,11 @@ SUM_PARALLEL_MIN = 1 << 21
 def cpu_flat_kernels():
     """The flat-buffer kernels (``kernels/cpu/flat.py``: sum, norm and scale on every core through prange)
     when the CPU kernels are on, else None."""
-    from . import kernels
+    from .. import kernels
 
     if not kernels.cpu_enabled():
         return None
-    from .kernels.cpu import flat
+    from .cpu import flat
 
     return flat
 

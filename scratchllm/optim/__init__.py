@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import math
 
-from .backend import get_xp
-from .flat import flatten_params
-from .optim_base import Optimizer, _buffer, _fused_optim
-from .optim_utils import _flag, _number, clip_grad_norm, decay_groups, get_lr
+from ..backend import get_xp
+from ..kernels.flat import flatten_params
+from .base import Optimizer, _buffer, _fused_optim
+from .utils import _flag, _number, clip_grad_norm, decay_groups, get_lr
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "decay_groups", "clip_grad_norm", "get_lr",
            "flatten_params"]

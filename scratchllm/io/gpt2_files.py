@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .gpt2_vocab import ENDOFTEXT, MERGES_FILE, VOCAB_FILE, vocab_merges_to_table
-from .tokenizer import ByteBPETokenizer, load_tokenizer
+from ..text.gpt2_vocab import ENDOFTEXT, MERGES_FILE, VOCAB_FILE, vocab_merges_to_table
+from ..text.tokenizer import ByteBPETokenizer, load_tokenizer
 
 HF_TOKENIZER_FILE = "tokenizer.json"
 def read_hf_tokenizer_json(path) -> ByteBPETokenizer:

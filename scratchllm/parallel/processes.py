@@ -37,7 +37,7 @@ import weakref
 
 import numpy as np
 
-from . import threads
+from ..kernels import threads
 
 ENV_VAR = "SCRATCHLLM_SHARDS"
 MODES = ("processes", "threads")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 
-from ..ops.gelu import INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
+from ...ops.gelu import INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
 from ._common import check_dtype, cupy
 
 _C = dict(S=repr(SQRT_2_OVER_PI), K=repr(0.044715), K3=repr(3.0 * 0.044715), R2=repr(INV_SQRT_2),

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import kernels
-from .backend import get_xp, to_numpy
-from .flat import flat_span
-from .optim_utils import _number
-from .threads import parallel_chunks
+from .. import kernels
+from ..backend import get_xp, to_numpy
+from ..kernels.flat import flat_span
+from .utils import _number
+from ..kernels.threads import parallel_chunks
 
 
 def _fused_optim(p):
@@ -32,7 +32,7 @@ def _fused_optim(p):
         return kernels if kernels.enabled() else None
     if not kernels.cpu_kernel_for(p):  # a float32 or float64 NumPy buffer (and Numba installed)
         return None
-    from .kernels.cpu import optim as cpu_optim
+    from ..kernels.cpu import optim as cpu_optim
 
     return cpu_optim
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..ops.dropout import dropout_backward, dropout_forward
+from ...ops.dropout import dropout_backward, dropout_forward
 from . import softmax as fused  # the CUDA softmax kernels (looked up at each call: tests may spy on them)
 from ._common import cupy
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .backend import get_xp
-from .flat import cpu_flat_kernels, flat_span
+from ..backend import get_xp
+from ..kernels.flat import cpu_flat_kernels, flat_span
 
 
 def _number(name, value, lo=0.0, hi=None):

@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from .bench_timing import make_clock, summarize
+from .timing import make_clock, summarize
 
 TRAIN_CONFIGS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
@@ -43,8 +43,8 @@ def flops_per_token(c, n_params_non_embedding):
 
 def _runners(c, backend, torch):
     """(ours(i) -> loss, torch(i) -> loss or None, model) for a config on a backend."""
-    from .model import GPT, GPTConfig
-    from .optim import AdamW, clip_grad_norm, decay_groups
+    from ..models.gpt import GPT, GPTConfig
+    from ..optim import AdamW, clip_grad_norm, decay_groups
 
     cfg = GPTConfig(c["vocab_size"], c["block_size"], c["n_layer"], c["n_head"], c["n_embd"])
     B, T, V = c["batch_size"], c["block_size"], c["vocab_size"]
@@ -64,7 +64,7 @@ def _runners(c, backend, torch):
 
     if torch is None or (backend == "cupy" and not torch.cuda.is_available()):
         return ours, None, model
-    from .bench_torch import TorchGPT
+    from .torch_ref import TorchGPT
 
     dev = "cuda" if backend == "cupy" else "cpu"
     tmodel = TorchGPT(model.state_dict(), cfg.n_layer, cfg.n_head, device=dev)
@@ -150,7 +150,7 @@ def run(backends, configs, rounds, steps, torch, peaks, progress, notes):
 
 
 def train_markdown(rows) -> str:
-    from .bench_ops import fmt_time
+    from .ops import fmt_time
 
     head = ("| config | model | backend | params | tokens/step | check | ours per step | torch per step "
             "| ours/torch (median of rounds) | ours tokens/s | torch tokens/s | ours MFU | torch MFU |")

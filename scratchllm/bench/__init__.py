@@ -31,15 +31,15 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .blas import status as shard_gemm_status
-from . import kernels
-from .kernels import cpu_status
-from .backend import cupy_status, device_info, tune_host_allocator
-from . import bench_ops, bench_train
-from .bench_load import OtherLoad, background_busy  # noqa: F401 (OtherLoad: part of bench's API)
-from .bench_timing import MIN_REPEAT_S, import_torch, l2_flusher, make_clock, measure, summarize  # noqa: F401
-from .shards import default_mode as shard_mode
-from .threads import cpu_threads
+from ..kernels.blas import status as shard_gemm_status
+from .. import kernels
+from ..kernels import cpu_status
+from ..backend import cupy_status, device_info, tune_host_allocator
+from . import ops as bench_ops, train as bench_train
+from .load import OtherLoad, background_busy  # noqa: F401 (OtherLoad: part of bench's API)
+from .timing import MIN_REPEAT_S, import_torch, l2_flusher, make_clock, measure, summarize  # noqa: F401
+from ..parallel.processes import default_mode as shard_mode
+from ..kernels.threads import cpu_threads
 
 # ---------------------------------------------------------------------------------------- machine peaks
 def _best_s(fn, device):
@@ -113,7 +113,7 @@ def _blas_threads():
 
 def environment(torch=None) -> dict:
     """What a reader needs to reproduce or compare a run: machine, versions, BLAS, threads, GPU, commit."""
-    from . import __version__
+    from .. import __version__
 
     try:
         blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
@@ -156,7 +156,7 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
               batch=None, use_torch=True, flush_l2=False, train_configs=None, rounds=7, steps=None,
               progress=True, registry=None, peaks=None, argv=None) -> dict:
     """Run the suites; returns the JSON-ready result (``env``, ``peaks``, ``ops`` rows, ``train`` rows)."""
-    from .backend import resolve_backend
+    from ..backend import resolve_backend
 
     torch = import_torch() if use_torch else None
     backends = ["numpy", "cupy"] if backend == "auto" and cupy_status()[0] else [resolve_backend(backend)]
@@ -265,7 +265,7 @@ def cli_run(args) -> int:
     if args.json:
         write_json(result, args.json)
     if args.plots:
-        from .bench_plots import make_plots
+        from .plots import make_plots
         for path in make_plots(result, args.plots):
             print(f"wrote {path}", file=sys.stderr)
     failed = [r["op"] for r in result.get("ops", []) if not r["check"]["ok"]]

@@ -51,11 +51,11 @@ import sys
 
 import numpy as np
 
-from .backend import to_numpy
-from .bench_timing import l2_flusher, measure
-from . import kernels
-from .kernels.dispatch import dispatched
-from .kernels.registry import pick_backward
+from ..backend import to_numpy
+from .timing import l2_flusher, measure
+from .. import kernels
+from ..kernels.dispatch import dispatched
+from ..kernels.registry import pick_backward
 
 CPU_BATCH = 4  # gpt2-small B on the CPU: every op checked and timed in about 2 minutes on 2 cores
 TOL = {"float32": 1e-4, "float64": 1e-9}
@@ -176,7 +176,7 @@ _GRADCHECKED: dict = {}
 
 
 def _gradcheck(name, op):
-    from .gradcheck import gradcheck
+    from ..gradcheck import gradcheck
 
     forward, backward = dispatched(op.forward), dispatched(op.backward)  # dispatched, at the registry's sizes
     key = (name, forward, backward)
@@ -218,7 +218,7 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2):
 
     tfn, tdev = None, None
     if torch is not None:
-        from .bench_torch import TIMING_ONLY, TORCH_OPS
+        from .torch_ref import TIMING_ONLY, TORCH_OPS
 
         tfn = TORCH_OPS.get(name)
         tdev = "cuda" if backend == "cupy" else "cpu"
@@ -294,7 +294,7 @@ def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, 
     """Every (shape set, op, sizes, backend) case: checked, timed, derived. Returns the rows."""
     from tqdm import tqdm
 
-    from .ops import OPS
+    from ..ops import OPS
 
     registry = OPS if registry is None else registry
     names = list(names or registry)

@@ -35,9 +35,9 @@ import sys
 import numpy as np
 
 from . import threads
-from .backend import get_xp
-from .kernels.cpu.gemm_layout import _NO_TRANS, _TRANS, ROW_MAJOR, apart, gemm_args, stacks_args  # noqa: F401
-from .kernels.status import _numba_reason
+from ..backend import get_xp
+from .cpu.gemm_layout import _NO_TRANS, _TRANS, ROW_MAJOR, apart, gemm_args, stacks_args  # noqa: F401
+from .status import _numba_reason
 
 ENV_VAR = "SCRATCHLLM_MKL"
 _SEQUENTIAL, _LP64 = 1, 0  # MKL_THREADING_SEQUENTIAL, MKL_INTERFACE_LP64
@@ -115,7 +115,7 @@ def _compiled(lib):
     10 us of Python each instead of 1."""
     if not isinstance(lib, ctypes.CDLL) or _numba_reason() is not None:
         return None
-    from .kernels.cpu import gemm  # Numba: imported only when it is there
+    from .cpu import gemm  # Numba: imported only when it is there
 
     def address(name):
         return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value

@@ -1,0 +1,400 @@
+"""GPT: a GPT-2-style Transformer composed explicitly from the ops, with a hand-written backward.
+
+The forward keeps one small cache per op; the backward walks those caches in reverse (llm.c's
+``gpt2_backward`` is the model), so it reads as the forward told backwards. Parameter names and shapes are
+Hugging Face GPT-2's ``transformer.`` state dict without the prefix; weights are stored (in, out) like
+GPT-2's Conv1D, and the output head is tied to ``wte.weight``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
+from ..kernels.flat import add_into, buffer_root, empty_flat, flatten_params
+from ..parallel.processes import RemoteCache, ShardWorkers, default_mode, processes_supported, shared_empty
+from ..kernels.threads import cpu_threads, parallel_chunks, parallel_map, shard_bounds
+from ..kernels.dispatch import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
+                               cross_entropy_forward, embedding_backward, embedding_forward, gelu_backward,
+                               gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+from ..ops import dropout_backward, dropout_forward
+
+DTYPES = ("float32", "float64")
+# Causal attention runs in query blocks of this many rows (attention_blocked): it skips most of the masked upper
+# triangle, with attention_forward's numbers. 64 measured fastest at T = 256 on a shard's core, 10 % over 128.
+ATTN_BLOCK = 64
+
+
+@dataclass
+class GPTConfig:
+    """Model hyper-parameters (nanoGPT's names). GPT-2 small is V50257 T1024 L12 H12 C768."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int; got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be a float in [0, 1); got {self.dropout!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def param_shapes(cfg: GPTConfig) -> dict:
+    """Every parameter's name and shape, in Hugging Face GPT-2 order."""
+    V, T, C = cfg.vocab_size, cfg.block_size, cfg.n_embd
+    shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+    for i in range(cfg.n_layer):
+        h = f"h.{i}."
+        shapes.update({
+            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
+            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
+            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
+            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
+            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    return shapes
+
+
+def init_params(cfg: GPTConfig, seed: int = 0) -> dict:
+    """GPT-2 initialisation on the host in float64: N(0, 0.02) for weights and embeddings, residual
+    projections (``c_proj``) N(0, 0.02 / sqrt(2 * n_layer)), zero biases, LayerNorm ones/zeros."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            params[name] = np.ones(shape)
+        elif name.endswith(".bias"):
+            params[name] = np.zeros(shape)
+        elif name.endswith("c_proj.weight"):
+            params[name] = rng.normal(0.0, 0.02 / math.sqrt(2 * cfg.n_layer), shape)
+        else:
+            params[name] = rng.normal(0.0, 0.02, shape)
+    return params
+
+
+class GPT:
+    """A GPT-2 language model. ``logits, loss, cache = model.forward(idx, targets)``;
+    ``grads = model.backward(cache)`` (a dict keyed like ``model.params``)."""
+
+    def __init__(self, cfg: GPTConfig, seed: int = 0, dtype: str = "float32", backend: str = "auto",
+                 init: bool = True):
+        """``init=False`` skips the random initialisation (parameters start at zero), for callers that load
+        weights right away: drawing GPT-2 small's 124 M normals takes seconds."""
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"cfg must be a GPTConfig; got {type(cfg).__name__}")
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        self.cfg = cfg
+        self.dtype = np.dtype(str(dtype))
+        self.backend = resolve_backend(backend)
+        self.xp = xp_for(self.backend)
+        if self.backend == "numpy":
+            tune_host_allocator()  # large temporaries are reused instead of mmapped afresh every step
+        if init:
+            self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in init_params(cfg, seed).items()}
+        else:
+            self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in param_shapes(cfg).items()}
+        # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is one
+        # stretch, which the optimizer updates at once (optim.py, "Flat fast path"). _flat_order is the params'
+        # order in the buffer. On the CPU (Linux) it is shared memory, which batch shards in processes read.
+        self._flat_order = sorted(self.params, key=lambda k: self.params[k].ndim < 2)
+        shared = self.backend == "numpy" and processes_supported()
+        _, views = flatten_params({k: self.params[k] for k in self._flat_order}, alloc=shared_empty if shared else None)
+        self.params = {k: views[k] for k in self.params}
+        self._shared_params = views if shared else None  # what the shard processes read (shards.py)
+        self._shard_workers = None  # started at the first forward with shards in processes
+        self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
+        self.threads = cpu_threads()  # on the CPU, batch shards run this many at once (threads.py)
+        self.shard_mode = default_mode()  # "processes" (Linux) or "threads": where shards 1.. run (shards.py)
+        self.training = True
+
+    def train(self, mode: bool = True) -> "GPT":
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "GPT":
+        return self.train(False)
+
+    def num_params(self) -> int:
+        """Parameter count; the tied head is counted once (as Hugging Face and nanoGPT do)."""
+        return sum(int(p.size) for p in self.params.values())
+
+    # ---------------------------------------------------------------------------------------------
+    def _check_ids(self, name, a, allow_ignore=False):
+        """``a`` as an integer (B, T) array on the model's backend. The id range is checked where that is free:
+        on the host, before ids given as NumPy arrays (or lists) are copied to the device. Ids already on the
+        device are not read back (that would be a host sync in every training step)."""
+        if get_xp(a) is np:
+            a = np.asarray(a)
+        if not hasattr(a, "dtype") or a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be an integer array of shape (B, T); got {type(a).__name__} "
+                            f"{getattr(a, 'dtype', '')}".rstrip())
+        if a.ndim != 2:
+            raise ValueError(f"{name} must have shape (B, T); got {tuple(a.shape)}")
+        if a.size and get_xp(a) is np:
+            lo, hi = int(a.min()), int(a.max())
+            if hi >= self.cfg.vocab_size or lo < (-1 if allow_ignore else 0):
+                bad = hi if hi >= self.cfg.vocab_size else lo
+                allowed = f"[0, {self.cfg.vocab_size})" + (" or -1 (ignored)" if allow_ignore else "")
+                raise ValueError(f"{name} holds {bad}, outside {allowed}")
+        return self.xp.asarray(a)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """Logits for every position, and the mean cross-entropy when ``targets`` are given.
+
+        Shapes:
+            idx int (B, T), targets int (B, T) already shifted (-1 = ignored)
+            -> logits (B, T, V), loss () or None, cache (for ``backward``)
+
+        ``kv_cache`` (inference only): a dict, empty at first, that keeps every layer's keys and values. The
+        tokens in ``idx`` then continue the cached ones (positions start after them), so generation feeds
+        one new token per call instead of the whole context.
+        """
+        cfg, xp = self.cfg, self.xp
+        idx = self._check_ids("idx", idx)
+        B, T = idx.shape
+        past = kv_cache[0][0].shape[2] if kv_cache else 0  # positions already in the KV cache
+        if past + T > cfg.block_size:
+            raise ValueError(f"idx has T={T} positions (after {past} cached) but block_size is {cfg.block_size}")
+        if targets is not None:
+            if kv_cache is not None:
+                raise ValueError("targets cannot be combined with kv_cache (the KV cache is for inference)")
+            targets = self._check_ids("targets", targets, allow_ignore=True)
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}; got {tuple(targets.shape)}")
+        drop = cfg.dropout if self.training else 0.0
+        shards = 1 if kv_cache is not None or self.backend != "numpy" else min(self.threads, B)
+        if shards == 1:
+            logits, caches = self._forward_rows(idx, past, drop, kv_cache, self.rng)  # (B, T, V)
+        else:  # one shard of the batch per CPU thread (threads.py); the shards' logits back in order
+            bounds = shard_bounds(B, shards)
+            seeds = self.rng.integers(2**63, size=shards) if drop else [None] * shards  # a dropout stream each
+            rngs = [np.random.default_rng(s) if drop else None for s in seeds]
+            if self._in_processes():
+                outs = self._forward_in_processes(idx, bounds, drop, seeds, rngs)
+            else:
+                outs = parallel_map(lambda j: self._forward_rows(idx[bounds[j]], 0, drop, None, rngs[j]), range(shards))
+            logits = xp.concatenate([lg for lg, _ in outs])  # (B, T, V)
+            caches = {"shards": [(sl, c) for sl, (_, c) in zip(bounds, outs)]}
+        loss = None
+        if targets is not None:
+            loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
+        return logits, loss, caches
+
+    def _in_processes(self) -> bool:
+        if self.shard_mode not in ("processes", "threads"):
+            raise ValueError(f"shard_mode must be 'processes' or 'threads'; got {self.shard_mode!r}")
+        return self.shard_mode == "processes" and self._shared_params is not None
+
+    def _forward_in_processes(self, idx, bounds, drop, seeds, rngs):
+        """``parallel_map`` of ``_forward_rows`` over the shards, shards 1.. in worker processes (shards.py)."""
+        for name, view in self._shared_params.items():  # a rebound parameter: its values to the workers
+            if self.params[name] is not view:
+                view[...] = self.params[name]
+        if self._shard_workers is None or self._shard_workers.closed or self._shard_workers.pid != os.getpid():
+            self._shard_workers = ShardWorkers(self, self._shared_params)
+        requests = [(idx[sl], drop, seed) for sl, seed in zip(bounds[1:], seeds[1:])]
+        rows = max(sl.stop - sl.start for sl in bounds)
+        out0, outs = self._shard_workers.forward(
+            requests, lambda: self._forward_rows(idx[bounds[0]], 0, drop, None, rngs[0]),
+            logits_bytes=rows * idx.shape[1] * self.cfg.vocab_size * self.dtype.itemsize)
+        # (logits, cache) per shard; a worker's logits are a view (forward copies them), its cache a handle
+        return [out0] + outs
+
+    def _forward_rows(self, idx, past, drop, kv_cache, rng):
+        """Logits (B, T, V) and caches for some rows of the batch: embeddings, blocks, final LayerNorm, head.
+
+        On the CPU the batch is split into one shard per thread and each shard runs this on its own core
+        (with its own dropout generator, seeded from ``self.rng``: reproducible for a given thread count).
+        """
+        p, xp = self.params, self.xp
+        T = idx.shape[1]
+        caches = {}
+        # embeddings: token + position, then dropout
+        tok, caches["wte"] = embedding_forward(idx, p["wte.weight"])  # (B, T, C)
+        pos, caches["wpe"] = embedding_forward(xp.arange(past, past + T)[None, :], p["wpe.weight"])  # (1, T, C)
+        x, caches["drop"] = dropout_forward(tok + pos, drop, rng)  # (B, T, C)
+        for i in range(self.cfg.n_layer):
+            x, caches[i] = self._block(i, x, drop, kv_cache, rng)  # (B, T, C)
+        xf, caches["ln_f"] = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])  # (B, T, C)
+        logits, caches["lm_head"] = linear_forward(xf, p["wte.weight"].T)  # (B, T, V) head tied to wte
+        return logits, caches
+
+    def _block(self, i, x, drop, kv_cache=None, rng=None):
+        """Transformer block i: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; returns (x, its caches)."""
+        p, h, c = self.params, f"h.{i}.", {}
+        B, T, C = x.shape
+        H = self.cfg.n_head
+        D = C // H
+        # attention sub-block: x = x + drop(proj(attn(ln_1(x))))
+        a, c["ln_1"] = layernorm_forward(x, p[h + "ln_1.weight"], p[h + "ln_1.bias"])  # (B, T, C)
+        qkv, c["c_attn"] = linear_forward(a, p[h + "attn.c_attn.weight"], p[h + "attn.c_attn.bias"])  # (B, T, 3C)
+        q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, D) views
+        if kv_cache is not None:
+            if i in kv_cache:  # the new keys and values follow the cached ones
+                k = self.xp.concatenate([kv_cache[i][0], k], axis=2)  # (B, H, past + T, D)
+                v = self.xp.concatenate([kv_cache[i][1], v], axis=2)  # (B, H, past + T, D)
+            kv_cache[i] = (k, v)
+        y, c["attn"] = attention_blocked_forward(q, k, v, dropout=drop, rng=rng, block=ATTN_BLOCK)  # (B, H, T, D)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side
+        y, c["attn.c_proj"] = linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
+        y, c["attn.drop"] = dropout_forward(y, drop, rng)  # (B, T, C)
+        x = x + y  # (B, T, C) residual
+        # MLP sub-block: x = x + drop(proj(gelu(fc(ln_2(x)))))
+        m, c["ln_2"] = layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"])  # (B, T, C)
+        f, c["c_fc"] = linear_forward(m, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])  # (B, T, 4C)
+        g, c["gelu"] = gelu_forward(f, approximate="tanh")  # (B, T, 4C)
+        z, c["mlp.c_proj"] = linear_forward(g, p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"])
+        z, c["mlp.drop"] = dropout_forward(z, drop, rng)  # (B, T, C)
+        return x + z, c  # (B, T, C) residual
+
+    def backward(self, cache, dloss=1.0) -> dict:
+        """Gradients of the loss with respect to every parameter (the forward's caches in reverse).
+
+        ``dloss`` scales the loss gradient (1.0: the gradient of the mean cross-entropy itself).
+        """
+        if "loss" not in cache:
+            raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
+        dlogits, _ = cross_entropy_backward(self.xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)
+        if "shards" not in cache:
+            _, grads = empty_flat({name: self.params[name] for name in self._flat_order})  # one buffer like the params
+            grads = self._backward_rows(dlogits, cache, out=grads)
+            return {name: grads[name] for name in self.params}  # the params' order
+        # one backward per shard, each on its own thread or process; their gradients summed in shard order
+        shards = cache["shards"]
+        if any(isinstance(c, RemoteCache) for _, c in shards[1:]):
+            def local():  # shard 0 here, its gradients written into the result's flat buffer
+                flat, views = empty_flat({name: self.params[name] for name in self._flat_order})
+                return flat, self._backward_rows(dlogits[shards[0][0]], shards[0][1], out=views)
+
+            (flat, grads), worker_flats = shards[1][1].owner.backward(
+                [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]], local)
+            for worker_flat in worker_flats:  # each worker's gradients: its shared flat buffer, the same layout
+                add_into(flat, worker_flat)  # one pass (the shards' sum, in shard order)
+            return {name: grads[name] for name in self.params}
+        outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
+        _, grads = empty_flat({name: self.params[name] for name in self._flat_order})
+        names = list(self.params)
+
+        def add(rows):  # some parameters' sums over the shards; memory-bound, so on every core
+            for name in names[rows]:
+                np.add(outs[0][name], outs[1][name], out=grads[name])
+                for shard_grads in outs[2:]:
+                    grads[name] += shard_grads[name]
+
+        parallel_chunks(add, len(names), sum(int(p.size) for p in self.params.values()), np)
+        return {name: grads[name] for name in self.params}
+
+    def _backward_rows(self, dlogits, caches, out=None) -> dict:
+        """``_forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V).
+
+        ``out``: a dict of arrays shaped like the params (views of a flat buffer) that receives the gradients
+        and is returned; the linear layers write their weight gradients (nearly all the numbers) straight into
+        it, the rest are copied in at the end. None: a dict of new arrays."""
+        grads, into = {}, out or {}
+        dxf, dwte_head, _ = linear_backward(dlogits, caches["lm_head"])  # (B, T, C), (C, V)
+        dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm_backward(dxf, caches["ln_f"])  # (B, T, C)
+        for i in reversed(range(self.cfg.n_layer)):
+            dx = self._block_backward(i, dx, caches[i], grads, into)  # (B, T, C)
+        (demb,) = dropout_backward(dx, caches["drop"])  # (B, T, C)
+        _, dwte_tok = embedding_backward(demb, caches["wte"])  # (V, C)
+        _, grads["wpe.weight"] = embedding_backward(demb.sum(axis=0, keepdims=True), caches["wpe"])  # (block_size, C)
+        grads["wte.weight"] = dwte_tok + dwte_head.T  # (V, C): the tied weight's two uses ADD
+        if out is None:
+            return grads
+        for name, dest in out.items():
+            if grads[name] is not dest:  # not already written in place
+                dest[...] = grads[name]
+        return out
+
+    def _block_backward(self, i, dx, c, grads, into):
+        """Block i in reverse: the residual passes dx straight through and adds each branch's dx. The weight
+        gradients go into ``into``'s arrays where it has them (``_backward_rows``)."""
+        B, T, C = dx.shape
+        H = self.cfg.n_head
+        D = C // H
+        h = f"h.{i}."
+        # MLP sub-block in reverse
+        (dz,) = dropout_backward(dx, c["mlp.drop"])  # (B, T, C)
+        dg, grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"] = linear_backward(
+            dz, c["mlp.c_proj"], dw_out=into.get(h + "mlp.c_proj.weight"))
+        (df,) = gelu_backward(dg, c["gelu"])  # (B, T, 4C)
+        dm, grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"] = linear_backward(
+            df, c["c_fc"], dw_out=into.get(h + "mlp.c_fc.weight"))
+        dln2, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"] = layernorm_backward(dm, c["ln_2"])
+        dx = dx + dln2  # (B, T, C)
+        # attention sub-block in reverse
+        (dy,) = dropout_backward(dx, c["attn.drop"])  # (B, T, C)
+        dy, grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"] = linear_backward(
+            dy, c["attn.c_proj"], dw_out=into.get(h + "attn.c_proj.weight"))
+        dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
+        dqkv = self.xp.empty((B, T, 3, H, D), dtype=dx.dtype)  # the forward's split of qkv, in reverse:
+        attention_blocked_backward(dy, c["attn"], out=tuple(dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3)))
+        dqkv = dqkv.reshape(B, T, 3 * C)  # (B, T, 3C) dq, dk, dv written into their thirds (3 x (B, H, T, D) views)
+        da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(
+            dqkv, c["c_attn"], dw_out=into.get(h + "attn.c_attn.weight"))
+        dln1, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])
+        return dx + dln1  # (B, T, C)
+
+    def activation_bytes(self, cache) -> int:
+        """Bytes of activation memory a forward's cache holds for the backward.
+
+        Counts each distinct buffer once (views such as q, k, v of one qkv buffer share it) and leaves
+        out the parameters, which caches only reference. For GPT at dropout 0 this is, per step,
+        ``B*T*(n_layer*(20*C + 2) + 2*C + 2 + V) * itemsize + n_layer*B*H*P(T) * itemsize`` plus the int ids,
+        positions and targets; P(T): the weights the query blocks keep (``docs/gpt_backward.md`` itemizes it).
+        """
+        params = {id(buffer_root(v)) for v in self.params.values()}
+        seen, total, stack = set(), 0, [cache]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, RemoteCache):  # a shard's cache in a worker process: counted there
+                total += item.activation_bytes()
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, (tuple, list)):
+                stack.extend(item)
+            elif hasattr(item, "nbytes") and hasattr(item, "shape"):
+                root = buffer_root(item)
+                if id(root) not in params and id(root) not in seen:
+                    seen.add(id(root))
+                    total += int(root.nbytes)
+        return total
+
+    # ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Parameters as host NumPy arrays (a copy), keyed like Hugging Face GPT-2 without 'transformer.'."""
+        return {k: to_numpy(v).copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays into the parameters, checking names and shapes (dtype converted to the model's).
+
+        Values are written INTO the existing arrays, so an optimizer built on ``model.params`` keeps
+        updating the live parameters.
+        """
+        missing = sorted(set(self.params) - set(state))
+        unexpected = sorted(set(state) - set(self.params))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(self.params[k].shape):
+                raise ValueError(f"{k} must have shape {tuple(self.params[k].shape)}; got {tuple(v.shape)}")
+        for k, v in state.items():
+            self.params[k][...] = self.xp.asarray(v, dtype=self.dtype)
