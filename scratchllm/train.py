@@ -196,7 +196,8 @@ def _log(msg: str) -> None:
 
 def estimate_loss(model, splits: dict, cfg: TrainConfig, step: int) -> dict:
     """Mean loss over ``eval_iters`` batches per split, in eval mode, with batches from an RNG of its own
-    (seeded by seed and step) so evaluating never disturbs the training stream."""
+    (seeded by seed and step) so evaluating never disturbs the training stream. ``model``: a model or its
+    ``DataParallel``."""
     from .text.data import get_batch
 
     model.eval()
@@ -263,6 +264,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .io.hf import load_pretrained
     from .models.gpt import GPT, GPTConfig
     from .optim import clip_grad_norm, get_lr
+    from .parallel import DataParallel
     from .text.tokenizer import train_tokenizer
 
     out_dir = Path(cfg.out_dir)
@@ -300,6 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         model = GPT(mcfg, seed=cfg.seed, dtype=cfg.dtype, backend=backend)
         cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
     opt = make_optimizer(cfg, model.params)
+    dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)
     batch_rng = np.random.default_rng([cfg.seed, 2])
     best_val = math.inf
     if resume:
@@ -329,7 +332,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     try:
         while True:
             if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and step != resumed_at:
-                losses = estimate_loss(model, {"train": train_tokens, "val": val_tokens}, cfg, step)
+                losses = estimate_loss(dp, {"train": train_tokens, "val": val_tokens}, cfg, step)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise TrainingDiverged(f"evaluation loss is {losses} at step {step}")
                 best_val = min(best_val, losses["val"])
@@ -346,8 +349,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
                 else cfg.learning_rate
             opt.lr = lr
             x, y = get_batch(train_tokens, cfg.batch_size, cfg.block_size, batch_rng)
-            _, loss, cache = model.forward(xp.asarray(x), xp.asarray(y))
-            grads = model.backward(cache)
+            _, loss, cache = dp.forward(xp.asarray(x), xp.asarray(y))
+            grads = dp.backward(cache)
             if cfg.grad_clip > 0:
                 clip_grad_norm(grads, cfg.grad_clip)
             opt.step(grads)

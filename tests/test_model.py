@@ -8,11 +8,8 @@ import pytest
 from scratchllm.kernels.flat import flat_span
 from scratchllm.gradcheck import gradcheck
 from scratchllm.model import ATTN_BLOCK, GPT, GPTConfig, param_shapes
-from scratchllm.parallel.processes import RemoteCache, processes_supported
 
 TINY = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
-SHARD_MODES = ["threads", pytest.param("processes", marks=pytest.mark.skipif(
-    not processes_supported(), reason="batch shards in processes need fork (Linux)"))]
 
 
 def perturbed_model(cfg=TINY, dtype="float64", seed=0):
@@ -97,7 +94,6 @@ def test_whole_model_gradcheck_with_dropout_directional():
 
 def test_tied_weight_gradient_adds_both_uses():
     model = perturbed_model()
-    model.threads = 1  # one shard: the cache has the head's own entry
     idx, targets = batch()
     logits, loss, cache = model.forward(idx, targets)
     grads = model.backward(cache)
@@ -183,12 +179,11 @@ def attention_weights_kept(T, c):
     return sum((min(i0 + c, T) - i0) * min(i0 + c, T) for i0 in range(0, T, c))
 
 
-@pytest.mark.parametrize("mode", SHARD_MODES)
-@pytest.mark.parametrize("threads, T", [(1, 16), (2, 16), (3, 16), (1, 150), (2, 150)])
-def test_activation_bytes_match_the_documented_budget(threads, T, mode):
+@pytest.mark.parametrize("T", [16, 150])
+def test_activation_bytes_match_the_documented_budget(T):
+    """(Data parallel's shards keep the same, plus positions per shard: tests/parallel/test_data_parallel.py.)"""
     cfg = GPTConfig(vocab_size=65, block_size=T, n_layer=3, n_head=2, n_embd=16)
     model = GPT(cfg, backend="numpy")
-    model.threads, model.shard_mode = threads, mode  # batch shards: the same activations, positions per shard
     B = 4
     idx, targets = batch(cfg, B=B, T=T)
     cache = model.forward(idx, targets)[2]
@@ -196,9 +191,7 @@ def test_activation_bytes_match_the_documented_budget(threads, T, mode):
     P = attention_weights_kept(T, ATTN_BLOCK)
     assert P == (T * T if T <= ATTN_BLOCK else 64 * 64 + 64 * 128 + 22 * 150)  # 150 = 64 + 64 + 22 rows
     floats = B * T * (L * (20 * C + 2) + 2 * C + 2 + V) + L * B * H * P
-    ints = 8 * B * T * 2 + B * T + 8 * T * threads  # idx, targets (int64), the kept mask (bool), positions
-    if mode == "processes" and threads > 1:  # each worker process also keeps its own copy of its shard's ids
-        ints += 8 * T * (B - B // threads)
+    ints = 8 * B * T * 2 + B * T + 8 * T  # idx, targets (int64), the kept mask (bool), positions
     assert model.activation_bytes(cache) == 4 * floats + ints
 
 
@@ -262,52 +255,3 @@ def test_init_false_gives_zeros_of_the_right_shapes_fast():
     model = GPT(TINY, backend="numpy", init=False)
     assert all(not v.any() for v in model.params.values())
     assert {k: v.shape for k, v in model.params.items()} == param_shapes(TINY)
-
-
-@pytest.mark.parametrize("mode", SHARD_MODES)
-@pytest.mark.parametrize("threads", [2, 3, 5])
-def test_batch_shards_give_the_one_shard_numbers(threads, mode):
-    """On the CPU the batch is split into one shard per thread (model.py, threads.py): the logits, the loss
-    and every gradient must equal the one-shard computation; targets ignored in one shard only check that the
-    shards are weighted by their kept targets, not averaged."""
-    model = perturbed_model()
-    idx, targets = batch(B=4, T=5)
-    targets[1, :] = -1  # a whole row ignored: the shards keep different numbers of targets
-    model.threads = 1
-    logits1, loss1, cache1 = model.forward(idx, targets)
-    grads1 = model.backward(cache1, dloss=0.7)
-    model.threads, model.shard_mode = threads, mode
-    logits, loss, cache = model.forward(idx, targets)
-    assert "shards" in cache and len(cache["shards"]) == min(threads, 4)
-    assert isinstance(cache["shards"][1][1], RemoteCache) == (mode == "processes")
-    grads = model.backward(cache, dloss=0.7)
-    np.testing.assert_allclose(logits, logits1, rtol=0, atol=1e-14)
-    np.testing.assert_allclose(loss, loss1, rtol=1e-14)
-    assert list(grads) == list(grads1)
-    for g in (grads, grads1):  # one flat buffer laid out like the params: the optimizer's one-pass path
-        assert flat_span([g[n] for n in sorted(g, key=lambda n: g[n].ndim < 2)]) is not None
-    for name in grads:
-        np.testing.assert_allclose(grads[name], grads1[name], rtol=1e-12, atol=1e-14, err_msg=name)
-
-
-@pytest.mark.parametrize("mode", SHARD_MODES)
-def test_batch_shards_with_dropout_are_reproducible_and_gradchecked(mode):
-    cfg = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.3)
-    model = perturbed_model(cfg)
-    model.threads, model.shard_mode = 2, mode
-    idx, targets = batch(cfg, B=3)
-    runs = []
-    for _ in range(2):
-        model.rng = np.random.default_rng(9)
-        logits, loss, cache = model.forward(idx, targets)
-        runs.append((logits, model.backward(cache)))
-    np.testing.assert_array_equal(runs[0][0], runs[1][0])  # the same seed, the same masks in every shard
-    for name in runs[0][1]:
-        np.testing.assert_array_equal(runs[0][1][name], runs[1][1][name])
-    model.rng = np.random.default_rng(9)
-    other = model.forward(idx, targets)[0]
-    model.eval()
-    assert not np.allclose(other, model.forward(idx, targets)[0])  # dropout really acted in the shards
-    model.train()
-    report = model_gradcheck(model, idx, targets, mode="directional", dropout_seed=5)
-    assert report.ok and report.max_rel_err <= 1e-7

@@ -45,6 +45,7 @@ def _runners(c, backend, torch):
     """(ours(i) -> loss, torch(i) -> loss or None, model) for a config on a backend."""
     from ..models.gpt import GPT, GPTConfig
     from ..optim import AdamW, clip_grad_norm, decay_groups
+    from ..parallel import DataParallel
 
     cfg = GPTConfig(c["vocab_size"], c["block_size"], c["n_layer"], c["n_head"], c["n_embd"])
     B, T, V = c["batch_size"], c["block_size"], c["vocab_size"]
@@ -53,11 +54,12 @@ def _runners(c, backend, torch):
     model = GPT(cfg, seed=0, dtype="float32", backend=backend)
     batches = [(model.xp.asarray(a), model.xp.asarray(b)) for a, b in host]
     opt = AdamW(decay_groups(model.params, 0.1), lr=1e-3, betas=(0.9, 0.99))
+    dp = DataParallel(model)  # as the trainer runs it: the batch in shards on every CPU core
 
     def ours(i):
         idx, tgt = batches[i % 4]
-        _, loss, cache = model.forward(idx, tgt)
-        grads = model.backward(cache)
+        _, loss, cache = dp.forward(idx, tgt)
+        grads = dp.backward(cache)
         clip_grad_norm(grads, 1.0)
         opt.step(grads)
         return float(loss)

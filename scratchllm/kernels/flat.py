@@ -7,9 +7,30 @@ of ``decay_groups``' two groups is one contiguous stretch; ``Optimizer.step`` re
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from ..backend import get_xp
+
+
+def flat_order(params) -> list:
+    """The names of ``params`` in flat-buffer order: weights (>= 2-D) first, then vectors (biases, norms), each
+    group in the dict's order. AdamW's two decay groups are then two stretches of the buffer."""
+    return sorted(params, key=lambda name: params[name].ndim < 2)
+
+
+def shared_empty(n: int, dtype) -> np.ndarray:
+    """An uninitialised 1-D NumPy array in anonymous shared memory (MAP_SHARED): processes forked later see
+    every write to it, and it theirs (the model's parameters, which data parallel's worker processes read)."""
+    dtype = np.dtype(dtype)
+    buf = mmap.mmap(-1, max(1, n * dtype.itemsize))  # anonymous maps are shared with forked children
+    return np.frombuffer(buf, dtype=dtype, count=n)
+
+
+def is_shared(a) -> bool:
+    """Whether ``a`` is a view of a ``shared_empty`` buffer."""
+    return isinstance(getattr(buffer_root(a), "base", None), mmap.mmap)
 
 
 def flatten_params(params, xp=None, dtype=None, alloc=None):
@@ -18,7 +39,7 @@ def flatten_params(params, xp=None, dtype=None, alloc=None):
     ``views`` maps each name, in the dict's order, to a view of ``flat`` with that array's shape and values.
     Optimizers update a group of such views in one pass (module docstring). ``xp`` (default: the arrays'
     backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype; ``alloc(n,
-    dtype)`` allocates it instead of ``xp.empty`` (GPT's shared memory for process shards, shards.py).
+    dtype)`` allocates it instead of ``xp.empty`` (``shared_empty``: GPT's parameters on the host).
     """
     arrays = list(params.values())
     xp = xp or get_xp(*arrays)

@@ -9,15 +9,12 @@ GPT-2's Conv1D, and the output head is tied to ``wte.weight``.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
-from ..kernels.flat import add_into, buffer_root, empty_flat, flatten_params
-from ..parallel.processes import RemoteCache, ShardWorkers, default_mode, processes_supported, shared_empty
-from ..kernels.threads import cpu_threads, parallel_chunks, parallel_map, shard_bounds
+from ..kernels.flat import buffer_root, empty_flat, flat_order, flatten_params, shared_empty
 from ..kernels.dispatch import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                                cross_entropy_forward, embedding_backward, embedding_forward, gelu_backward,
                                gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
@@ -25,7 +22,7 @@ from ..ops import dropout_backward, dropout_forward
 
 DTYPES = ("float32", "float64")
 # Causal attention runs in query blocks of this many rows (attention_blocked): it skips most of the masked upper
-# triangle, with attention_forward's numbers. 64 measured fastest at T = 256 on a shard's core, 10 % over 128.
+# triangle, with attention_forward's numbers. 64 measured fastest at T = 256 on one core, 10 % over 128.
 ATTN_BLOCK = 64
 
 
@@ -112,17 +109,13 @@ class GPT:
         else:
             self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in param_shapes(cfg).items()}
         # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is one
-        # stretch, which the optimizer updates at once (optim.py, "Flat fast path"). _flat_order is the params'
-        # order in the buffer. On the CPU (Linux) it is shared memory, which batch shards in processes read.
-        self._flat_order = sorted(self.params, key=lambda k: self.params[k].ndim < 2)
-        shared = self.backend == "numpy" and processes_supported()
-        _, views = flatten_params({k: self.params[k] for k in self._flat_order}, alloc=shared_empty if shared else None)
+        # stretch, which the optimizer updates at once (optim/, "Flat fast path"). On the host the buffer is shared
+        # memory, which batch shards in worker processes read (parallel/).
+        self._flat_order = flat_order(self.params)
+        alloc = shared_empty if self.backend == "numpy" else None
+        _, views = flatten_params({k: self.params[k] for k in self._flat_order}, alloc=alloc)
         self.params = {k: views[k] for k in self.params}
-        self._shared_params = views if shared else None  # what the shard processes read (shards.py)
-        self._shard_workers = None  # started at the first forward with shards in processes
-        self.rng = np.random.default_rng([seed, 1])  # dropout masks (host Generator, seeded)
-        self.threads = cpu_threads()  # on the CPU, batch shards run this many at once (threads.py)
-        self.shard_mode = default_mode()  # "processes" (Linux) or "threads": where shards 1.. run (shards.py)
+        self.rng = np.random.default_rng([seed, 1])  # each step's dropout seed (``dropout_seed``)
         self.training = True
 
     def train(self, mode: bool = True) -> "GPT":
@@ -156,6 +149,28 @@ class GPT:
                 raise ValueError(f"{name} holds {bad}, outside {allowed}")
         return self.xp.asarray(a)
 
+    def check_inputs(self, idx, targets=None, kv_cache=None):
+        """``(idx, targets, past)``: the ids as integer (B, T) arrays on the model's backend, checked against the
+        vocabulary and the context, and the number of positions already in ``kv_cache``."""
+        idx = self._check_ids("idx", idx)
+        T = idx.shape[1]
+        past = kv_cache[0][0].shape[2] if kv_cache else 0  # positions already in the KV cache
+        if past + T > self.cfg.block_size:
+            raise ValueError(f"idx has T={T} positions (after {past} cached) but block_size is {self.cfg.block_size}")
+        if targets is not None:
+            if kv_cache is not None:
+                raise ValueError("targets cannot be combined with kv_cache (the KV cache is for inference)")
+            targets = self._check_ids("targets", targets, allow_ignore=True)
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}; got {tuple(targets.shape)}")
+        return idx, targets, past
+
+    def dropout_seed(self):
+        """This step's dropout seed, one draw from ``self.rng``; None when no dropout acts (eval, or p = 0)."""
+        if not self.training or not self.cfg.dropout:
+            return None
+        return int(self.rng.integers(2**63))
+
     def forward(self, idx, targets=None, kv_cache=None):
         """Logits for every position, and the mean cross-entropy when ``targets`` are given.
 
@@ -167,65 +182,24 @@ class GPT:
         tokens in ``idx`` then continue the cached ones (positions start after them), so generation feeds
         one new token per call instead of the whole context.
         """
-        cfg, xp = self.cfg, self.xp
-        idx = self._check_ids("idx", idx)
-        B, T = idx.shape
-        past = kv_cache[0][0].shape[2] if kv_cache else 0  # positions already in the KV cache
-        if past + T > cfg.block_size:
-            raise ValueError(f"idx has T={T} positions (after {past} cached) but block_size is {cfg.block_size}")
-        if targets is not None:
-            if kv_cache is not None:
-                raise ValueError("targets cannot be combined with kv_cache (the KV cache is for inference)")
-            targets = self._check_ids("targets", targets, allow_ignore=True)
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}; got {tuple(targets.shape)}")
-        drop = cfg.dropout if self.training else 0.0
-        shards = 1 if kv_cache is not None or self.backend != "numpy" else min(self.threads, B)
-        if shards == 1:
-            logits, caches = self._forward_rows(idx, past, drop, kv_cache, self.rng)  # (B, T, V)
-        else:  # one shard of the batch per CPU thread (threads.py); the shards' logits back in order
-            bounds = shard_bounds(B, shards)
-            seeds = self.rng.integers(2**63, size=shards) if drop else [None] * shards  # a dropout stream each
-            rngs = [np.random.default_rng(s) if drop else None for s in seeds]
-            if self._in_processes():
-                outs = self._forward_in_processes(idx, bounds, drop, seeds, rngs)
-            else:
-                outs = parallel_map(lambda j: self._forward_rows(idx[bounds[j]], 0, drop, None, rngs[j]), range(shards))
-            logits = xp.concatenate([lg for lg, _ in outs])  # (B, T, V)
-            caches = {"shards": [(sl, c) for sl, (_, c) in zip(bounds, outs)]}
+        idx, targets, past = self.check_inputs(idx, targets, kv_cache)
+        logits, caches = self.forward_rows(idx, self.dropout_seed(), past=past, kv_cache=kv_cache)  # (B, T, V)
         loss = None
         if targets is not None:
             loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
         return logits, loss, caches
 
-    def _in_processes(self) -> bool:
-        if self.shard_mode not in ("processes", "threads"):
-            raise ValueError(f"shard_mode must be 'processes' or 'threads'; got {self.shard_mode!r}")
-        return self.shard_mode == "processes" and self._shared_params is not None
+    def forward_rows(self, idx, seed=None, first_row=0, past=0, kv_cache=None):
+        """Logits (B, T, V) and caches for some rows of a batch: embeddings, blocks, final LayerNorm, head.
 
-    def _forward_in_processes(self, idx, bounds, drop, seeds, rngs):
-        """``parallel_map`` of ``_forward_rows`` over the shards, shards 1.. in worker processes (shards.py)."""
-        for name, view in self._shared_params.items():  # a rebound parameter: its values to the workers
-            if self.params[name] is not view:
-                view[...] = self.params[name]
-        if self._shard_workers is None or self._shard_workers.closed or self._shard_workers.pid != os.getpid():
-            self._shard_workers = ShardWorkers(self, self._shared_params)
-        requests = [(idx[sl], drop, seed) for sl, seed in zip(bounds[1:], seeds[1:])]
-        rows = max(sl.stop - sl.start for sl in bounds)
-        out0, outs = self._shard_workers.forward(
-            requests, lambda: self._forward_rows(idx[bounds[0]], 0, drop, None, rngs[0]),
-            logits_bytes=rows * idx.shape[1] * self.cfg.vocab_size * self.dtype.itemsize)
-        # (logits, cache) per shard; a worker's logits are a view (forward copies them), its cache a handle
-        return [out0] + outs
-
-    def _forward_rows(self, idx, past, drop, kv_cache, rng):
-        """Logits (B, T, V) and caches for some rows of the batch: embeddings, blocks, final LayerNorm, head.
-
-        On the CPU the batch is split into one shard per thread and each shard runs this on its own core
-        (with its own dropout generator, seeded from ``self.rng``: reproducible for a given thread count).
+        Dropout acts when ``seed`` is given (``dropout_seed``). Row b's masks come from its own generator,
+        ``default_rng([seed, first_row + b])``: a row's masks do not depend on which rows share the call, so a
+        batch cut into shards (parallel/, ``first_row`` each shard's first row) draws the masks of the whole.
         """
         p, xp = self.params, self.xp
-        T = idx.shape[1]
+        B, T = idx.shape
+        drop = self.cfg.dropout if seed is not None else 0.0
+        rng = [np.random.default_rng([seed, first_row + b]) for b in range(B)] if drop else None  # one per row
         caches = {}
         # embeddings: token + position, then dropout
         tok, caches["wte"] = embedding_forward(idx, p["wte.weight"])  # (B, T, C)
@@ -268,42 +242,18 @@ class GPT:
     def backward(self, cache, dloss=1.0) -> dict:
         """Gradients of the loss with respect to every parameter (the forward's caches in reverse).
 
-        ``dloss`` scales the loss gradient (1.0: the gradient of the mean cross-entropy itself).
+        ``dloss`` scales the loss gradient (1.0: the gradient of the mean cross-entropy itself). The gradients
+        are views of one flat buffer laid out like the parameters' (the optimizer's flat fast path).
         """
         if "loss" not in cache:
             raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
         dlogits, _ = cross_entropy_backward(self.xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)
-        if "shards" not in cache:
-            _, grads = empty_flat({name: self.params[name] for name in self._flat_order})  # one buffer like the params
-            grads = self._backward_rows(dlogits, cache, out=grads)
-            return {name: grads[name] for name in self.params}  # the params' order
-        # one backward per shard, each on its own thread or process; their gradients summed in shard order
-        shards = cache["shards"]
-        if any(isinstance(c, RemoteCache) for _, c in shards[1:]):
-            def local():  # shard 0 here, its gradients written into the result's flat buffer
-                flat, views = empty_flat({name: self.params[name] for name in self._flat_order})
-                return flat, self._backward_rows(dlogits[shards[0][0]], shards[0][1], out=views)
+        _, grads = empty_flat({name: self.params[name] for name in self._flat_order})  # one buffer like the params
+        grads = self.backward_rows(dlogits, cache, out=grads)
+        return {name: grads[name] for name in self.params}  # the params' order
 
-            (flat, grads), worker_flats = shards[1][1].owner.backward(
-                [c for _, c in shards[1:]], [dlogits[sl] for sl, _ in shards[1:]], local)
-            for worker_flat in worker_flats:  # each worker's gradients: its shared flat buffer, the same layout
-                add_into(flat, worker_flat)  # one pass (the shards' sum, in shard order)
-            return {name: grads[name] for name in self.params}
-        outs = parallel_map(lambda sc: self._backward_rows(dlogits[sc[0]], sc[1]), shards)
-        _, grads = empty_flat({name: self.params[name] for name in self._flat_order})
-        names = list(self.params)
-
-        def add(rows):  # some parameters' sums over the shards; memory-bound, so on every core
-            for name in names[rows]:
-                np.add(outs[0][name], outs[1][name], out=grads[name])
-                for shard_grads in outs[2:]:
-                    grads[name] += shard_grads[name]
-
-        parallel_chunks(add, len(names), sum(int(p.size) for p in self.params.values()), np)
-        return {name: grads[name] for name in self.params}
-
-    def _backward_rows(self, dlogits, caches, out=None) -> dict:
-        """``_forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V).
+    def backward_rows(self, dlogits, caches, out=None) -> dict:
+        """``forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V).
 
         ``out``: a dict of arrays shaped like the params (views of a flat buffer) that receives the gradients
         and is returned; the linear layers write their weight gradients (nearly all the numbers) straight into
@@ -326,7 +276,7 @@ class GPT:
 
     def _block_backward(self, i, dx, c, grads, into):
         """Block i in reverse: the residual passes dx straight through and adds each branch's dx. The weight
-        gradients go into ``into``'s arrays where it has them (``_backward_rows``)."""
+        gradients go into ``into``'s arrays where it has them (``backward_rows``)."""
         B, T, C = dx.shape
         H = self.cfg.n_head
         D = C // H
@@ -365,9 +315,7 @@ class GPT:
         seen, total, stack = set(), 0, [cache]
         while stack:
             item = stack.pop()
-            if isinstance(item, RemoteCache):  # a shard's cache in a worker process: counted there
-                total += item.activation_bytes()
-            elif isinstance(item, dict):
+            if isinstance(item, dict):
                 stack.extend(item.values())
             elif isinstance(item, (tuple, list)):
                 stack.extend(item)

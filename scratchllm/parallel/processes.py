@@ -1,15 +1,15 @@
-"""Batch shards in worker processes: GPT's CPU path around Python's GIL.
+"""Batch shards in worker processes: data parallel's CPU path around Python's GIL.
 
-On the CPU, ``GPT`` splits a batch into one shard per core and runs each shard's forward and backward on
-its own core (threads.py). In threads, the shards contend for the GIL: every NumPy call gives it up and
+On the CPU, ``DataParallel`` splits a batch into one shard per core and runs each shard's forward and backward on
+its own core (data_parallel.py). In threads, the shards contend for the GIL: every NumPy call gives it up and
 takes it back, and at the small arrays of a small model the hand-overs cost more than the arithmetic
 (nanoGPT's CPU recipe, forward + backward of B12 on 2 cores: 31 ms in two threads, 24 ms in two processes,
 22 ms for one shard alone on one core). So on Linux shards 1, 2, ... run in worker processes forked from
 the model, and shard 0 runs in the caller's thread:
 
-- the parameters live in anonymous shared memory from the start (``shared_empty``: GPT's flat buffer), so a
-  worker reads the values the optimizer wrote in place; ``GPT`` copies a parameter that was rebound to
-  another array into that memory before each sharded forward;
+- the parameters live in anonymous shared memory from the start (``kernels.flat.shared_empty``: GPT's flat
+  buffer), so a worker reads the values the optimizer wrote in place; ``DataParallel`` copies a parameter that
+  was rebound to another array into that memory before each sharded forward;
 - a worker keeps its shard's caches (the caller holds a ``RemoteCache`` handle; dropping the handle drops
   the cache in the worker at the next request) and writes its shard's gradients into its own shared buffer,
   which the caller adds in shard order, as it adds the threads' gradients: both ways give the same bits;
@@ -20,13 +20,12 @@ the model, and shard 0 runs in the caller's thread:
 - any interruption of an exchange (Ctrl-C in the caller, an error in shard 0) closes the workers, and the
   next forward forks fresh ones; a worker's own error comes back as ``WorkerError`` and it goes on serving.
 
-``SCRATCHLLM_SHARDS=threads`` (or ``model.shard_mode = "threads"``) keeps the shards in threads.
+``SCRATCHLLM_SHARDS=threads`` (or ``DataParallel(model, mode="threads")``) keeps the shards in threads.
 """
 
 from __future__ import annotations
 
 import itertools
-import mmap
 import os
 import signal
 import sys
@@ -38,6 +37,7 @@ import weakref
 import numpy as np
 
 from ..kernels import threads
+from ..kernels.flat import shared_empty
 
 ENV_VAR = "SCRATCHLLM_SHARDS"
 MODES = ("processes", "threads")
@@ -59,14 +59,6 @@ def default_mode() -> str:
     return "processes" if processes_supported() else "threads"
 
 
-def shared_empty(n: int, dtype) -> np.ndarray:
-    """An uninitialised 1-D NumPy array in anonymous shared memory (MAP_SHARED): processes forked later
-    see every write to it, and it theirs."""
-    dtype = np.dtype(dtype)
-    buf = mmap.mmap(-1, max(1, n * dtype.itemsize))  # anonymous maps are shared with forked children
-    return np.frombuffer(buf, dtype=dtype, count=n)
-
-
 class WorkerExited(RuntimeError):
     """A shard worker process is gone (killed, or closed after an interrupted exchange): its caches are lost."""
 
@@ -76,7 +68,7 @@ class WorkerError(RuntimeError):
 
 
 class ShardWorker:
-    """One forked process that runs ``GPT._forward_rows`` / ``_backward_rows`` on the shards sent to it."""
+    """One forked process that runs the model's ``forward_rows`` / ``backward_rows`` on the shards sent to it."""
 
     def __init__(self, model, shared_params: dict, transfer_bytes: int):
         import multiprocessing
@@ -191,9 +183,10 @@ class RemoteCache:
 
 
 class ShardWorkers:
-    """The worker processes of one model, started on demand (shard j >= 1 runs on worker j - 1)."""
+    """The worker processes of one ``DataParallel`` (``owner``), started on demand (shard j >= 1 runs on worker
+    j - 1); they end with the owner."""
 
-    def __init__(self, model, shared_params: dict):
+    def __init__(self, owner, model, shared_params: dict):
         self._model = weakref.ref(model)
         self._shared = shared_params
         self.workers = []
@@ -201,10 +194,10 @@ class ShardWorkers:
         self.closed = False
         self._keys = itertools.count()
         self._lock = threading.Lock()  # one exchange at a time (two threads calling forward on one model)
-        self._finalizer = weakref.finalize(model, ShardWorkers._close_all, self.workers, self.pid, False)
+        self._finalizer = weakref.finalize(owner, ShardWorkers._close_all, self.workers, self.pid, False)
 
     def forward(self, requests, local, logits_bytes):
-        """Send ``("forward", idx, drop, seed)`` request j to worker j, run ``local()`` (shard 0) here; return
+        """Send ``("forward", idx, seed, first_row)`` request j to worker j, run ``local()`` (shard 0) here; return
         (local's result, [(logits, RemoteCache)] per worker). A worker's logits are a view of its transfer
         buffer: copy them before its next request. ``logits_bytes``: the largest shard's logits."""
         with self._lock:
@@ -286,13 +279,12 @@ def _serve(conn, parent_end, parent_pid, model, shared_params, grads, transfer):
             return
         try:
             if kind == "forward":
-                key, idx, drop, seed = args
-                rng = np.random.default_rng(seed) if drop else None
-                logits, caches[key] = model._forward_rows(idx, 0, drop, None, rng)  # (b, T, V)
+                key, idx, seed, first_row = args
+                logits, caches[key] = model.forward_rows(idx, seed, first_row)  # (b, T, V)
                 reply = pack(transfer, logits)
             elif kind == "backward":
                 key, dlogits = args
-                model._backward_rows(unpack(transfer, dlogits), caches[key], out=grads)  # into the shared buffer
+                model.backward_rows(unpack(transfer, dlogits), caches[key], out=grads)  # into the shared buffer
                 reply = None
             elif kind == "bytes":
                 reply = model.activation_bytes(caches[args[0]])

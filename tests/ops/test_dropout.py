@@ -19,6 +19,19 @@ def test_mask_rate_scale_and_determinism():
     assert not np.array_equal(first, second)  # a Generator advances: a new mask per call
 
 
+def test_one_generator_per_row_draws_each_row_alone():
+    """A list of Generators: row b's mask is the one rng[b] draws for that row by itself, so rows cut into
+    groups (data parallel's shards) get the masks of the whole."""
+    x = normal(0, (4, 3, 5))
+    out, _ = dropout_forward(x, 0.5, [np.random.default_rng([7, b]) for b in range(4)])
+    for b in range(4):
+        alone, _ = dropout_forward(x[b:b + 1], 0.5, [np.random.default_rng([7, b])])
+        np.testing.assert_array_equal(out[b:b + 1], alone)
+    assert not np.array_equal(out[0] != 0, out[1] != 0)  # rows draw different masks
+    with pytest.raises(ValueError, match=r"rng must hold one Generator per row of x \(4\); got 3"):
+        dropout_forward(x, 0.5, [np.random.default_rng(b) for b in range(3)])
+
+
 def test_p_zero_is_the_identity():
     x = normal(0, (3, 4))
     out, cache = dropout_forward(x, 0.0)

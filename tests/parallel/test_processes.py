@@ -1,5 +1,5 @@
-"""Batch shards in worker processes (scratchllm/shards.py): the same numbers as threads, live parameters,
-errors that surface instead of hanging, and no process or cache left behind."""
+"""Batch shards in worker processes (scratchllm/parallel/processes.py): the same numbers as threads, live
+parameters, errors that surface instead of hanging, and no process or cache left behind."""
 
 import gc
 
@@ -12,6 +12,7 @@ import scratchllm.kernels.threads
 from scratchllm.parallel import processes as shards
 from scratchllm.model import GPT, GPTConfig
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
+from scratchllm.parallel import DataParallel
 from scratchllm.parallel.processes import RemoteCache, WorkerExited
 
 pytestmark = pytest.mark.skipif(not shards.processes_supported(), reason="process shards need fork (Linux)")
@@ -26,13 +27,13 @@ def data(B=4, T=8, seed=0):
 
 def train(mode, steps=3, threads=2):
     model = GPT(CFG, seed=1, backend="numpy")
-    model.threads, model.shard_mode = threads, mode
+    dp = DataParallel(model, workers=threads, mode=mode)
     opt = AdamW(decay_groups(model.params, 0.1), lr=1e-2)
     losses = []
     for step in range(steps):
         idx, targets = data(seed=step)
-        _, loss, cache = model.forward(idx, targets)
-        grads = model.backward(cache)
+        _, loss, cache = dp.forward(idx, targets)
+        grads = dp.backward(cache)
         clip_grad_norm(grads, 1.0)
         opt.step(grads)  # in place: the workers must read the new values at the next forward
         losses.append(float(loss))
@@ -57,53 +58,53 @@ def test_training_in_processes_gives_the_bits_of_threads(threads, sum_in_pieces,
 
 def test_a_rebound_parameter_reaches_the_workers():
     model = GPT(CFG, seed=1, backend="numpy").eval()
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     idx, _ = data()
-    before = model.forward(idx)[0]
+    before = dp.forward(idx)[0]
     model.params["h.1.mlp.c_fc.bias"] = np.full(4 * CFG.n_embd, 0.3, np.float32)  # a new array, not in place
-    after = model.forward(idx)[0]
-    model.shard_mode = "threads"
-    np.testing.assert_array_equal(after, model.forward(idx)[0])
+    after = dp.forward(idx)[0]
+    dp_threads = DataParallel(model, workers=2, mode="threads")
+    np.testing.assert_array_equal(after, dp_threads.forward(idx)[0])
     assert not np.allclose(before[2:], after[2:])  # rows of the worker's shard changed too
 
 
 def test_worker_errors_are_raised_and_the_worker_goes_on():
     model = GPT(CFG, backend="numpy")
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     idx, targets = data()
-    model.forward(idx, targets)
-    worker = model._shard_workers.workers[0]
+    dp.forward(idx, targets)
+    worker = dp._pool.workers[0]
     worker.send("no-such-request")
     with pytest.raises(RuntimeError, match="in a shard worker process: ValueError: unknown request"):
         worker.receive()
-    _, loss, cache = model.forward(idx, targets)  # still serving, and in step with its requests
-    assert np.isfinite(loss) and set(model.backward(cache)) == set(model.params)
+    _, loss, cache = dp.forward(idx, targets)  # still serving, and in step with its requests
+    assert np.isfinite(loss) and set(dp.backward(cache)) == set(model.params)
 
 
 def test_a_killed_worker_raises_and_the_next_forward_starts_a_new_one():
     model = GPT(CFG, backend="numpy")
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     idx, targets = data()
-    _, _, cache = model.forward(idx, targets)
-    worker = model._shard_workers.workers[0]
+    _, _, cache = dp.forward(idx, targets)
+    worker = dp._pool.workers[0]
     worker.process.kill()
     worker.process.join(5)
     with pytest.raises(WorkerExited, match="SCRATCHLLM_SHARDS=threads"):
-        model.backward(cache)
+        dp.backward(cache)
     with pytest.raises(WorkerExited, match="were closed"):  # the other caches of those workers are gone too
-        model.backward(cache)
-    _, loss, cache = model.forward(idx, targets)  # fresh workers
-    assert model._shard_workers.workers[0] is not worker and np.isfinite(loss)
-    assert set(model.backward(cache)) == set(model.params)
+        dp.backward(cache)
+    _, loss, cache = dp.forward(idx, targets)  # fresh workers
+    assert dp._pool.workers[0] is not worker and np.isfinite(loss)
+    assert set(dp.backward(cache)) == set(model.params)
 
 
-def test_dropped_caches_are_freed_in_the_worker_and_workers_end_with_the_model():
+def test_dropped_caches_are_freed_in_the_worker_and_workers_end_with_their_data_parallel():
     model = GPT(CFG, backend="numpy")
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     idx, targets = data()
-    caches = [model.forward(idx, targets)[2] for _ in range(3)]
+    caches = [dp.forward(idx, targets)[2] for _ in range(3)]
     assert isinstance(caches[0]["shards"][1][1], RemoteCache)
-    worker = model._shard_workers.workers[0]
+    worker = dp._pool.workers[0]
     worker.send("count")
     assert worker.receive() == 3
     del caches
@@ -111,39 +112,38 @@ def test_dropped_caches_are_freed_in_the_worker_and_workers_end_with_the_model()
     worker.send("count")  # the drops travel with the next request
     assert worker.receive() == 0
     process = worker.process
-    del model, worker
+    del dp, worker
     gc.collect()
     process.join(5)
     assert not process.is_alive()
 
 
 def test_the_shard_mode_setting_is_checked(monkeypatch):
+    model = GPT(CFG, backend="numpy")
     monkeypatch.setenv("SCRATCHLLM_SHARDS", "threads")
-    assert GPT(CFG, backend="numpy").shard_mode == "threads"
+    assert DataParallel(model).mode == "threads"
     monkeypatch.setenv("SCRATCHLLM_SHARDS", "fibers")
     with pytest.raises(ValueError, match="SCRATCHLLM_SHARDS must be one of processes, threads; got 'fibers'"):
-        GPT(CFG, backend="numpy")
+        DataParallel(model)
     monkeypatch.delenv("SCRATCHLLM_SHARDS")
-    model = GPT(CFG, backend="numpy")
-    model.shard_mode, model.threads = "cores", 2
-    with pytest.raises(ValueError, match="shard_mode must be 'processes' or 'threads'; got 'cores'"):
-        model.forward(*data())
+    with pytest.raises(ValueError, match="mode must be one of processes, threads; got 'cores'"):
+        DataParallel(model, mode="cores")
 
 
 def test_a_process_forked_from_the_model_owner_starts_its_own_workers():
     import multiprocessing
 
     model = GPT(CFG, backend="numpy").eval()
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     idx, _ = data()
-    expected = model.forward(idx)[0]  # this process's workers are up
+    expected = dp.forward(idx)[0]  # this process's workers are up
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    ours = model._shard_workers.workers[0].process.pid
+    ours = dp._pool.workers[0].process.pid
 
     def in_child():  # a data loader's fork, say: it must not talk to this process's workers
-        logits = model.forward(idx)[0]
-        queue.put((logits, model._shard_workers.workers[0].process.pid))
+        logits = dp.forward(idx)[0]
+        queue.put((logits, dp._pool.workers[0].process.pid))
 
     child = ctx.Process(target=in_child)
     child.start()
@@ -151,27 +151,27 @@ def test_a_process_forked_from_the_model_owner_starts_its_own_workers():
     child.join(10)
     np.testing.assert_array_equal(got, expected)
     assert theirs != ours
-    np.testing.assert_array_equal(model.forward(idx)[0], expected)  # ours untouched by the child's
+    np.testing.assert_array_equal(dp.forward(idx)[0], expected)  # ours untouched by the child's
 
 
 def test_an_interrupted_exchange_leaves_no_reply_behind(monkeypatch):
     """Ctrl-C (or any error) in shard 0 while a worker computes: the workers are closed, so no stale reply
     can answer a later request; the next forward starts fresh ones and gets the right numbers."""
     model = GPT(CFG, backend="numpy").eval()
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     idx, _ = data()
-    expected = model.forward(idx)[0]
-    first = model._shard_workers.workers[0]
+    expected = dp.forward(idx)[0]
+    first = dp._pool.workers[0]
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(GPT, "_forward_rows", interrupted)  # in this process only: the worker forked before
+        m.setattr(GPT, "forward_rows", interrupted)  # in this process only: the worker forked before
         with pytest.raises(KeyboardInterrupt):
-            model.forward(data(seed=5)[0])
-    np.testing.assert_array_equal(model.forward(idx)[0], expected)
-    assert model._shard_workers.workers[0] is not first and not first.process.is_alive()
+            dp.forward(data(seed=5)[0])
+    np.testing.assert_array_equal(dp.forward(idx)[0], expected)
+    assert dp._pool.workers[0] is not first and not first.process.is_alive()
 
 
 def test_a_ctrl_c_sent_to_the_workers_is_left_to_the_caller():
@@ -179,13 +179,13 @@ def test_a_ctrl_c_sent_to_the_workers_is_left_to_the_caller():
     import signal
 
     model = GPT(CFG, backend="numpy").eval()
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     idx, _ = data()
-    expected = model.forward(idx)[0]
-    worker = model._shard_workers.workers[0]
+    expected = dp.forward(idx)[0]
+    worker = dp._pool.workers[0]
     os.kill(worker.process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
-    np.testing.assert_array_equal(model.forward(idx)[0], expected)
-    assert model._shard_workers.workers[0] is worker and worker.process.is_alive()
+    np.testing.assert_array_equal(dp.forward(idx)[0], expected)
+    assert dp._pool.workers[0] is worker and worker.process.is_alive()
 
 
 def test_workers_end_when_the_model_process_is_killed(tmp_path):
@@ -200,10 +200,11 @@ def test_workers_end_when_the_model_process_is_killed(tmp_path):
     script.write_text(
         "import sys, time, numpy as np\n"
         "from scratchllm.model import GPT, GPTConfig\n"
+        "from scratchllm.parallel import DataParallel\n"
         "m = GPT(GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=16), backend='numpy')\n"
-        "m.shard_mode, m.threads = 'processes', 3\n"
-        "m.forward(np.zeros((4, 8), np.int64))\n"
-        "print(' '.join(str(w.process.pid) for w in m._shard_workers.workers), flush=True)\n"
+        "dp = DataParallel(m, workers=3, mode='processes')\n"
+        "dp.forward(np.zeros((4, 8), np.int64))\n"
+        "print(' '.join(str(w.process.pid) for w in dp._pool.workers), flush=True)\n"
         "time.sleep(60)\n")
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in owner.stdout.readline().split()]
@@ -231,17 +232,17 @@ def test_logits_larger_than_the_shared_buffer_go_through_the_pipe(monkeypatch):
     """The transfer buffer is sized at the first forward; a larger batch later falls back to the pipe."""
     monkeypatch.setattr(shards, "TRANSFER_MIN_BYTES", 0)
     model = GPT(CFG, seed=3, backend="numpy").eval()
-    model.shard_mode, model.threads = "processes", 2
+    dp = DataParallel(model, workers=2, mode="processes")
     small, _ = data(B=2)
-    model.forward(small)  # the worker's buffer: twice one row's logits
-    worker = model._shard_workers.workers[0]
+    dp.forward(small)  # the worker's buffer: twice one row's logits
+    worker = dp._pool.workers[0]
     assert worker.transfer.size == 2 * CFG.block_size * CFG.vocab_size * 4
     big, targets = data(B=8)  # four rows a shard: through the pipe, both ways
-    got = model.forward(big, targets)
-    grads = model.backward(got[2])
-    model.shard_mode = "threads"
-    expected = model.forward(big, targets)
+    got = dp.forward(big, targets)
+    grads = dp.backward(got[2])
+    dp_threads = DataParallel(model, workers=2, mode="threads")
+    expected = dp_threads.forward(big, targets)
     np.testing.assert_array_equal(got[0], expected[0])
-    for name, g in model.backward(expected[2]).items():
+    for name, g in dp_threads.backward(expected[2]).items():
         np.testing.assert_array_equal(grads[name], g, err_msg=name)
-    assert model._shard_workers.workers[0] is worker
+    assert dp._pool.workers[0] is worker
