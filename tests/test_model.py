@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from scratchllm.kernels.flat import flat_span
 from scratchllm.gradcheck import gradcheck
 from scratchllm.model import ATTN_BLOCK, GPT, GPTConfig, param_shapes
 

@@ -1,4 +1,4 @@
-"""threads.py: the CPU thread helpers behind GPT's batch shards."""
+"""kernels/threads.py: the CPU thread helpers behind the ops' pieces of work and data parallel's shards."""
 
 import os
 import threading

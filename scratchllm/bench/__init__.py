@@ -1,8 +1,8 @@
 """``scratchllm bench``: time every op of ``ops.OPS`` (forward and backward) and a whole training step, on
 every available backend, against PyTorch as the reference.
 
-Suites: ``ops`` (``bench_ops.py``: shape sets, correctness checks, FLOP/byte models) and ``train``
-(``bench_train.py``: forward + backward + AdamW against PyTorch eager, the identical model). This module holds
+Suites: ``ops`` (``ops.py``: shape sets, correctness checks, FLOP/byte models) and ``train``
+(``train.py``: forward + backward + AdamW against PyTorch eager, the identical model). This module holds
 what both share: the clocks, the machine's measured peaks, the environment record and the output.
 
 Timing method
@@ -136,7 +136,7 @@ def environment(torch=None) -> dict:
         "background_cpu_busy_pct": background_busy(),
         "numpy": np.__version__, "blas": blas, "blas_threads": _blas_threads(), "scipy": scipy_version,
         "scratchllm_threads": cpu_threads(),  # batch shards and op pieces at once (threads.py)
-        "scratchllm_shards": shard_mode(),  # where GPT's batch shards 1.. run: processes or threads (shards.py)
+        "scratchllm_shards": shard_mode(),  # where DataParallel's shards 1.. run: processes or threads (parallel/)
         "cpu_kernels": cpu_status()[1],  # the fused Numba kernels (kernels/cpu/), or why not
         "shard_gemm": shard_gemm_status()[1],  # MKL's GEMM in single-core shards (blas.py), or why not
         "thread_env": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",

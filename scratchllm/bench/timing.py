@@ -1,6 +1,6 @@
 """How ``scratchllm bench`` times a call: clocks for the CPU and the GPU (CUDA events), warm-up and calibration of
 the calls per repeat, the summary of the repeats (median, IQR, min, every sample), and an L2 flush. The suites
-(``bench_ops.py``, ``bench_train.py``) and the machine peaks (``bench.py``) all time through here."""
+(``ops.py``, ``train.py``) and the machine peaks (``__init__.py``) all time through here."""
 
 from __future__ import annotations
 

@@ -30,7 +30,10 @@ def shared_empty(n: int, dtype) -> np.ndarray:
 
 def is_shared(a) -> bool:
     """Whether ``a`` is a view of a ``shared_empty`` buffer."""
-    return isinstance(getattr(buffer_root(a), "base", None), mmap.mmap)
+    base = getattr(buffer_root(a), "base", None)
+    if isinstance(base, memoryview):  # NumPy 2's frombuffer keeps a memoryview of the mmap
+        base = base.obj
+    return isinstance(base, mmap.mmap)
 
 
 def flatten_params(params, xp=None, dtype=None, alloc=None):

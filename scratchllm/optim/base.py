@@ -1,11 +1,11 @@
 """The optimizers' shared machinery: ``Optimizer`` (parameter groups, checks, ``step``, state dicts) and its
-flat fast path. The update rules are the subclasses in ``optim.py``.
+flat fast path. The update rules are the subclasses in ``optim/__init__.py``.
 
 Flat fast path: when a group's parameters exactly tile one stretch of a single contiguous buffer (see
 ``flatten_params``; GPT allocates its parameters so, weights >= 2-D first, so both ``decay_groups`` groups are
 one stretch each) and the gradients are views of another buffer laid out alike (GPT.backward returns them
 so), ``step`` updates the group with ONE update over the buffer instead of one per parameter: a single fused
-kernel launch for Adam, AdamW and Adagrad on CuPy (``scratchllm/kernels/optim.py``); on NumPy one fused Numba
+kernel launch for Adam, AdamW and Adagrad on CuPy (``scratchllm/kernels/cuda/optim.py``); on NumPy one fused Numba
 kernel (``scratchllm/kernels/cpu/optim.py``), or without Numba the same expressions over cache-sized
 pieces of the buffer on every CPU thread. The state buffers are then flat too, each
 parameter's state array a view of them, so ``state_dict`` and ``load_state_dict`` see no difference. Any other
@@ -27,7 +27,7 @@ from ..kernels.threads import parallel_chunks
 
 def _fused_optim(p):
     """The module of fused update kernels for ``p``'s arrays, or None for the plain update: the CUDA
-    kernels (``kernels/optim.py``) for CuPy, the Numba ones (``kernels/cpu/optim.py``) for NumPy."""
+    kernels (``kernels/cuda/optim.py``) for CuPy, the Numba ones (``kernels/cpu/optim.py``) for NumPy."""
     if get_xp(p) is not np:
         return kernels if kernels.enabled() else None
     if not kernels.cpu_kernel_for(p):  # a float32 or float64 NumPy buffer (and Numba installed)

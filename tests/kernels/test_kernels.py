@@ -239,7 +239,7 @@ def test_launch_arguments_match_the_kernel_signatures(numpy_as_cupy, dtype):
 
 
 def test_the_cuda_attention_around_its_kernels_on_the_host(monkeypatch):
-    """kernels/attention.py's Python (whole arrays, the query blocks, out=) with the two CUDA softmax kernels
+    """kernels/cuda/attention.py's Python (whole arrays, the query blocks, out=) with the two CUDA softmax kernels
     stood in by NumPy and NumPy for CuPy: the same numbers as the textbook, dropout masks drawn alike."""
     from scratchllm import ops
     from scratchllm.kernels.cuda import attention as cuda_attention

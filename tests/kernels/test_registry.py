@@ -213,10 +213,12 @@ def test_batch_shards_in_threads_load_the_implementations_together():
     code = ("import numpy as np\n"
             "from scratchllm.model import GPT, GPTConfig\n"
             "m = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32), backend='numpy')\n"
-            "m.threads, m.shard_mode = 4, 'threads'\n"
+            "from scratchllm.parallel import DataParallel\n"
+            "dp = DataParallel(m, workers=4, mode='threads')\n"
             "idx = np.random.default_rng(0).integers(0, 65, (16, 32))\n"
-            "_, loss, cache = m.forward(idx, idx)\n"
-            "m.backward(cache)\n")
+            "_, loss, cache = dp.forward(idx, idx)\n"
+            "assert len(cache['shards']) == 4\n"
+            "dp.backward(cache)\n")
     for _ in range(2):
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]

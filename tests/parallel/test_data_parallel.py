@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scratchllm.gradcheck import gradcheck
-from scratchllm.kernels.flat import flat_span
+from scratchllm.kernels.flat import flat_span, is_shared
 from scratchllm.model import ATTN_BLOCK, GPT, GPTConfig
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
 from scratchllm.parallel import DataParallel
@@ -129,6 +129,21 @@ def test_activation_bytes_in_shards(workers, T, mode):
     if mode == "processes":
         ints += 8 * T * (B - B // workers)
     assert dp.activation_bytes(cache) == 4 * floats + ints
+
+
+@pytest.mark.skipif(not processes_supported(), reason="batch shards in processes need fork (Linux)")
+def test_the_workers_read_the_models_own_parameter_buffer():
+    """GPT's flat parameter buffer is shared memory on the host: the workers read it as it is, with no copy
+    per step; only a parameter rebound to another array is copied in (and a foreign buffer once)."""
+    model = GPT(DROPPY, backend="numpy")
+    assert all(is_shared(p) for p in model.params.values())
+    dp = DataParallel(model, workers=2, mode="processes")
+    shared = dp._shared_params()
+    assert all(shared[name] is model.params[name] for name in model.params)
+    model.params["ln_f.bias"] = np.ones(DROPPY.n_embd, np.float32)  # rebound: copied in at the next forward
+    assert dp._shared_params()["ln_f.bias"] is not model.params["ln_f.bias"]
+    np.testing.assert_array_equal(shared["ln_f.bias"], 1.0)
+    assert not is_shared(np.zeros(3)) and not is_shared(model.params["wte.weight"].copy())
 
 
 def test_what_the_model_runs_alone():

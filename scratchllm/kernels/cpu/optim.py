@@ -1,6 +1,6 @@
-"""Fused Adam / AdamW / Adagrad updates as Numba CPU kernels. Reference: ``scratchllm/optim.py``.
+"""Fused Adam / AdamW / Adagrad updates as Numba CPU kernels. Reference: ``scratchllm/optim/``.
 
-The same calls as the CUDA kernels in ``scratchllm/kernels/optim.py``: one call updates a whole param group's
+The same calls as the CUDA kernels in ``scratchllm/kernels/cuda/optim.py``: one call updates a whole param group's
 flat buffers in place (``Optimizer._step_flat``), in cache-sized pieces on every core. The NumPy update is
 about 14 passes over each piece; here two loops over each 1024-element block (the moments, then the
 parameter) read p, g and the state from memory once and write them once.

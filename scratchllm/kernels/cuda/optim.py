@@ -1,4 +1,4 @@
-"""Fused Adam / AdamW / Adagrad updates as CuPy ElementwiseKernels. Reference: ``scratchllm/optim.py``.
+"""Fused Adam / AdamW / Adagrad updates as CuPy ElementwiseKernels. Reference: ``scratchllm/optim/``.
 
 Each call updates a whole param group in ONE launch: ``p``, ``g`` and the state buffers are flat 1-D arrays
 (the contiguous stretch of one buffer that the group's parameters are views of; see ``Optimizer._step_flat``),
