@@ -303,6 +303,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
     opt = make_optimizer(cfg, model.params)
     dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)
+    if backend == "numpy":
+        _log(f"data parallel: {min(dp.workers, cfg.batch_size)} shards of the batch at once, in {dp.mode}")
     batch_rng = np.random.default_rng([cfg.seed, 2])
     best_val = math.inf
     if resume:

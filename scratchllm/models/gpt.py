@@ -139,9 +139,9 @@ class GPT:
         if not hasattr(a, "dtype") or a.dtype.kind not in "iu":
             raise TypeError(f"{name} must be an integer array of shape (B, T); got {type(a).__name__} "
                             f"{getattr(a, 'dtype', '')}".rstrip())
-        if a.ndim != 2:
-            raise ValueError(f"{name} must have shape (B, T); got {tuple(a.shape)}")
-        if a.size and get_xp(a) is np:
+        if a.ndim != 2 or 0 in a.shape:
+            raise ValueError(f"{name} must have shape (B, T) with B, T >= 1; got {tuple(a.shape)}")
+        if get_xp(a) is np:
             lo, hi = int(a.min()), int(a.max())
             if hi >= self.cfg.vocab_size or lo < (-1 if allow_ignore else 0):
                 bad = hi if hi >= self.cfg.vocab_size else lo
@@ -245,6 +245,10 @@ class GPT:
         ``dloss`` scales the loss gradient (1.0: the gradient of the mean cross-entropy itself). The gradients
         are views of one flat buffer laid out like the parameters' (the optimizer's flat fast path).
         """
+        if not isinstance(cache, dict) or "lm_head" not in cache and "shards" not in cache:
+            raise TypeError(f"cache must be the dict that forward returned; got {type(cache).__name__}")
+        if "shards" in cache:
+            raise ValueError("this cache is DataParallel's (its forward cut the batch into shards): call its backward")
         if "loss" not in cache:
             raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
         dlogits, _ = cross_entropy_backward(self.xp.asarray(dloss, dtype=self.dtype), cache["loss"])  # (B, T, V)

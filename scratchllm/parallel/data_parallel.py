@@ -54,13 +54,13 @@ class DataParallel:
         self._shared = None  # name -> the shared-memory view the worker processes read (``_shared_params``)
         self._pool = None  # the worker processes, started at the first forward that needs them
 
-    @property
-    def params(self) -> dict:
-        return self.model.params
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
+    # the model's own attributes, so that a DataParallel stands in for its model (``generate``, ``estimate_loss``)
+    params = property(lambda self: self.model.params)
+    cfg = property(lambda self: self.model.cfg)
+    dtype = property(lambda self: self.model.dtype)
+    backend = property(lambda self: self.model.backend)
+    xp = property(lambda self: self.model.xp)
+    training = property(lambda self: self.model.training)
 
     def train(self, mode: bool = True) -> "DataParallel":
         self.model.train(mode)
@@ -100,7 +100,7 @@ class DataParallel:
         """The model's ``backward``: each shard's gradients, summed in shard order into one flat buffer laid out
         like the parameters' (the optimizer's flat fast path)."""
         model = self.model
-        if "shards" not in cache:
+        if not isinstance(cache, dict) or "shards" not in cache:  # the model's own pass (or not a cache: it says so)
             return model.backward(cache, dloss)
         if "loss" not in cache:
             raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")

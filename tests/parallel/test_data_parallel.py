@@ -172,6 +172,23 @@ def test_arguments_are_checked(kwargs, error, match):
         DataParallel(object())
 
 
+def test_it_stands_in_for_its_model_and_caches_go_back_where_they_came_from():
+    from scratchllm.generate import generate_ids
+
+    model = perturbed_model()
+    dp = DataParallel(model, workers=2, mode="threads")
+    assert (dp.cfg, dp.dtype, dp.backend) == (model.cfg, model.dtype, model.backend)
+    np.testing.assert_array_equal(generate_ids(dp, [1, 2, 3], 4, seed=0), generate_ids(model, [1, 2, 3], 4, seed=0))
+    assert dp.training  # generate put it back
+    cache = dp.forward(*batch(B=4))[2]
+    with pytest.raises(ValueError, match="this cache is DataParallel's"):
+        model.backward(cache)
+    with pytest.raises(TypeError, match="cache must be the dict that forward returned; got NoneType"):
+        dp.backward(None)
+    with pytest.raises(ValueError, match=r"idx must have shape \(B, T\) with B, T >= 1; got \(0, 5\)"):
+        dp.forward(np.zeros((0, 5), np.int64))
+
+
 def test_bad_ids_are_reported_before_any_shard_runs():
     dp = DataParallel(perturbed_model(), workers=2, mode="threads")
     idx, targets = batch(B=4)
