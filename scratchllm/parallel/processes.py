@@ -37,6 +37,7 @@ import weakref
 import numpy as np
 
 from ..kernels import threads
+from ..kernels.cpu.compile import no_compile_notice
 from ..kernels.flat import shared_empty
 
 ENV_VAR = "SCRATCHLLM_SHARDS"
@@ -263,6 +264,7 @@ def _serve(conn, parent_end, parent_pid, model, shared_params, grads, transfer):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the caller decides
     threads._inside.active = True  # ops run in line: this process is one core's shard
     threads._blas().limit(limits=1)  # and BLAS on this core only, for the life of the process
+    no_compile_notice()  # the parent says it, once
     model.params = dict(shared_params)  # the shared values, whatever the parent had bound at fork time
     caches = {}
     while True:
