@@ -1,6 +1,6 @@
 """Time one training step (forward + backward + AdamW) of scratchllm against PyTorch eager, same model.
 
-This now lives in the package as ``scratchllm bench --suite train`` (``scratchllm/bench_train.py``); this
+This now lives in the package as ``scratchllm bench --suite train`` (``scratchllm/bench/train.py``); this
 script is kept as a shortcut and passes its arguments on:
 
     python benchmarks/train_step.py                         # both configs: cpu, shakespeare-char

@@ -1,4 +1,4 @@
-"""The optimizers' flat fast path (optim_base.py): one update per group when params and grads tile flat buffers."""
+"""The optimizers' flat fast path (optim/base.py): one update per group when params and grads tile flat buffers."""
 
 import numpy as np
 import pytest

@@ -19,7 +19,7 @@ Correctness before timing (a failed check marks the row and skips timing it)
     3. ``gradcheck`` of the op at its registry sizes in float64 (once per op), which catches a backward that
        is consistently wrong even when torch is not installed.
 
-Timing: see ``bench.py``. Ours: forward alone; backward alone on the cache of one forward. Torch: forward
+Timing: see ``timing.py``. Ours: forward alone; backward alone on the cache of one forward. Torch: forward
 with ``requires_grad`` inputs (the graph is built, as in training); backward alone as
 ``torch.autograd.grad(out, inputs, dout, retain_graph=True)`` on one recorded graph, so neither side's
 backward time includes a forward.

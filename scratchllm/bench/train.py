@@ -1,5 +1,5 @@
 """The train suite of ``scratchllm bench``: one training step (forward + backward + grad clip + AdamW) of
-scratchllm against PyTorch eager with the identical model (``bench_torch.TorchGPT``, the same weights).
+scratchllm against PyTorch eager with the identical model (``torch_ref.TorchGPT``, the same weights).
 
 Configs (``TRAIN_CONFIGS``; float32, dropout 0, random token ids, AdamW lr 1e-3 betas (0.9, 0.99) weight decay
 0.1 on >= 2-D params, clip 1.0):

@@ -2,7 +2,7 @@
 
 A Hugging Face GPT-2 directory holds ``config.json`` (``model_type`` "gpt2") and ``model.safetensors`` (or
 shards named by ``model.safetensors.index.json``), and usually the tokenizer: ``vocab.json`` + ``merges.txt``
-and/or ``tokenizer.json`` (see ``scratchllm.gpt2_files``). Our parameters are named and shaped exactly like
+and/or ``tokenizer.json`` (see ``scratchllm.io.gpt2_files``). Our parameters are named and shaped exactly like
 ``GPT2LMHeadModel``'s ``transformer.`` state dict without the prefix, with Conv1D's (in, out) weights, so
 weights are copied as they are: no transposes.
 

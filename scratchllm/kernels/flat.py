@@ -20,20 +20,24 @@ def flat_order(params) -> list:
     return sorted(params, key=lambda name: params[name].ndim < 2)
 
 
+class _SharedMap(mmap.mmap):
+    """An anonymous MAP_SHARED map made by ``shared_empty`` (a file's or a private map is not one)."""
+
+
 def shared_empty(n: int, dtype) -> np.ndarray:
     """An uninitialised 1-D NumPy array in anonymous shared memory (MAP_SHARED): processes forked later see
     every write to it, and it theirs (the model's parameters, which data parallel's worker processes read)."""
     dtype = np.dtype(dtype)
-    buf = mmap.mmap(-1, max(1, n * dtype.itemsize))  # anonymous maps are shared with forked children
+    buf = _SharedMap(-1, max(1, n * dtype.itemsize))  # anonymous maps are shared with forked children
     return np.frombuffer(buf, dtype=dtype, count=n)
 
 
 def is_shared(a) -> bool:
     """Whether ``a`` is a view of a ``shared_empty`` buffer."""
     base = getattr(buffer_root(a), "base", None)
-    if isinstance(base, memoryview):  # NumPy 2's frombuffer keeps a memoryview of the mmap
+    if isinstance(base, memoryview):  # NumPy 2's frombuffer keeps a memoryview of the map
         base = base.obj
-    return isinstance(base, mmap.mmap)
+    return isinstance(base, _SharedMap)
 
 
 def flatten_params(params, xp=None, dtype=None, alloc=None):
@@ -124,7 +128,7 @@ def cpu_flat_kernels():
 
 
 def add_into(out, other):
-    """``out += other`` for two NumPy flat buffers of one layout (GPT's sum of its shards' gradients), in one
+    """``out += other`` for two NumPy flat buffers of one layout (DataParallel's sum of its shards' gradients), in one
     pass: through the prange kernel, else on this thread, else (from ``SUM_PARALLEL_MIN``) in pieces on every
     core. Elementwise, so the same bits on every path."""
     from .threads import parallel_chunks

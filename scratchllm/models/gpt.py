@@ -189,16 +189,17 @@ class GPT:
             loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
         return logits, loss, caches
 
-    def forward_rows(self, idx, seed=None, first_row=0, past=0, kv_cache=None):
+    def forward_rows(self, idx, seed=None, first_row=0, past=0, kv_cache=None, dropout=None):
         """Logits (B, T, V) and caches for some rows of a batch: embeddings, blocks, final LayerNorm, head.
 
-        Dropout acts when ``seed`` is given (``dropout_seed``). Row b's masks come from its own generator,
-        ``default_rng([seed, first_row + b])``: a row's masks do not depend on which rows share the call, so a
-        batch cut into shards (parallel/, ``first_row`` each shard's first row) draws the masks of the whole.
+        Dropout (rate ``dropout``, default ``cfg.dropout``) acts when ``seed`` is given (``dropout_seed``). Row
+        b's masks come from its own generator, ``default_rng([seed, first_row + b])``: a row's masks do not
+        depend on which rows share the call, so a batch cut into shards (parallel/, ``first_row`` each shard's
+        first row) draws the masks of the whole.
         """
         p, xp = self.params, self.xp
         B, T = idx.shape
-        drop = self.cfg.dropout if seed is not None else 0.0
+        drop = (self.cfg.dropout if dropout is None else dropout) if seed is not None else 0.0
         rng = [np.random.default_rng([seed, first_row + b]) for b in range(B)] if drop else None  # one per row
         caches = {}
         # embeddings: token + position, then dropout
@@ -245,7 +246,7 @@ class GPT:
         ``dloss`` scales the loss gradient (1.0: the gradient of the mean cross-entropy itself). The gradients
         are views of one flat buffer laid out like the parameters' (the optimizer's flat fast path).
         """
-        if not isinstance(cache, dict) or "lm_head" not in cache and "shards" not in cache:
+        if not isinstance(cache, dict) or ("lm_head" not in cache and "shards" not in cache):
             raise TypeError(f"cache must be the dict that forward returned; got {type(cache).__name__}")
         if "shards" in cache:
             raise ValueError("this cache is DataParallel's (its forward cut the batch into shards): call its backward")

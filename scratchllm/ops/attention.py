@@ -108,5 +108,6 @@ def check_inputs(q, k, v, causal=True, dropout=0.0, rng=None):
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
     if dropout and rng is None:
-        raise ValueError("rng must be a numpy.random.Generator or an int seed when dropout > 0")
+        raise ValueError("rng must be a numpy.random.Generator, an int seed or a list of Generators (one per row) "
+                         "when dropout > 0")
     return shapes

@@ -21,7 +21,7 @@ safetensors after ``to_numpy``::
 
 Hyper-parameters are kept as Python floats, so float32 arrays stay float32 under NumPy 2's promotion rules.
 
-The shared machinery (parameter groups, the flat fast path, state dicts) is ``Optimizer`` in ``optim_base.py``.
+The shared machinery (parameter groups, the flat fast path, state dicts) is ``Optimizer`` in ``base.py``.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class Optimizer:
             self.param_groups.append({"params": dict(group["params"]), **hyper})
         if not self.steps:
             raise ValueError("params: the optimizer got an empty parameter list")
-        self._flat = {}  # id(group) -> {"span": _flat_span of its params or None, "state": {buffer: (flat, views)}}
+        self._flat = {}  # id(group) -> {"span": flat_span of its params or None, "state": {buffer: (flat, views)}}
 
     def _check_hyper(self, h):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -23,6 +23,7 @@ On CuPy, and for incremental decoding (``kv_cache``), the model runs the whole b
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -52,7 +53,9 @@ class DataParallel:
         self.workers = int(workers)
         self.mode = mode if mode == "threads" or processes_supported() else "threads"
         self._shared = None  # name -> the shared-memory view the worker processes read (``_shared_params``)
+        self._own_copy = False  # whether those views are a copy of ours rather than the model's own buffer
         self._pool = None  # the worker processes, started at the first forward that needs them
+        self._lock = threading.Lock()  # one sharded exchange at a time: the sync and the workers' start too
 
     # the model's own attributes, so that a DataParallel stands in for its model (``generate``, ``estimate_loss``)
     params = property(lambda self: self.model.params)
@@ -85,10 +88,12 @@ class DataParallel:
         idx, targets, _ = model.check_inputs(idx, targets)
         bounds = shard_bounds(B, self.workers)
         seed = model.dropout_seed()  # one per step, whatever the number of shards
+        drop = model.cfg.dropout  # sent along: a worker's copy of the model keeps the config it was forked with
         if self.mode == "processes":
-            outs = self._forward_in_processes(idx, bounds, seed)
+            with self._lock:
+                outs = self._forward_in_processes(idx, bounds, seed, drop)
         else:
-            outs = parallel_map(lambda rows: model.forward_rows(idx[rows], seed, rows.start), bounds)
+            outs = parallel_map(lambda rows: model.forward_rows(idx[rows], seed, rows.start, dropout=drop), bounds)
         logits = np.concatenate([lg for lg, _ in outs])  # (B, T, V)
         cache = {"shards": [(rows, c) for rows, (_, c) in zip(bounds, outs)]}
         loss = None
@@ -112,8 +117,9 @@ class DataParallel:
                 flat, views = empty_flat({name: model.params[name] for name in order})
                 return flat, model.backward_rows(dlogits[shards[0][0]], shards[0][1], out=views)
 
-            (flat, grads), worker_flats = shards[1][1].owner.backward(
-                [c for _, c in shards[1:]], [dlogits[rows] for rows, _ in shards[1:]], local)
+            with self._lock:
+                (flat, grads), worker_flats = shards[1][1].owner.backward(
+                    [c for _, c in shards[1:]], [dlogits[rows] for rows, _ in shards[1:]], local)
             for worker_flat in worker_flats:  # each worker's gradients: its shared flat buffer, the same layout
                 add_into(flat, worker_flat)  # one pass (the shards' sum, in shard order)
             return {name: grads[name] for name in model.params}
@@ -141,30 +147,37 @@ class DataParallel:
     # ---------------------------------------------------------------------------------------------
     def _shared_params(self) -> dict:
         """name -> a view of shared memory holding that parameter, what the worker processes read: the model's
-        own flat buffer when it is shared memory (GPT's on the host), else a copy made once. A parameter the
-        caller rebound to another array is copied in before each forward."""
+        own flat buffer when it is shared memory (GPT's on the host, which the optimizer updates in place),
+        else a copy of ours. Once the caller rebinds a parameter to another array, the workers read a copy of
+        ours (made then, with new workers: the arrays the model held before are the caller's, never written),
+        and every rebound parameter is copied into it before each forward."""
         params = self.model.params
+        if self._shared is not None and not self._own_copy and any(
+                params[name] is not view for name, view in self._shared.items()):
+            self._shared = None  # rebound: from now on a copy of ours
+            self.close()  # the workers read the old buffer
         if self._shared is None:
             order = flat_order(params)
             arrays = [params[name] for name in order]
-            if all(is_shared(a) for a in arrays) and flat_span(arrays) is not None:
-                self._shared = {name: params[name] for name in order}
-            else:
+            self._own_copy = not (all(is_shared(a) for a in arrays) and flat_span(arrays) is not None)
+            if self._own_copy:
                 _, self._shared = flatten_params({name: params[name] for name in order}, alloc=shared_empty)
+            else:
+                self._shared = {name: params[name] for name in order}
         for name, view in self._shared.items():
             if params[name] is not view:
                 view[...] = params[name]
         return self._shared
 
-    def _forward_in_processes(self, idx, bounds, seed):
+    def _forward_in_processes(self, idx, bounds, seed, drop):
         """``forward_rows`` of each shard: shard 0 here, shards 1.. in the worker processes (processes.py)."""
         model = self.model
         shared = self._shared_params()
         if self._pool is None or self._pool.closed or self._pool.pid != os.getpid():
             self._pool = ShardWorkers(self, model, shared)
-        requests = [(idx[rows], seed, rows.start) for rows in bounds[1:]]
+        requests = [(idx[rows], seed, rows.start, drop) for rows in bounds[1:]]
         most = max(rows.stop - rows.start for rows in bounds)
         out0, outs = self._pool.forward(
-            requests, lambda: model.forward_rows(idx[bounds[0]], seed, bounds[0].start),
+            requests, lambda: model.forward_rows(idx[bounds[0]], seed, bounds[0].start, dropout=drop),
             logits_bytes=most * idx.shape[1] * model.cfg.vocab_size * model.dtype.itemsize)
         return [out0] + outs  # (logits, cache) per shard; a worker's logits are a view (forward copies them)

@@ -198,7 +198,7 @@ class ShardWorkers:
         self._finalizer = weakref.finalize(owner, ShardWorkers._close_all, self.workers, self.pid, False)
 
     def forward(self, requests, local, logits_bytes):
-        """Send ``("forward", idx, seed, first_row)`` request j to worker j, run ``local()`` (shard 0) here; return
+        """Send ``("forward", idx, seed, first_row, dropout)`` request j to worker j, run ``local()`` (shard 0) here; return
         (local's result, [(logits, RemoteCache)] per worker). A worker's logits are a view of its transfer
         buffer: copy them before its next request. ``logits_bytes``: the largest shard's logits."""
         with self._lock:
@@ -281,8 +281,8 @@ def _serve(conn, parent_end, parent_pid, model, shared_params, grads, transfer):
             return
         try:
             if kind == "forward":
-                key, idx, seed, first_row = args
-                logits, caches[key] = model.forward_rows(idx, seed, first_row)  # (b, T, V)
+                key, idx, seed, first_row, dropout = args  # the caller's rate: its model's config may have changed
+                logits, caches[key] = model.forward_rows(idx, seed, first_row, dropout=dropout)  # (b, T, V)
                 reply = pack(transfer, logits)
             elif kind == "backward":
                 key, dlogits = args

@@ -25,7 +25,7 @@ Byte-level BPE, as GPT-2 (and Hugging Face ``tokenizers`` ByteLevel BPE) does it
   0..n-1) relabels them: ``encode`` returns, and ``decode``/``token_bytes`` take, the relabeled ids. It keeps
   the ids of foreign vocabularies exactly (a Hugging Face-trained ``vocab.json`` with ``<|endoftext|>`` = 0, or
   merged tokens numbered out of merge order), because a model's embedding rows follow those ids. GPT-2's own
-  files need no table. ``scratchllm.gpt2_files`` reads and writes ``vocab.json`` + ``merges.txt``.
+  files need no table. ``scratchllm.io.gpt2_files`` reads and writes ``vocab.json`` + ``merges.txt``.
 - Text goes to bytes with UTF-8 ``surrogatepass``, so ``decode(encode(s)) == s`` for every Python ``str``, lone
   surrogates included; ``decode`` of any id sequence never fails on bad UTF-8 (U+FFFD, as ``errors="replace"``).
 """

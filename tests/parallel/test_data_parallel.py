@@ -134,16 +134,38 @@ def test_activation_bytes_in_shards(workers, T, mode):
 @pytest.mark.skipif(not processes_supported(), reason="batch shards in processes need fork (Linux)")
 def test_the_workers_read_the_models_own_parameter_buffer():
     """GPT's flat parameter buffer is shared memory on the host: the workers read it as it is, with no copy
-    per step; only a parameter rebound to another array is copied in (and a foreign buffer once)."""
-    model = GPT(DROPPY, backend="numpy")
+    per step. Once a parameter is rebound to another array they read a copy (new workers), and the arrays the
+    model held before (the caller's, an optimizer's) are never written."""
+    model = GPT(DROPPY, backend="numpy").eval()
     assert all(is_shared(p) for p in model.params.values())
     dp = DataParallel(model, workers=2, mode="processes")
-    shared = dp._shared_params()
+    idx, targets = np.random.default_rng(0).integers(0, DROPPY.vocab_size, (2, 4, DROPPY.block_size))
+    dp.forward(idx, targets)
+    shared, workers = dp._shared_params(), dp._pool.workers[0]
     assert all(shared[name] is model.params[name] for name in model.params)
-    model.params["ln_f.bias"] = np.ones(DROPPY.n_embd, np.float32)  # rebound: copied in at the next forward
-    assert dp._shared_params()["ln_f.bias"] is not model.params["ln_f.bias"]
-    np.testing.assert_array_equal(shared["ln_f.bias"], 1.0)
+    old_bias = model.params["ln_f.bias"]
+    model.params["ln_f.bias"] = np.ones(DROPPY.n_embd, np.float32)  # rebound
+    logits = dp.forward(idx, targets)[0]
+    copy = dp._shared_params()
+    assert copy["ln_f.bias"] is not model.params["ln_f.bias"] and not any(copy[n] is shared[n] for n in copy)
+    np.testing.assert_array_equal(copy["ln_f.bias"], 1.0)
+    assert not old_bias.any() and dp._pool.workers[0] is not workers  # the caller's array untouched; new workers
+    np.testing.assert_allclose(logits, model.forward(idx)[0], rtol=1e-5, atol=1e-6)  # the new bias reached every shard
     assert not is_shared(np.zeros(3)) and not is_shared(model.params["wte.weight"].copy())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_changed_dropout_rate_reaches_every_shard(mode):
+    """Worker processes were forked with the model's config: the rate travels with each request."""
+    model = GPT(DROPPY, seed=2, dtype="float64", backend="numpy")
+    dp = DataParallel(model, workers=2, mode=mode)
+    idx, targets = np.random.default_rng(0).integers(0, DROPPY.vocab_size, (2, 4, DROPPY.block_size))
+    dp.forward(idx, targets)  # workers up, with dropout 0.1
+    model.cfg = GPTConfig(**{**DROPPY.to_dict(), "dropout": 0.5})
+    model.rng = np.random.default_rng(3)
+    got = dp.forward(idx, targets)[1]
+    model.rng = np.random.default_rng(3)
+    np.testing.assert_allclose(got, model.forward(idx, targets)[1], rtol=1e-13)
 
 
 def test_what_the_model_runs_alone():

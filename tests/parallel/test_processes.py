@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 
 import scratchllm.kernels.flat
-import scratchllm.model
 import scratchllm.kernels.threads
-from scratchllm.parallel import processes as shards
+from scratchllm.parallel import processes
 from scratchllm.model import GPT, GPTConfig
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
 from scratchllm.parallel import DataParallel
 from scratchllm.parallel.processes import RemoteCache, WorkerExited
 
-pytestmark = pytest.mark.skipif(not shards.processes_supported(), reason="process shards need fork (Linux)")
+pytestmark = pytest.mark.skipif(not processes.processes_supported(), reason="process shards need fork (Linux)")
 
 CFG = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 
@@ -25,9 +24,9 @@ def data(B=4, T=8, seed=0):
     return rng.integers(0, CFG.vocab_size, (B, T)), rng.integers(0, CFG.vocab_size, (B, T))
 
 
-def train(mode, steps=3, threads=2):
+def train(mode, steps=3, workers=2):
     model = GPT(CFG, seed=1, backend="numpy")
-    dp = DataParallel(model, workers=threads, mode=mode)
+    dp = DataParallel(model, workers=workers, mode=mode)
     opt = AdamW(decay_groups(model.params, 0.1), lr=1e-2)
     losses = []
     for step in range(steps):
@@ -41,16 +40,16 @@ def train(mode, steps=3, threads=2):
 
 
 @pytest.mark.parametrize("sum_in_pieces", [False, True])
-@pytest.mark.parametrize("threads", [2, 3])
-def test_training_in_processes_gives_the_bits_of_threads(threads, sum_in_pieces, monkeypatch):
+@pytest.mark.parametrize("workers", [2, 3])
+def test_training_in_processes_gives_the_bits_of_threads(workers, sum_in_pieces, monkeypatch):
     """Dropout streams, optimizer updates in place and the shard-ordered gradient sum: bit for bit, also with
     the workers' gradients added in pieces on every core (as above flat.SUM_PARALLEL_MIN parameters)."""
     if sum_in_pieces:
         monkeypatch.setattr(scratchllm.kernels.flat, "SUM_PARALLEL_MIN", 1)
         monkeypatch.setattr(scratchllm.kernels.threads, "PARALLEL_MIN", 1)
         monkeypatch.setattr(scratchllm.kernels.threads, "PIECE", 97)
-    a, losses_a = train("threads", threads=threads)
-    b, losses_b = train("processes", threads=threads)
+    a, losses_a = train("threads", workers=workers)
+    b, losses_b = train("processes", workers=workers)
     assert losses_a == losses_b and losses_a[0] != losses_a[-1]
     for name in a.params:
         np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
@@ -118,7 +117,7 @@ def test_dropped_caches_are_freed_in_the_worker_and_workers_end_with_their_data_
     assert not process.is_alive()
 
 
-def test_the_shard_mode_setting_is_checked(monkeypatch):
+def test_the_mode_setting_is_checked(monkeypatch):
     model = GPT(CFG, backend="numpy")
     monkeypatch.setenv("SCRATCHLLM_SHARDS", "threads")
     assert DataParallel(model).mode == "threads"
@@ -230,7 +229,7 @@ def test_workers_end_when_the_model_process_is_killed(tmp_path):
 
 def test_logits_larger_than_the_shared_buffer_go_through_the_pipe(monkeypatch):
     """The transfer buffer is sized at the first forward; a larger batch later falls back to the pipe."""
-    monkeypatch.setattr(shards, "TRANSFER_MIN_BYTES", 0)
+    monkeypatch.setattr(processes, "TRANSFER_MIN_BYTES", 0)
     model = GPT(CFG, seed=3, backend="numpy").eval()
     dp = DataParallel(model, workers=2, mode="processes")
     small, _ = data(B=2)

@@ -1,4 +1,4 @@
-"""One pass over a flat gradient buffer on every core: the shards' sum (``GPT.backward``) and the norm and
+"""One pass over a flat gradient buffer on every core: the shards' sum (``DataParallel.backward``) and the norm and
 scale of ``clip_grad_norm``. References: ``np.add(out, other, out=out)``, ``np.linalg.norm(x)``, ``x *= factor``.
 
 GPT's gradients tile one flat buffer (``flat.py``), so the sum of the batch shards' gradients and the clipping

@@ -1,6 +1,6 @@
 """MKL's GEMM layouts: how a matrix product's operands, given by their byte strides, are described to CBLAS
 (transposes, leading dimensions, batch strides), and whether the out matrices are apart. Plain arithmetic, used
-by ``scratchllm/blas.py`` (its ctypes path) and compiled into ``gemm.py``'s callers by Numba (the same
+by ``scratchllm/kernels/blas.py`` (its ctypes path) and compiled into ``gemm.py``'s callers by Numba (the same
 functions)."""
 
 from __future__ import annotations
