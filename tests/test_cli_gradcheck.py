@@ -125,6 +125,8 @@ def test_dispatched_checks_the_fast_implementations(monkeypatch, capsys):
     from scratchllm.kernels import implementations, select
 
     x = __import__("scratchllm").ops.OPS["gelu"].make_inputs()[0]
+    if select("gelu", x) == "reference":
+        pytest.skip("no fast GELU runs here (SCRATCHLLM_KERNELS=0): --dispatched checks the textbook")
     impl = implementations("gelu")[select("gelu", x)]
     module = __import__(impl.module, fromlist=["gelu_backward"])
     real = module.gelu_backward
