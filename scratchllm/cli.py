@@ -126,7 +126,7 @@ def cmd_bench(args) -> int:
     bad = [n for n in args.configs or [] if n not in TRAIN_CONFIGS]
     if bad:
         raise UsageError(f"scratchllm bench: unknown config {bad[0]!r}; choose from {', '.join(TRAIN_CONFIGS)}")
-    for name, lo in (("repeats", 3), ("batch", 1), ("rounds", 1), ("steps", 1)):
+    for name, lo in (("repeats", 3), ("batch", 1), ("rounds", 1), ("steps", 1), ("processes", 0)):
         value = getattr(args, name)
         if value is not None and value < lo:
             raise UsageError(f"scratchllm bench: --{name} must be >= {lo}; got {value}")
@@ -334,7 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                     help="auto: numpy, and cupy too when a GPU is usable")
     bn.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    bn.add_argument("--repeats", type=int, default=7, help="timed repeats per case (>= 3; default 7)")
+    bn.add_argument("--repeats", type=int, default=7, help="at least this many timed samples per case (>= 3)")
+    bn.add_argument("--processes", type=int, default=3,
+                    help="ops suite: time each side (ours, torch) in this many worker processes of its own, "
+                         "alternating (default 3; 0: in this process)")
+    bn.add_argument("--quick", action="store_true", help="a short time budget per measurement (said in the output)")
+    bn.add_argument("--peaks", metavar="JSON",
+                    help="take the ceilings from an earlier run's --json (fixed denominators across runs)")
     bn.add_argument("--batch", type=int, default=None, help="B of the gpt2-small shapes (default 8; 4 on the CPU)")
     bn.add_argument("--configs", nargs="+", metavar="NAME", help="train suite configs (default: cpu shakespeare-char)")
     bn.add_argument("--rounds", type=int, default=7, help="train suite: interleaved A/B rounds")

@@ -13,7 +13,7 @@ from scratchllm.bench import ops as bench_ops
 from scratchllm.ops import Op
 
 PEAKS = {"cpu": {"gemm_n": 8, "copy_mb": 1, "peak_gflops": 100.0, "peak_gbs": 10.0}, "dtype": "float32"}
-TIMING_KEYS = {"median_ms", "iqr_ms", "min_ms", "repeats", "number", "samples_ms"}
+TIMING_KEYS = {"median_ms", "iqr_ms", "min_ms", "ci95_ms", "drift", "flags", "repeats", "number", "samples_ms"}
 ROW_KEYS = {"op", "sizes", "shapes", "backend", "device", "dtype", "check", "fwd", "bwd", "torch", "flops", "bytes",
             "gflops", "gbs", "pct_peak", "ratio_torch", "speedup_numpy"}
 
@@ -24,7 +24,8 @@ def _has_torch():
 
 def test_cli_tiny_writes_json_with_environment_and_every_column(tmp_path, capsys):
     j, m = tmp_path / "r.json", tmp_path / "r.md"
-    code = cli.main(["bench", "--shapes", "tiny", "--ops", "linear", "layernorm", "--repeats", "3",
+    code = cli.main(["bench", "--shapes", "tiny", "--ops", "linear", "layernorm", "--repeats", "3", "--quick",
+                     "--processes", "2",
                      "--backend", "numpy", "--json", str(j), "--markdown", str(m), "--no-progress"])
     assert code == 0
     res = json.loads(j.read_text())
@@ -34,13 +35,15 @@ def test_cli_tiny_writes_json_with_environment_and_every_column(tmp_path, capsys
         assert key in res["env"], key
     cpu = res["peaks"]["cpu"]
     assert cpu["numpy_gemm_gflops"] > 0 and cpu["numpy_copy_gbs"] > 0 and cpu["peak_gflops"] >= cpu["numpy_gemm_gflops"]
+    assert set(cpu["levels"]) == {"L2", "LLC", "DRAM"} and cpu["peak_gbs"] >= cpu["numpy_copy_gbs"]
     assert res["command"].startswith("scratchllm bench --suite ops --shapes tiny --ops linear layernorm")
     assert [r["op"] for r in res["ops"]] == ["linear", "layernorm"]
     for r in res["ops"]:
         assert ROW_KEYS <= set(r) and r["check"]["ok"] and r["shapes"] == "tiny"
         assert r["sizes"] == ops.OPS[r["op"]].default_sizes
         for k in ("fwd", "bwd"):
-            assert TIMING_KEYS <= set(r[k]) and r[k]["repeats"] == 3 and r[k]["median_ms"] > 0
+            assert TIMING_KEYS <= set(r[k]) and r[k]["repeats"] >= 3 and r[k]["median_ms"] > 0
+            assert len(r[k]["process_medians_ms"]) == 2  # timed in two worker processes
             assert r["gflops"][k] > 0 and r["gbs"][k] > 0 and r["pct_peak"][k][1] in "FB"
         if _has_torch():
             assert r["torch"]["check"] == "ok" and set(r["ratio_torch"]) == {"fwd", "bwd", "total"}
@@ -81,7 +84,8 @@ def _broken_registry(monkeypatch, float32_only):
 @pytest.mark.parametrize("use_torch", [True, False])
 def test_a_broken_op_is_caught_and_not_timed(monkeypatch, float32_only, use_torch):
     registry = _broken_registry(monkeypatch, float32_only)
-    res = bench.run_bench(shapes=("tiny",), ops=["gelu", "softmax"], backend="numpy", repeats=3, progress=False,
+    res = bench.run_bench(shapes=("tiny",), ops=["gelu", "softmax"], backend="numpy", repeats=3,
+                          quick=True, processes=0, progress=False,
                           registry=registry, peaks=PEAKS, use_torch=use_torch)
     gelu, softmax = res["ops"]
     reason = gelu["check"]["reason"]
@@ -99,7 +103,8 @@ def test_torch_catches_a_consistently_wrong_backward_too(monkeypatch):
     if not _has_torch():
         pytest.skip("needs torch")
     monkeypatch.setattr(bench_ops, "_gradcheck", lambda name, op: None)  # torch alone must catch it
-    res = bench.run_bench(shapes=("tiny",), ops=["gelu"], backend="numpy", repeats=3, progress=False,
+    res = bench.run_bench(shapes=("tiny",), ops=["gelu"], backend="numpy", repeats=3,
+                          quick=True, processes=0, progress=False,
                           registry=_broken_registry(monkeypatch, False), peaks=PEAKS)
     (gelu,) = res["ops"]
     assert not gelu["check"]["ok"] and gelu["check"]["reason"].startswith("ours disagrees with torch (torch dx")
@@ -109,14 +114,16 @@ def test_torch_catches_a_consistently_wrong_backward_too(monkeypatch):
 def test_cli_exits_1_when_a_check_fails(monkeypatch, capsys):
     monkeypatch.setattr(ops, "OPS", _broken_registry(monkeypatch, True))
     monkeypatch.setattr(bench, "measure_peaks", lambda *a, **k: PEAKS)
-    assert cli.main(["bench", "--shapes", "tiny", "--ops", "gelu", "--repeats", "3", "--no-progress",
+    assert cli.main(["bench", "--shapes", "tiny", "--ops", "gelu", "--repeats", "3", "--no-progress", "--quick",
+                     "--processes", "0",
                      "--backend", "numpy"]) == 1
     assert "correctness check FAILED for gelu" in capsys.readouterr().err
 
 
 def test_without_torch_the_torch_columns_are_blank(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
-    res = bench.run_bench(shapes=("tiny",), ops=["gelu"], backend="numpy", repeats=3, progress=False)
+    res = bench.run_bench(shapes=("tiny",), ops=["gelu"], backend="numpy", repeats=3,
+                          quick=True, processes=0, progress=False)
     (row,) = res["ops"]
     assert res["env"]["torch"] is None and "torch_gemm_gflops" not in res["peaks"]["cpu"]
     assert row["check"]["ok"] and row["torch"] is None and row["ratio_torch"] == {} and row["fwd"]
@@ -128,7 +135,7 @@ def test_without_torch_the_torch_columns_are_blank(monkeypatch, capsys):
 
 def test_no_torch_flag(monkeypatch, capsys):
     monkeypatch.setattr(bench, "measure_peaks", lambda *a, **k: PEAKS)
-    assert cli.main(["bench", "--shapes", "tiny", "--ops", "softmax", "--repeats", "3", "--no-torch",
+    assert cli.main(["bench", "--shapes", "tiny", "--ops", "softmax", "--repeats", "3", "--no-torch", "--quick",
                      "--no-progress", "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
     assert "--no-torch: the torch columns are blank" in out and "| softmax | B2 T3 C5 | numpy | ok |" in out
@@ -172,6 +179,7 @@ def test_plots(monkeypatch, tmp_path):
     pytest.importorskip("matplotlib")
     monkeypatch.setattr(bench_ops, "SWEEP", {"gelu": [dict(N=4, C=8), dict(N=16, C=8)]})
     res = bench.run_bench(shapes=("tiny", "sweep"), ops=["gelu", "linear"], backend="numpy", repeats=3,
+                          quick=True, processes=0,
                           progress=False, peaks=PEAKS)
     assert [r["shapes"] for r in res["ops"]] == ["tiny", "tiny", "sweep", "sweep"]
     from scratchllm.bench.plots import make_plots
@@ -183,7 +191,8 @@ def test_plots(monkeypatch, tmp_path):
 
 @pytest.mark.gpu
 def test_cupy_rows_have_a_speedup_over_numpy():
-    res = bench.run_bench(shapes=("tiny",), ops=["gelu"], backend="auto", repeats=3, progress=False)
+    res = bench.run_bench(shapes=("tiny",), ops=["gelu"], backend="auto", repeats=3,
+                          quick=True, processes=0, progress=False)
     numpy_row, cupy_row = res["ops"]
     assert cupy_row["backend"] == "cupy" and cupy_row["check"]["ok"] and cupy_row["speedup_numpy"]["total"] > 0
 
@@ -207,10 +216,10 @@ def test_gpu_clock_logic_with_a_fake_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", fake)
     calls = []
     t = bench.measure(lambda: (calls.append(1), time.sleep(1e-3)), "cupy", repeats=3,
-                      flush=bench.l2_flusher("cupy"))
+                      flush=bench.l2_flusher("cupy"), min_time_s=0, warmup_s=0)
     assert t["number"] == 1 and t["repeats"] == 3 and 1.0 <= t["median_ms"] < 50
     assert len(flushes) == 3 and flushes[0] * 4 == 256 * 2**20 and len(calls) == 2 + 3  # 2 warm-up calls
-    fast = bench.measure(lambda: None, "cupy", repeats=3)
+    fast = bench.measure(lambda: None, "cupy", repeats=3, min_time_s=0, warmup_s=0)
     assert fast["number"] > 1 and fast["median_ms"] < 1
 
 

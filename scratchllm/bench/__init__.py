@@ -37,59 +37,101 @@ from ..kernels import cpu_status
 from ..backend import cupy_status, device_info, tune_host_allocator
 from . import ops as bench_ops, train as bench_train
 from .load import OtherLoad, background_busy  # noqa: F401 (OtherLoad: part of bench's API)
-from .timing import MIN_REPEAT_S, import_torch, l2_flusher, make_clock, measure, summarize  # noqa: F401
+from .ceilings import gemm_gflops, stream
+from .tables import ops_markdown
+from .timing import MIN_REPEAT_S, QUICK, import_torch, l2_flusher, make_clock, measure, summarize  # noqa: F401
 from ..parallel.processes import default_mode as shard_mode
 from ..kernels.threads import cpu_threads
 
 # ---------------------------------------------------------------------------------------- machine peaks
-def _best_s(fn, device):
-    return min(measure(fn, device, repeats=5)["samples_ms"]) / 1e3
+def _torch_gemm_apart(n, dtype, device):
+    """torch's GEMM GFLOP/s measured in a process of its own (not after NumPy's threads in this one)."""
+    code = (f"from scratchllm.bench.ceilings import gemm_gflops; "
+            f"print(gemm_gflops('torch', {n}, '{dtype}', '{device}'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return float(done.stdout.strip()) if done.returncode == 0 else None
 
 
 def measure_peaks(devices, dtype="float32", torch=None, gemm_n=None, copy_mb=None) -> dict:
-    """GEMM GFLOP/s and copy GB/s per device ("cpu", "gpu"), measured here; ``peak_*`` are what % uses."""
+    """The ceilings per device ("cpu", "gpu"), measured here by median (``ceilings.py``): GEMM GFLOP/s (NumPy's
+    here, torch's in a process of its own), and on the CPU STREAM copy/add GB/s on every thread at the L2, LLC and
+    DRAM working sets. ``peak_gflops`` and ``peak_gbs`` (the fastest level) are the roofline's corners."""
     out = {"dtype": str(dtype)}
     if "cpu" in devices:
-        n, mb = gemm_n or 2048, copy_mb or 256
-        a, b, c = np.ones((n, n), dtype), np.ones((n, n), dtype), np.empty((n, n), dtype)
-        src, dst = np.ones(mb * 2**20 // 4, np.float32), np.empty(mb * 2**20 // 4, np.float32)
-        cpu = {"gemm_n": n, "copy_mb": mb,
-               "numpy_gemm_gflops": 2 * n**3 / _best_s(lambda: np.matmul(a, b, out=c), "cpu") / 1e9,
-               "numpy_copy_gbs": 2 * src.nbytes / _best_s(lambda: np.copyto(dst, src), "cpu") / 1e9}
+        n, clock = gemm_n or 2048, _cpu_clock()
+        levels = stream(cpu_threads(), clock["l2_kb"], clock["llc_kb"])
+        if copy_mb:  # tests: a small DRAM set
+            levels = stream(cpu_threads(), 64, copy_mb * 1024 // 8)
+        cpu = {"gemm_n": n, "threads": cpu_threads(), "numpy_gemm_gflops": gemm_gflops("numpy", n, dtype),
+               "levels": levels, "numpy_copy_gbs": levels["DRAM"]["copy_gbs"],
+               "copy_mb": levels["DRAM"]["bytes"] >> 20}
         if torch is not None:
-            ta, tb, tc = (torch.from_numpy(m) for m in (a, b, c))
-            cpu["torch_gemm_gflops"] = 2 * n**3 / _best_s(lambda: torch.mm(ta, tb, out=tc), "cpu") / 1e9
-        cpu["peak_gflops"] = max(v for k, v in cpu.items() if k.endswith("gemm_gflops"))
-        cpu["peak_gbs"] = cpu["numpy_copy_gbs"]
+            cpu["torch_gemm_gflops"] = _torch_gemm_apart(n, dtype, "cpu")
+        cpu["peak_gflops"] = max(v for k, v in cpu.items() if k.endswith("gemm_gflops") and v)
+        cpu["peak_gbs"] = max(max(lv["copy_gbs"], lv["add_gbs"]) for lv in levels.values())
         out["cpu"] = cpu
     if "gpu" in devices:
         import cupy
 
         n, mb = gemm_n or 8192, copy_mb or 1024
-        a, c = cupy.ones((n, n), dtype), cupy.empty((n, n), dtype)
         src, dst = cupy.ones(mb * 2**20 // 4, cupy.float32), cupy.empty(mb * 2**20 // 4, cupy.float32)
-        gpu = {"gemm_n": n, "copy_mb": mb,
-               "cupy_gemm_gflops": 2 * n**3 / _best_s(lambda: cupy.matmul(a, a, out=c), "cupy") / 1e9,
-               "cupy_copy_gbs": 2 * src.nbytes / _best_s(lambda: cupy.copyto(dst, src), "cupy") / 1e9}
+        gpu = {"gemm_n": n, "copy_mb": mb, "cupy_gemm_gflops": gemm_gflops("cupy", n, dtype),
+               "cupy_copy_gbs": 2 * src.nbytes / measure(lambda: cupy.copyto(dst, src), "cupy")["median_ms"] * 1e-6}
         if torch is not None and torch.cuda.is_available():
-            ta = torch.ones((n, n), dtype=getattr(torch, str(dtype)), device="cuda")
-            tc = torch.empty_like(ta)
-            gpu["torch_gemm_gflops"] = 2 * n**3 / _best_s(lambda: torch.mm(ta, ta, out=tc), "cuda") / 1e9
-        gpu["peak_gflops"] = max(v for k, v in gpu.items() if k.endswith("gemm_gflops"))
+            gpu["torch_gemm_gflops"] = _torch_gemm_apart(n, dtype, "cuda")
+        gpu["peak_gflops"] = max(v for k, v in gpu.items() if k.endswith("gemm_gflops") and v)
         gpu["peak_gbs"] = gpu["cupy_copy_gbs"]
         out["gpu"] = gpu
     return out
 
 
 # ------------------------------------------------------------------------------------------ environment
-def _git_commit():
+def _git(*args):
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                           timeout=10)
-        return p.stdout.strip() or None
+        p = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        return p.stdout.strip() if p.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _git_commit():
+    """The commit, with ``-dirty`` when tracked files differ from it (the numbers are not that commit's)."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    return commit or None
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _cpu_clock():
+    """The CPU's frequency governor and current MHz, where the system lets us read them (a VM often does not)."""
+    mhz = None
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("cpu MHz"):
+            mhz = float(line.split(":", 1)[1])
+            break
+    return {"governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"), "mhz": mhz,
+            "l2_kb": _cache_kb("l2"), "llc_kb": _cache_kb()}
+
+
+def _cache_kb(which="llc"):
+    """The size in KB of the L2 (``which="l2"``) or the last-level cache (sysfs), or None."""
+    sizes = {}
+    for i in range(8):
+        level, size = (_read(f"/sys/devices/system/cpu/cpu0/cache/index{i}/{k}") for k in ("level", "size"))
+        if level and size and size.endswith("K"):
+            sizes[int(level)] = int(size[:-1])
+    if not sizes:
+        return None
+    return sizes.get(2) if which == "l2" else sizes[max(sizes)]
 
 
 def _cpu_model():
@@ -130,7 +172,7 @@ def environment(torch=None) -> dict:
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(), "scratchllm": __version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpu_clock": _cpu_clock(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "background_cpu_busy_pct": background_busy(),
@@ -154,7 +196,7 @@ def environment(torch=None) -> dict:
 # ------------------------------------------------------------------------------------------------- run
 def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dtype="float32", repeats=7,
               batch=None, use_torch=True, flush_l2=False, train_configs=None, rounds=7, steps=None,
-              progress=True, registry=None, peaks=None, argv=None) -> dict:
+              progress=True, registry=None, peaks=None, argv=None, quick=False, processes=3) -> dict:
     """Run the suites; returns the JSON-ready result (``env``, ``peaks``, ``ops`` rows, ``train`` rows)."""
     from ..backend import resolve_backend
 
@@ -165,6 +207,14 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
         notes.append("torch is not installed: the torch columns are blank")
     elif not use_torch:
         notes.append("--no-torch: the torch columns are blank")
+    if quick:
+        notes.append(f"--quick: warm-up {QUICK['warmup_s'] * 1e3:g} ms and {QUICK['min_time_s'] * 1e3:g} ms of "
+                     f"samples per measurement (not the default 25 ms and 200 ms): a first look, not a result")
+    if suite in ("ops", "all"):
+        notes.append(f"ours and torch timed in {processes} worker processes each, alternating (a case's samples "
+                     f"pooled; flags: noisy = IQR > 10 % of the median, drift = the last third's median 10 % off "
+                     f"the first's, processes = their medians 10 % apart)" if processes else
+                     "--processes 0: ours and torch timed in this process, one after the other")
     if "cupy" not in backends:
         notes.append(f"no GPU columns: {cupy_status()[1]}" if backend != "numpy" else "--backend numpy")
     devices = ["cpu" if b == "numpy" else "gpu" for b in backends]
@@ -180,7 +230,8 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
     result["peaks"] = peaks or measure_peaks(devices, dtype, torch)
     if suite in ("ops", "all"):
         result["ops"] = bench_ops.run(shapes, ops, backends, dtype, repeats, batch, torch, flush_l2,
-                                      result["peaks"], progress, registry, notes)
+                                      result["peaks"], progress, registry, notes, QUICK if quick else None,
+                                      processes)
     if suite in ("train", "all"):
         result["train"] = bench_train.run(backends, train_configs, rounds, steps, torch, result["peaks"],
                                           progress, notes)
@@ -219,12 +270,18 @@ def markdown(result) -> str:
         if dev in peaks:
             p = peaks[dev]
             parts = ", ".join(f"{k.replace('_gflops', '')} {v:.1f} GFLOP/s" for k, v in p.items()
-                              if k.endswith("gemm_gflops"))
-            lines.append(f"- {dev.upper()} peaks ({peaks['dtype']}): {parts} (GEMM {p['gemm_n']}³); copy "
-                         f"{p['peak_gbs']:.1f} GB/s ({p['copy_mb']} MB, read + write)")
+                              if k.endswith("gemm_gflops") and v)
+            if "levels" in p:
+                bw = "; ".join(f"{lv} ({v['bytes'] / 2**20:.2g} MB per array) copy {v['copy_gbs']:.1f}, add "
+                               f"{v['add_gbs']:.1f} GB/s" for lv, v in p["levels"].items())
+                lines.append(f"- {dev.upper()} ceilings ({peaks['dtype']}, medians, {p.get('threads')} threads): "
+                             f"{parts} (GEMM {p['gemm_n']}³); STREAM {bw}. A row's % is of the GEMM peak (F) or of "
+                             f"the bandwidth of the level its working set fits in (B)")
+            else:
+                lines.append(f"- {dev.upper()} peaks ({peaks['dtype']}): {parts} (GEMM {p['gemm_n']}³); copy "
+                             f"{p['peak_gbs']:.1f} GB/s ({p['copy_mb']} MB, read + write)")
     lines += [f"- note: {n}" for n in result["notes"]]
     if result.get("ops"):
-        ops_markdown = bench_ops.ops_markdown
         lines += ["", ops_markdown(result["ops"])]
     if result.get("train"):
         train_markdown = bench_train.train_markdown
@@ -242,7 +299,8 @@ def write_json(result, path):
 def command_line(args) -> list:
     """The options of a ``scratchllm bench`` namespace as a canonical argument list (recorded in the output)."""
     argv = []
-    skip = {"ops": ("configs", "rounds", "steps"), "train": ("shapes", "ops", "repeats", "batch", "flush_l2")}
+    skip = {"ops": ("configs", "rounds", "steps"),
+            "train": ("shapes", "ops", "repeats", "batch", "flush_l2", "processes")}
     for key, value in vars(args).items():
         if key in ("func", "command", "no_progress", *skip.get(args.suite, ())) or value in (None, False):
             continue
@@ -253,9 +311,14 @@ def command_line(args) -> list:
 
 def cli_run(args) -> int:
     """``scratchllm bench``: run, print the markdown, write --json/--markdown/--plots. Returns the exit code."""
+    peaks = None
+    if args.peaks:  # the denominators of an earlier run, so that two runs' % columns compare
+        with open(args.peaks) as f:
+            peaks = json.load(f)["peaks"]
     result = run_bench(args.suite, args.shapes, args.ops, args.backend, args.dtype, args.repeats, args.batch,
                        not args.no_torch, args.flush_l2, args.configs, args.rounds, args.steps,
-                       progress=not args.no_progress, argv=command_line(args))
+                       progress=not args.no_progress, argv=command_line(args), quick=args.quick,
+                       processes=args.processes, peaks=peaks)
     text = markdown(result)
     print(text)
     if args.markdown:

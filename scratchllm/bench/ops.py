@@ -52,7 +52,9 @@ import sys
 import numpy as np
 
 from ..backend import to_numpy
-from .timing import l2_flusher, measure
+from .ceilings import ceiling_for
+from .isolate import run_isolated
+from .timing import l2_flusher, measure, ratio_ci
 from .. import kernels
 from ..kernels.dispatch import dispatched
 from ..kernels.registry import pick_backward
@@ -190,8 +192,9 @@ def _gradcheck(name, op):
 
 
 # ------------------------------------------------------------------------------------------------ a case
-def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2):
-    """Check, then time, one op at one size on one backend (and torch on the same device)."""
+def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2, timing=None, in_process=True):
+    """Check, then (``in_process``) time, one op at one size on one backend (and torch on the same device).
+    ``timing``: ``measure``'s time budget (``timing.QUICK`` for ``--quick``)."""
     import importlib
 
     xp = importlib.import_module("cupy") if backend == "cupy" else np
@@ -243,18 +246,43 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2):
                 row["check"].update(ok=False, reason=f"ours disagrees with torch ({tcheck})")
         row["torch"] = {"device": tdev, "check": tcheck, "fwd": None, "bwd": None}
     del ref_out, ref_grads
-    if not row["check"]["ok"]:
+    if not row["check"]["ok"] or not in_process:
         return row
 
+    timing = timing or {}
     flush = l2_flusher(device) if flush_l2 else None
-    row["fwd"] = measure(lambda: forward(*inputs), device, repeats, flush)
-    row["bwd"] = measure(lambda: backward(dout, cache), device, repeats, flush)
+    row["fwd"] = measure(lambda: forward(*inputs), device, repeats, flush, **timing)
+    row["bwd"] = measure(lambda: backward(dout, cache), device, repeats, flush, **timing)
     if tfn is not None:
         tflush = l2_flusher(tdev) if flush_l2 else None
-        row["torch"]["fwd"] = measure(lambda: tfn(*tin), tdev, repeats, tflush)
+        row["torch"]["fwd"] = measure(lambda: tfn(*tin), tdev, repeats, tflush, **timing)
         row["torch"]["bwd"] = measure(lambda: torch.autograd.grad(tout, leaves, tdout, retain_graph=True),
-                                      tdev, repeats, tflush)
+                                      tdev, repeats, tflush, **timing)
     return row
+
+
+def time_isolated(rows, processes, timing, flush_l2, progress=None):
+    """Time the checked rows' two sides in worker processes of their own (``isolate.py``), in place."""
+    cases, sides = [], {"ours": [], "torch": []}
+    for r in rows:
+        if not r["check"]["ok"]:
+            continue
+        sides["ours"].append(len(cases))
+        if r["torch"] is not None:
+            sides["torch"].append(len(cases))
+        cases.append({"op": r["op"], "sizes": r["sizes"], "backend": r["backend"], "dtype": r["dtype"],
+                      "flush": flush_l2, "row": rows.index(r)})
+    if not cases:
+        return
+    timed = run_isolated(cases, sides, processes, {**timing, "repeats": 3}, progress)
+    for side, results in timed.items():
+        for i, result in results.items():
+            row = rows[cases[i]["row"]]
+            where = row if side == "ours" else row["torch"]
+            if "error" in result:
+                row["check"].update(ok=False, reason=f"timing ({side}): {result['error']}")
+            else:
+                where["fwd"], where["bwd"] = result["fwd"], result["bwd"]
 
 
 def derive(rows, peaks):
@@ -265,18 +293,23 @@ def derive(rows, peaks):
         r["flops"] = {k: c[k][0] for k in c} if c else None
         r["bytes"] = {k: c[k][1] for k in c} if c else None
         r["gflops"], r["gbs"], r["pct_peak"], r["ratio_torch"], r["speedup_numpy"] = {}, {}, {}, {}, {}
+        r["ceiling"] = {}
         peak = peaks.get(r["device"], {})
         for k in ("fwd", "bwd"):
             t = r[k] and r[k]["median_ms"] / 1e3
-            if t and c:
+            if t and c and peak:
                 r["gflops"][k], r["gbs"][k] = c[k][0] / t / 1e9, c[k][1] / t / 1e9
-                f, b = r["gflops"][k] / peak.get("peak_gflops", np.inf), r["gbs"][k] / peak.get("peak_gbs", np.inf)
+                ceiling = r["ceiling"][k] = ceiling_for(peak, c[k][1], r["gbs"][k])
+                f, b = r["gflops"][k] / peak["peak_gflops"], r["gbs"][k] / ceiling["gbs"]
                 r["pct_peak"][k] = [100 * max(f, b), "F" if f >= b else "B"]
         tt = r["torch"] or {}
+        r["ratio_torch_ci"] = {}
         for k in ("fwd", "bwd", "total"):
             ours, theirs = _t(r, k), _t(tt, k)
             if ours and theirs:
                 r["ratio_torch"][k] = ours / theirs
+                parts = ("fwd", "bwd") if k == "total" else (k,)
+                r["ratio_torch_ci"][k] = ratio_ci([r[p] for p in parts], [tt[p] for p in parts])["ci95"]
             base = numpy_rows.get((r["shapes"], r["op"], str(r["sizes"])))
             if r["backend"] != "numpy" and ours and base and _t(base, k):
                 r["speedup_numpy"][k] = _t(base, k) / ours
@@ -290,12 +323,17 @@ def _t(r, k):
     return r.get(k) and r[k]["median_ms"]
 
 
-def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, progress, registry, notes):
-    """Every (shape set, op, sizes, backend) case: checked, timed, derived. Returns the rows."""
+def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, progress, registry, notes,
+        timing=None, processes=3):
+    """Every (shape set, op, sizes, backend) case: checked, then timed (each side in ``processes`` worker
+    processes of its own; 0: here, in this process), derived. Returns the rows."""
     from tqdm import tqdm
 
     from ..ops import OPS
 
+    if registry is not None and registry is not OPS and processes:  # a worker can only rebuild OPS's cases
+        notes.append("a registry other than OPS: timed in this process")
+        processes = 0
     registry = OPS if registry is None else registry
     names = list(names or registry)
     if batch is None:
@@ -313,7 +351,8 @@ def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, 
     for shape_set, name, sizes, backend in bar:
         bar.set_postfix_str(f"{shape_set} {name} {backend}")
         try:
-            row = run_case(name, registry[name], sizes, backend, dtype, repeats, torch, flush_l2)
+            row = run_case(name, registry[name], sizes, backend, dtype, repeats, torch, flush_l2, timing,
+                           in_process=not processes)
         except Exception as e:  # an op that raises (or runs out of memory) fails its row, not the run
             row = {"op": name, "sizes": dict(sizes), "backend": backend, "device": "gpu" if backend == "cupy"
                    else "cpu", "dtype": dtype, "fwd": None, "bwd": None, "torch": None,
@@ -323,47 +362,7 @@ def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, 
         if backend == "cupy":
             import cupy
             cupy.get_default_memory_pool().free_all_blocks()
+    if processes:
+        time_isolated(rows, processes, timing or {}, flush_l2,
+                      progress=(lambda what: bar.set_postfix_str(f"timing: {what}")) if progress else None)
     return derive(rows, peaks)
-
-
-# ---------------------------------------------------------------------------------------------- output
-def _g(v, spec=".3g"):
-    return "" if v is None else format(v, spec)
-
-
-def fmt_time(t) -> str:
-    """median ± IQR with a unit that keeps 3-4 significant digits (µs, ms or s)."""
-    if not t:
-        return ""
-    m, iqr = t["median_ms"], t["iqr_ms"]
-    scale, unit = (1e3, "µs") if m < 1 else (1e-3, "s") if m >= 1e3 else (1, "ms")
-    return f"{m * scale:.3g} ± {iqr * scale:.2g} {unit}"
-
-
-def ops_markdown(rows) -> str:
-    """One markdown table per shape set. Times are median ± IQR; ratios are time / time (ours/torch > 1:
-    slower than torch); speedup vs numpy is the numpy row's fwd+bwd time over this row's."""
-    head = ("| op | sizes | backend | check | fwd | bwd | fwd GFLOP/s | fwd GB/s | fwd % peak | bwd GFLOP/s "
-            "| bwd GB/s | bwd % peak | torch fwd | torch bwd | ours/torch fwd | ours/torch bwd "
-            "| ours/torch fwd+bwd | speedup vs numpy | ran (fwd/bwd) |")
-    out = []
-    for shape_set in dict.fromkeys(r["shapes"] for r in rows):
-        out += [f"### ops, shapes `{shape_set}` ({rows[0]['dtype']})", "", head, "|" + "---|" * 19]
-        for r in (r for r in rows if r["shapes"] == shape_set):
-            ms = fmt_time
-            pct = lambda k: "" if k not in r.get("pct_peak", {}) else "{:.1f}% {}".format(*r["pct_peak"][k])  # noqa
-            tt = r["torch"] or {}
-            check = "ok" if r["check"]["ok"] else f"FAIL: {r['check']['reason']}"
-            if tt.get("check") not in (None, "ok") and r["check"]["ok"]:
-                check += f" (torch: {tt['check'].split(' (')[0]})"
-            sizes = " ".join(f"{k}{v}" for k, v in r["sizes"].items())
-            cells = [r["op"], sizes, r["backend"], check, ms(r["fwd"]), ms(r["bwd"]),
-                     _g(r.get("gflops", {}).get("fwd")), _g(r.get("gbs", {}).get("fwd")), pct("fwd"),
-                     _g(r.get("gflops", {}).get("bwd")), _g(r.get("gbs", {}).get("bwd")), pct("bwd"),
-                     ms(tt.get("fwd")), ms(tt.get("bwd"))]
-            cells += [_g(r.get("ratio_torch", {}).get(k), ".2f") for k in ("fwd", "bwd", "total")]
-            cells += [_g(r.get("speedup_numpy", {}).get("total"), ".1f")]
-            cells += ["/".join(dict.fromkeys(r["impl"].values())) if r.get("impl") else ""]
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)

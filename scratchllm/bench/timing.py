@@ -1,6 +1,7 @@
-"""How ``scratchllm bench`` times a call: clocks for the CPU and the GPU (CUDA events), warm-up and calibration of
-the calls per repeat, the summary of the repeats (median, IQR, min, every sample), and an L2 flush. The suites
-(``ops.py``, ``train.py``) and the machine peaks (``__init__.py``) all time through here."""
+"""How ``scratchllm bench`` times a call: clocks for the CPU and the GPU (CUDA events), sampling by time (a warm-up
+of at least ``WARMUP_S``, then samples until ``MIN_TIME_S`` is spent), the summary of the samples (median, IQR,
+a bootstrap 95 % confidence interval of the median, drift, flags), ratios with their intervals, and an L2 flush.
+The suites (``ops.py``, ``train.py``) and the machine peaks (``__init__.py``) all time through here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import time
 
 import numpy as np
 
-MIN_REPEAT_S = 2e-3  # a CPU repeat lasts at least this long (more calls per repeat for tiny ops)
+MIN_REPEAT_S = 2e-3  # a CPU sample lasts at least this long (more calls per sample for tiny ops)
+WARMUP_S = 0.025  # calls before the samples, for at least this long (caches, allocator, page faults, compiles)
+MIN_TIME_S = 0.2  # samples until this much time is spent (and at least ``repeats`` of them)
+MAX_SAMPLES = 400
+QUICK = {"warmup_s": 0.005, "min_time_s": 0.02}  # ``--quick``: a short look, said so in the output
+NOISY = 0.10  # IQR / median above this: the measurement is flagged "noisy"
+DRIFT = 0.10  # |median of the last third - median of the first third| / median above this: flagged "drift"
+BOOTSTRAP = 1000  # resamples for a confidence interval
 
 
 def import_torch():
@@ -59,7 +67,7 @@ def make_clock(device: str):
 
 
 def l2_flusher(device: str, mb: int = 256):
-    """A function that overwrites an ``mb`` MB device buffer (evicting L2), or None on the CPU."""
+    """A function that overwrites an ``mb`` MB buffer (evicting the caches: the GPU's L2, or the CPU's LLC)."""
     if device == "cupy":
         import cupy
 
@@ -70,28 +78,59 @@ def l2_flusher(device: str, mb: int = 256):
 
         buf = torch.empty(mb * 2**20 // 4, dtype=torch.float32, device="cuda")
         return buf.zero_
-    return None
+    buf = np.empty(mb * 2**20 // 4, dtype=np.float32)
+    return lambda: buf.fill(0)
 
 
-def measure(fn, device="cpu", repeats=7, flush=None) -> dict:
-    """Warm up, then time ``fn`` ``repeats`` times; per-call seconds summarised (median, IQR, min)."""
+def measure(fn, device="cpu", repeats=7, flush=None, min_time_s=None, warmup_s=None) -> dict:
+    """Warm up for ``warmup_s``, then time samples of ``fn`` until ``min_time_s`` is spent and at least
+    ``repeats`` samples are taken; per-call seconds summarised (``summarize``). A sample is ``number`` calls,
+    enough to last ``MIN_REPEAT_S`` on the CPU; with ``flush`` (run before each sample, untimed) one call."""
+    warmup_s = WARMUP_S if warmup_s is None else warmup_s
+    min_time_s = MIN_TIME_S if min_time_s is None else min_time_s
     clock = make_clock(device)
-    t = clock(fn, 1)  # warm-up: caches, allocator, kernel compilation on a GPU
-    if t < 0.25 or device != "cpu":  # calibrate on a warm call (a slow CPU call is its own calibration)
+    spent, calls, t = 0.0, 0, 0.0
+    while calls < 2 or spent < warmup_s:  # the first call pays for caches, page faults and compiles
         t = clock(fn, 1)
+        spent, calls = spent + t, calls + 1
     number = 1 if flush or t >= MIN_REPEAT_S else min(100_000, math.ceil(MIN_REPEAT_S / max(t, 1e-8)))
-    if number > 1:  # warm-up at the timed rhythm
-        clock(fn, number)
-    samples = []
-    for _ in range(repeats):
+    samples, spent = [], 0.0
+    while len(samples) < repeats or (spent < min_time_s and len(samples) < MAX_SAMPLES):
         if flush:
             flush()
-        samples.append(clock(fn, number))
+        s = clock(fn, number)
+        samples.append(s)
+        spent += s * number
     return summarize(samples, number)
 
 
+def bootstrap(samples, stat=np.median, n=BOOTSTRAP, seed=0):
+    """``n`` values of ``stat`` over resamples (with replacement) of ``samples``; seeded, so reproducible."""
+    s = np.asarray(samples, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, s.size, (n, s.size))
+    return stat(s[idx], axis=1)
+
+
 def summarize(samples, number=1) -> dict:
-    q1, _, q3 = np.percentile(samples, [25, 50, 75]) if len(samples) > 1 else (samples[0],) * 3
-    return {"median_ms": 1e3 * statistics.median(samples), "iqr_ms": 1e3 * float(q3 - q1),
-            "min_ms": 1e3 * min(samples), "repeats": len(samples), "number": number,
-            "samples_ms": [round(1e3 * s, 6) for s in samples]}
+    """Median, IQR, min, the 95 % bootstrap interval of the median, drift (last third against first) and the
+    flags ``noisy``/``drift`` of per-call seconds; every sample kept (ms)."""
+    s = np.asarray(samples, dtype=np.float64)
+    q1, med, q3 = np.percentile(s, [25, 50, 75]) if s.size > 1 else (s[0],) * 3
+    lo, hi = np.percentile(bootstrap(s), [2.5, 97.5]) if s.size > 1 else (s[0], s[0])
+    third = s.size // 3
+    drift = abs(statistics.median(s[-third:]) - statistics.median(s[:third])) / med if third >= 2 else 0.0
+    flags = [name for name, bad in (("noisy", (q3 - q1) / med > NOISY), ("drift", drift > DRIFT)) if bad]
+    return {"median_ms": 1e3 * float(med), "iqr_ms": 1e3 * float(q3 - q1), "min_ms": 1e3 * float(s.min()),
+            "ci95_ms": [1e3 * float(lo), 1e3 * float(hi)], "drift": round(float(drift), 4), "flags": flags,
+            "repeats": int(s.size), "number": number, "samples_ms": [round(1e3 * v, 6) for v in s]}
+
+
+def ratio_ci(ours, theirs, seed=0) -> dict:
+    """``sum of medians(ours) / sum of medians(theirs)`` with its 95 % bootstrap interval; ``ours`` and ``theirs``
+    are lists of summaries (fwd, bwd: their sum is the fwd+bwd time), each resampled on its own."""
+    def total(sides, k):
+        return sum(bootstrap(t["samples_ms"], seed=seed + k + j) for j, t in enumerate(sides))
+
+    value = sum(t["median_ms"] for t in ours) / sum(t["median_ms"] for t in theirs)
+    lo, hi = np.percentile(total(ours, 0) / total(theirs, 100), [2.5, 97.5])
+    return {"ratio": float(value), "ci95": [float(lo), float(hi)]}

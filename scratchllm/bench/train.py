@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from .timing import make_clock, summarize
+from .timing import bootstrap, make_clock, summarize
 
 TRAIN_CONFIGS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
@@ -129,8 +129,12 @@ def run_config(name, c, backend, rounds, steps, torch, peaks):
         row["gflops"][side] = row["flops_per_step"] / t / 1e9
         row["mfu"][side] = row["gflops"][side] / peak if peak else None
     if "torch" in times:
-        row["ratio_rounds"] = [a / b for a, b in zip(times["ours"], times["torch"])]
-        row["ratio_median"] = statistics.median(row["ratio_rounds"])
+        ratios = row["ratio_rounds"] = [a / b for a, b in zip(times["ours"], times["torch"])]
+        row["ratio_median"] = statistics.median(ratios)
+        row["ratio_ci95"] = [float(v) for v in np.percentile(bootstrap(ratios), [2.5, 97.5])]
+        third = len(ratios) // 3  # the rounds' ratios drifting (a machine that got busier) is flagged
+        if third >= 2 and abs(statistics.median(ratios[-third:]) - statistics.median(ratios[:third])) > 0.05:
+            row["ratio_flags"] = ["drift"]
     return row
 
 
@@ -151,11 +155,19 @@ def run(backends, configs, rounds, steps, torch, peaks, progress, notes):
     return rows
 
 
+def _ratio(r) -> str:
+    if r.get("ratio_median") is None:
+        return ""
+    ci = r.get("ratio_ci95")
+    return (f"{r['ratio_median']:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+            + "".join(f" ⚠ {f}" for f in r.get("ratio_flags", [])))
+
+
 def train_markdown(rows) -> str:
-    from .ops import fmt_time
+    from .tables import fmt_time
 
     head = ("| config | model | backend | params | tokens/step | check | ours per step | torch per step "
-            "| ours/torch (median of rounds) | ours tokens/s | torch tokens/s | ours MFU | torch MFU |")
+            "| ours/torch (median of rounds, 95% CI) | ours tokens/s | torch tokens/s | ours MFU | torch MFU |")
     out = ["### training step (forward + backward + clip + AdamW, float32)", "", head, "|" + "---|" * 13]
     for r in rows:
         c = r["model"]
@@ -165,7 +177,7 @@ def train_markdown(rows) -> str:
         g = lambda d, k, spec: "" if d.get(k) is None else format(d[k], spec)  # noqa: E731
         cells = [r["config"], model, r["backend"], f"{r['params'] / 1e6:.2f} M", str(r["tokens_per_step"]),
                  "ok" if r["check"]["ok"] else f"FAIL: {r['check']['reason']}", ms(r["ours"]), ms(r["torch"]),
-                 g(r, "ratio_median", ".2f"), g(r.get("tokens_per_s", {}), "ours", ",.0f"),
+                 _ratio(r), g(r.get("tokens_per_s", {}), "ours", ",.0f"),
                  g(r.get("tokens_per_s", {}), "torch", ",.0f"), g(r.get("mfu", {}), "ours", ".1%"),
                  g(r.get("mfu", {}), "torch", ".1%")]
         out.append("| " + " | ".join(cells) + " |")

@@ -1,0 +1,70 @@
+"""The tables of ``scratchllm bench``: times as medians with their 95 % interval and flags, ratios with their
+intervals, the share of each row's ceiling (``ceilings.py``) named by level."""
+
+from __future__ import annotations
+
+
+def _g(v, spec=".3g"):
+    return "" if v is None else format(v, spec)
+
+
+def fmt_time(t) -> str:
+    """The median and its 95 % confidence interval, in a unit that keeps 3 significant digits (µs, ms or s),
+    with the measurement's flags (``timing.summarize``): ``1.23 ms (1.20-1.27)``, ``9.25 ms (6.0-12) ⚠ noisy``.
+    A summary without an interval (an old JSON) shows median ± IQR."""
+    if not t:
+        return ""
+    m = t["median_ms"]
+    scale, unit = (1e3, "µs") if m < 1 else (1e-3, "s") if m >= 1e3 else (1, "ms")
+    if "ci95_ms" not in t:
+        return f"{m * scale:.3g} ± {t['iqr_ms'] * scale:.2g} {unit} (IQR)"
+    lo, hi = (v * scale for v in t["ci95_ms"])
+    flags = "".join(f" ⚠ {f}" for f in t.get("flags", []))
+    return f"{m * scale:.3g} {unit} ({lo:.3g}-{hi:.3g}){flags}"
+
+
+def _pct(r, k) -> str:
+    """``45.1% B LLC``: the share of the ceiling, F (GEMM peak) or B (bandwidth of the named level)."""
+    value, kind = r["pct_peak"][k]
+    ceiling = r.get("ceiling", {}).get(k, {})
+    where = f" {ceiling['level']}" if kind == "B" and ceiling.get("level") else ""
+    return f"{value:.1f}% {kind}{where}" + (f" ({ceiling['note']})" if ceiling.get("note") else "")
+
+
+def fmt_ratio(r, k) -> str:
+    """A ratio with its 95 % interval, ``0.84 (0.80-0.88)``; blank when there is none."""
+    v = r.get("ratio_torch", {}).get(k)
+    if v is None:
+        return ""
+    ci = r.get("ratio_torch_ci", {}).get(k)
+    return f"{v:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+
+def ops_markdown(rows) -> str:
+    """One markdown table per shape set. Times are medians with their 95 % interval and flags; ratios are
+    time / time (ours/torch > 1: slower than torch) with their interval; speedup vs numpy is the numpy row's
+    fwd+bwd time over this row's."""
+    head = ("| op | sizes | backend | check | fwd | bwd | fwd GFLOP/s | fwd GB/s | fwd % peak | bwd GFLOP/s "
+            "| bwd GB/s | bwd % peak | torch fwd | torch bwd | ours/torch fwd | ours/torch bwd "
+            "| ours/torch fwd+bwd | speedup vs numpy | ran (fwd/bwd) |")
+    out = []
+    for shape_set in dict.fromkeys(r["shapes"] for r in rows):
+        out += [f"### ops, shapes `{shape_set}` ({rows[0]['dtype']})", "", head, "|" + "---|" * 19]
+        for r in (r for r in rows if r["shapes"] == shape_set):
+            ms = fmt_time
+            pct = lambda k: "" if k not in r.get("pct_peak", {}) else _pct(r, k)  # noqa: E731
+            tt = r["torch"] or {}
+            check = "ok" if r["check"]["ok"] else f"FAIL: {r['check']['reason']}"
+            if tt.get("check") not in (None, "ok") and r["check"]["ok"]:
+                check += f" (torch: {tt['check'].split(' (')[0]})"
+            sizes = " ".join(f"{k}{v}" for k, v in r["sizes"].items())
+            cells = [r["op"], sizes, r["backend"], check, ms(r["fwd"]), ms(r["bwd"]),
+                     _g(r.get("gflops", {}).get("fwd")), _g(r.get("gbs", {}).get("fwd")), pct("fwd"),
+                     _g(r.get("gflops", {}).get("bwd")), _g(r.get("gbs", {}).get("bwd")), pct("bwd"),
+                     ms(tt.get("fwd")), ms(tt.get("bwd"))]
+            cells += [fmt_ratio(r, k) for k in ("fwd", "bwd", "total")]
+            cells += [_g(r.get("speedup_numpy", {}).get("total"), ".1f")]
+            cells += ["/".join(dict.fromkeys(r["impl"].values())) if r.get("impl") else ""]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
