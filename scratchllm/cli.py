@@ -119,6 +119,12 @@ def cmd_bench(args) -> int:
     from .bench.train import TRAIN_CONFIGS
     from .ops import ALIASES, OPS, resolve
 
+    if args.compare:
+        from .bench.compare import CompareError, cli_compare
+        try:
+            return cli_compare(args.compare)
+        except CompareError as e:
+            raise UsageError(f"scratchllm bench: {e}") from None
     bad = [n for n in args.ops or [] if n not in OPS and n not in ALIASES]
     if bad:
         raise UsageError(f"scratchllm bench: unknown op {bad[0]!r}; choose from {', '.join(OPS)}")
@@ -126,7 +132,7 @@ def cmd_bench(args) -> int:
     bad = [n for n in args.configs or [] if n not in TRAIN_CONFIGS]
     if bad:
         raise UsageError(f"scratchllm bench: unknown config {bad[0]!r}; choose from {', '.join(TRAIN_CONFIGS)}")
-    for name, lo in (("repeats", 3), ("batch", 1), ("rounds", 1), ("steps", 1), ("processes", 0)):
+    for name, lo in (("repeats", 3), ("batch", 1), ("rounds", 1), ("steps", 1), ("processes", 0), ("threads", 1)):
         value = getattr(args, name)
         if value is not None and value < lo:
             raise UsageError(f"scratchllm bench: --{name} must be >= {lo}; got {value}")
@@ -328,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="time every op (forward, backward) and a training step against torch",
                         description="Markdown on stdout; --json, --markdown, --plots write files. A progress bar on "
                                     "stderr. See benchmarks/RESULTS.md.")
+    bn.add_argument("compare", nargs="*", metavar="compare A.json B.json",
+                    help="compare two --json results row by row instead of running (B/A with intervals)")
     bn.add_argument("--suite", choices=("ops", "train", "all"), default="ops")
     bn.add_argument("--shapes", nargs="+", choices=("tiny", "gpt2-small", "sweep"), default=["gpt2-small"])
     bn.add_argument("--ops", nargs="+", metavar="OP", help="ops from the registry (default: all)")
@@ -339,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ops suite: time each side (ours, torch) in this many worker processes of its own, "
                          "alternating (default 3; 0: in this process)")
     bn.add_argument("--quick", action="store_true", help="a short time budget per measurement (said in the output)")
+    bn.add_argument("--impls", action="store_true", help="ops suite: a row per registered implementation, side by side")
+    bn.add_argument("--threads", type=int, help="threads of every pool: ours, BLAS, OpenMP (torch), MKL, Numba")
     bn.add_argument("--peaks", metavar="JSON",
                     help="take the ceilings from an earlier run's --json (fixed denominators across runs)")
     bn.add_argument("--batch", type=int, default=None, help="B of the gpt2-small shapes (default 8; 4 on the CPU)")

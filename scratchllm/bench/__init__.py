@@ -43,6 +43,10 @@ from .timing import MIN_REPEAT_S, QUICK, import_torch, l2_flusher, make_clock, m
 from ..parallel.processes import default_mode as shard_mode
 from ..kernels.threads import cpu_threads
 
+THREAD_VARS = ("SCRATCHLLM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMBA_NUM_THREADS")  # what --threads sets (set_threads)
+
+
 # ---------------------------------------------------------------------------------------- machine peaks
 def _torch_gemm_apart(n, dtype, device):
     """torch's GEMM GFLOP/s measured in a process of its own (not after NumPy's threads in this one)."""
@@ -181,12 +185,14 @@ def environment(torch=None) -> dict:
         "scratchllm_shards": shard_mode(),  # where DataParallel's shards 1.. run: processes or threads (parallel/)
         "cpu_kernels": cpu_status()[1],  # the fused Numba kernels (kernels/cpu/), or why not
         "shard_gemm": shard_gemm_status()[1],  # MKL's GEMM in single-core shards (blas.py), or why not
-        "thread_env": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                                  "SCRATCHLLM_THREADS", "SCRATCHLLM_SHARDS", "SCRATCHLLM_KERNELS",
+        "thread_env": {v: os.environ[v] for v in (*THREAD_VARS, "SCRATCHLLM_SHARDS", "SCRATCHLLM_KERNELS",
                                                   "SCRATCHLLM_MKL") if v in os.environ},
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
         "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
+        "tf32": {"torch_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "torch_cudnn":
+                 bool(torch.backends.cudnn.allow_tf32), "CUPY_TF32": os.environ.get("CUPY_TF32")} if torch else
+                {"CUPY_TF32": os.environ.get("CUPY_TF32")},
         "cupy_usable": usable, "cupy_reason": reason,
         "gpu": {**device_info(), "fused_kernels": kernels.enabled()} if usable else {},
     }
@@ -196,7 +202,7 @@ def environment(torch=None) -> dict:
 # ------------------------------------------------------------------------------------------------- run
 def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dtype="float32", repeats=7,
               batch=None, use_torch=True, flush_l2=False, train_configs=None, rounds=7, steps=None,
-              progress=True, registry=None, peaks=None, argv=None, quick=False, processes=3) -> dict:
+              progress=True, registry=None, peaks=None, argv=None, quick=False, processes=3, impls=False) -> dict:
     """Run the suites; returns the JSON-ready result (``env``, ``peaks``, ``ops`` rows, ``train`` rows)."""
     from ..backend import resolve_backend
 
@@ -220,7 +226,7 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
     devices = ["cpu" if b == "numpy" else "gpu" for b in backends]
     # as scratchllm's GPT does on the CPU (backend.tune_host_allocator): freed large blocks are reused
     malloc_tuned = tune_host_allocator() if "numpy" in backends else False
-    result = {"schema": 1, "command": " ".join(["scratchllm", "bench", *(argv or [])]), "suite": suite,
+    result = {"schema": 2, "command": " ".join(["scratchllm", "bench", *(argv or [])]), "suite": suite,
               "dtype": str(dtype), "backends": backends, "env": environment(torch), "notes": notes}
     result["env"]["host_malloc_tuned"] = malloc_tuned
     busy = result["env"]["background_cpu_busy_pct"]
@@ -231,7 +237,7 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
     if suite in ("ops", "all"):
         result["ops"] = bench_ops.run(shapes, ops, backends, dtype, repeats, batch, torch, flush_l2,
                                       result["peaks"], progress, registry, notes, QUICK if quick else None,
-                                      processes)
+                                      processes, impls)
     if suite in ("train", "all"):
         result["train"] = bench_train.run(backends, train_configs, rounds, steps, torch, result["peaks"],
                                           progress, notes)
@@ -300,17 +306,34 @@ def command_line(args) -> list:
     """The options of a ``scratchllm bench`` namespace as a canonical argument list (recorded in the output)."""
     argv = []
     skip = {"ops": ("configs", "rounds", "steps"),
-            "train": ("shapes", "ops", "repeats", "batch", "flush_l2", "processes")}
+            "train": ("shapes", "ops", "repeats", "batch", "flush_l2", "processes", "impls")}
     for key, value in vars(args).items():
-        if key in ("func", "command", "no_progress", *skip.get(args.suite, ())) or value in (None, False):
+        if key in ("func", "command", "compare", "no_progress", *skip.get(args.suite, ())) or value in (None, False):
             continue
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return argv
 
 
+def set_threads(n: int) -> None:
+    """Every thread pool at ``n``: the environment (which worker processes inherit) and, in this process,
+    BLAS through threadpoolctl and torch's intra-op pool."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
 def cli_run(args) -> int:
     """``scratchllm bench``: run, print the markdown, write --json/--markdown/--plots. Returns the exit code."""
+    if getattr(args, "threads", None):
+        set_threads(args.threads)
     peaks = None
     if args.peaks:  # the denominators of an earlier run, so that two runs' % columns compare
         with open(args.peaks) as f:
@@ -318,7 +341,7 @@ def cli_run(args) -> int:
     result = run_bench(args.suite, args.shapes, args.ops, args.backend, args.dtype, args.repeats, args.batch,
                        not args.no_torch, args.flush_l2, args.configs, args.rounds, args.steps,
                        progress=not args.no_progress, argv=command_line(args), quick=args.quick,
-                       processes=args.processes, peaks=peaks)
+                       processes=args.processes, peaks=peaks, impls=args.impls)
     text = markdown(result)
     print(text)
     if args.markdown:

@@ -13,6 +13,7 @@ the summaries as JSON on stdout.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -24,18 +25,56 @@ from .timing import l2_flusher, measure, summarize
 SIDES = ("ours", "torch")
 
 
-def _time_ours(case, timing):
+def implementation(op, name, inputs, make_dout):
+    """What a row of implementation ``name`` times, on ``inputs``: ``(forward, backward, out, cache, dout, ran)``.
+    None: what the model runs (the dispatch); "reference": the textbook; else that registered implementation
+    wherever its rules take the inputs (an implementation of one direction only has the textbook's other).
+    ``make_dout(out)`` makes the backward's dout; ``ran``: ``{"fwd": name, "bwd": name}`` of what ran."""
+    from .. import kernels
     from ..kernels.dispatch import dispatched
+    from ..kernels.registry import pick_backward
+
+    keywords = getattr(op.forward, "keywords", {})
+    if name is None:
+        forward, backward = dispatched(op.forward), dispatched(op.backward)
+        out, cache = forward(*inputs)
+        dout = make_dout(out)
+        return forward, backward, out, cache, dout, {
+            "fwd": kernels.select(op.family, *inputs, **keywords),
+            "bwd": getattr(pick_backward(op.family, dout, cache), "name", kernels.REFERENCE)}
+    impl = kernels.implementations(op.family).get(name)
+    fwd_ok = impl is not None and impl.supports(*inputs, **keywords)
+    forward = _bind(impl.forward, op.forward) if fwd_ok else op.forward
+    out, cache = forward(*inputs)
+    dout = make_dout(out)
+    bwd_ok = impl is not None and impl.supports_backward(dout, cache)
+    backward = impl.backward if bwd_ok else op.backward
+    ran = {"fwd": name if fwd_ok else kernels.REFERENCE, "bwd": name if bwd_ok else kernels.REFERENCE}
+    return forward, backward, out, cache, dout, ran
+
+
+def _bind(fn, entry_forward):
+    """``fn`` with the options the registry entry binds (gelu_erf's approximate, attention_blocked's block)."""
+    if hasattr(entry_forward, "keywords"):
+        return functools.partial(fn, *entry_forward.args, **entry_forward.keywords)
+    if hasattr(entry_forward, "rebind"):
+        return entry_forward.rebind(fn)
+    return fn
+
+
+def _time_ours(case, timing):
     from ..ops import OPS
 
     op = OPS[case["op"]]
     xp = __import__("cupy") if case["backend"] == "cupy" else np
     device = "cupy" if case["backend"] == "cupy" else "cpu"
     host = op.make_inputs(case["sizes"], dtype=case["dtype"], seed=0)  # as ops.run_case makes them: the same numbers
-    forward, backward = dispatched(op.forward), dispatched(op.backward)
     inputs = tuple(xp.asarray(a) for a in host)
-    out, cache = forward(*inputs)
-    dout = xp.asarray(np.random.default_rng(1).standard_normal(np.shape(out)).astype(case["dtype"]))
+
+    def make_dout(out):
+        return xp.asarray(np.random.default_rng(1).standard_normal(np.shape(out)).astype(case["dtype"]))
+
+    forward, backward, _, cache, dout, _ = implementation(op, case.get("impl"), inputs, make_dout)
     flush = l2_flusher(device) if case.get("flush") else None
     return {"fwd": measure(lambda: forward(*inputs), device, flush=flush, **timing),
             "bwd": measure(lambda: backward(dout, cache), device, flush=flush, **timing)}

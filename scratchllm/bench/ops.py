@@ -47,17 +47,17 @@ Bytes are the compulsory traffic: every input read once and every output written
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 
 from ..backend import to_numpy
 from .ceilings import ceiling_for
-from .isolate import run_isolated
+from .isolate import implementation, run_isolated
 from .timing import l2_flusher, measure, ratio_ci
 from .. import kernels
 from ..kernels.dispatch import dispatched
-from ..kernels.registry import pick_backward
 
 CPU_BATCH = 4  # gpt2-small B on the CPU: every op checked and timed in about 2 minutes on 2 cores
 TOL = {"float32": 1e-4, "float64": 1e-9}
@@ -192,9 +192,10 @@ def _gradcheck(name, op):
 
 
 # ------------------------------------------------------------------------------------------------ a case
-def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2, timing=None, in_process=True):
+def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2, timing=None, in_process=True, impl=None):
     """Check, then (``in_process``) time, one op at one size on one backend (and torch on the same device).
-    ``timing``: ``measure``'s time budget (``timing.QUICK`` for ``--quick``)."""
+    ``timing``: ``measure``'s time budget (``timing.QUICK`` for ``--quick``). ``impl``: time that registered
+    implementation ("reference": the textbook) instead of what the dispatch picks (``isolate.implementation``)."""
     import importlib
 
     xp = importlib.import_module("cupy") if backend == "cupy" else np
@@ -204,16 +205,17 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2, timing=N
     tol = TOL[dtype]
     host = op.make_inputs(sizes, dtype=dtype, seed=0)
     ref_in = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in host]
-    forward, backward = dispatched(op.forward), dispatched(op.backward)  # ours: what the model runs
-    ref_out, ref_cache = forward(*ref_in)  # float64 (registry tests prove every implementation = the textbook)
-    dout_h = np.asarray(np.random.default_rng(1).standard_normal(np.shape(ref_out))).astype(dtype)
-    ref_grads = backward(dout_h.astype(np.float64), ref_cache)
+    ref_out, ref_cache = dispatched(op.forward)(*ref_in)  # float64 (the registry tests prove every
+    dout_h = np.asarray(np.random.default_rng(1).standard_normal(np.shape(ref_out))).astype(dtype)  # implementation
+    ref_grads = dispatched(op.backward)(dout_h.astype(np.float64), ref_cache)  # equal to the textbook)
     del ref_cache
-    inputs, dout = tuple(xp.asarray(a) for a in host), xp.asarray(dout_h)
-    out, cache = forward(*inputs)
-    ran = {"fwd": kernels.select(op.family, *inputs, **getattr(op.forward, "keywords", {})),
-           "bwd": getattr(pick_backward(op.family, dout, cache), "name", kernels.REFERENCE)}
+    inputs = tuple(xp.asarray(a) for a in host)
+    forward, backward, out, cache, dout, ran = implementation(op, impl, inputs, lambda _: xp.asarray(dout_h))
     row["impl"] = ran  # which registered implementation the timings below are of (kernels/registry.py)
+    if impl is not None:
+        row["impl_forced"] = impl
+        if impl != kernels.REFERENCE and set(ran.values()) == {kernels.REFERENCE}:
+            return None  # its rules take neither direction of these inputs: no row
     errs = _errors(out, backward(dout, cache), ref_out, ref_grads, op.input_names)
     problem = _verdict(errs, tol, "ours") or _gradcheck(name, op)
     row["check"] = {"ok": problem is None, "reason": problem, "tol": tol, "errors": errs}
@@ -261,28 +263,37 @@ def run_case(name, op, sizes, backend, dtype, repeats, torch, flush_l2, timing=N
     return row
 
 
-def time_isolated(rows, processes, timing, flush_l2, progress=None):
-    """Time the checked rows' two sides in worker processes of their own (``isolate.py``), in place."""
-    cases, sides = [], {"ours": [], "torch": []}
-    for r in rows:
+def time_isolated(rows, processes, timing, flush_l2, repeats, progress=None):
+    """Time the checked rows' two sides in worker processes of their own (``isolate.py``), in place; torch once
+    per (op, sizes, backend, dtype), shared by that case's implementation rows."""
+    cases, sides, torch_case, owners = [], {"ours": [], "torch": []}, {}, {}
+    for i, r in enumerate(rows):
         if not r["check"]["ok"]:
             continue
+        spec = {"op": r["op"], "sizes": r["sizes"], "backend": r["backend"], "dtype": r["dtype"], "flush": flush_l2}
         sides["ours"].append(len(cases))
+        owners[len(cases)] = [("ours", i)]
+        cases.append({**spec, "impl": r.get("impl_forced")})
         if r["torch"] is not None:
-            sides["torch"].append(len(cases))
-        cases.append({"op": r["op"], "sizes": r["sizes"], "backend": r["backend"], "dtype": r["dtype"],
-                      "flush": flush_l2, "row": rows.index(r)})
+            key = json.dumps(spec, sort_keys=True)
+            if key not in torch_case:
+                torch_case[key] = len(cases)
+                sides["torch"].append(len(cases))
+                owners[len(cases)] = []
+                cases.append(spec)
+            owners[torch_case[key]].append(("torch", i))
     if not cases:
         return
-    timed = run_isolated(cases, sides, processes, {**timing, "repeats": 3}, progress)
+    timed = run_isolated(cases, sides, processes, {**timing, "repeats": repeats}, progress)
     for side, results in timed.items():
-        for i, result in results.items():
-            row = rows[cases[i]["row"]]
-            where = row if side == "ours" else row["torch"]
-            if "error" in result:
-                row["check"].update(ok=False, reason=f"timing ({side}): {result['error']}")
-            else:
-                where["fwd"], where["bwd"] = result["fwd"], result["bwd"]
+        for c, result in results.items():
+            for _, i in owners[c]:
+                row = rows[i]
+                where = row if side == "ours" else row["torch"]
+                if "error" in result:
+                    row["check"].update(ok=False, reason=f"timing ({side}): {result['error']}")
+                else:
+                    where["fwd"], where["bwd"] = result["fwd"], result["bwd"]
 
 
 def derive(rows, peaks):
@@ -324,7 +335,7 @@ def _t(r, k):
 
 
 def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, progress, registry, notes,
-        timing=None, processes=3):
+        timing=None, processes=3, impls=False):
     """Every (shape set, op, sizes, backend) case: checked, then timed (each side in ``processes`` worker
     processes of its own; 0: here, in this process), derived. Returns the rows."""
     from tqdm import tqdm
@@ -338,8 +349,12 @@ def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, 
     names = list(names or registry)
     if batch is None:
         batch = CPU_BATCH if "numpy" in backends else 8
-    cases = [(s, n, sz, b) for s in shapes for n in names for sz in shape_cases(s, n, registry[n], batch)
-             for b in backends]
+    cases = [(s, n, sz, b, i) for s in shapes for n in names for sz in shape_cases(s, n, registry[n], batch)
+             for b in backends
+             for i in ([kernels.REFERENCE, *kernels.implementations(registry[n].family)] if impls else [None])]
+    if impls:
+        notes.append("--impls: a row per registered implementation that takes the inputs (its rules; the textbook's "
+                     "direction where it takes one only), the textbook (reference) first; torch timed once per case")
     if "gpt2-small" in shapes:
         notes.append(f"gpt2-small shapes at B={batch}" + (" (B8 is GPT-2's; smaller on the CPU to keep the run "
                                                          "short: --batch 8 for the real one)" if batch != 8 else ""))
@@ -348,11 +363,13 @@ def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, 
         notes.append(f"not in every shape set (skipped there): {', '.join(skipped)}")
     rows = []
     bar = tqdm(cases, file=sys.stderr, disable=not progress, desc="bench ops", unit="case", dynamic_ncols=True)
-    for shape_set, name, sizes, backend in bar:
-        bar.set_postfix_str(f"{shape_set} {name} {backend}")
+    for shape_set, name, sizes, backend, impl in bar:
+        bar.set_postfix_str(f"{shape_set} {name} {backend}" + (f" {impl}" if impl else ""))
         try:
             row = run_case(name, registry[name], sizes, backend, dtype, repeats, torch, flush_l2, timing,
-                           in_process=not processes)
+                           in_process=not processes, impl=impl)
+            if row is None:
+                continue
         except Exception as e:  # an op that raises (or runs out of memory) fails its row, not the run
             row = {"op": name, "sizes": dict(sizes), "backend": backend, "device": "gpu" if backend == "cupy"
                    else "cpu", "dtype": dtype, "fwd": None, "bwd": None, "torch": None,
@@ -363,6 +380,6 @@ def run(shapes, names, backends, dtype, repeats, batch, torch, flush_l2, peaks, 
             import cupy
             cupy.get_default_memory_pool().free_all_blocks()
     if processes:
-        time_isolated(rows, processes, timing or {}, flush_l2,
+        time_isolated(rows, processes, timing or {}, flush_l2, repeats,
                       progress=(lambda what: bar.set_postfix_str(f"timing: {what}")) if progress else None)
     return derive(rows, peaks)

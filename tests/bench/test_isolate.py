@@ -32,3 +32,20 @@ def test_torch_is_timed_in_its_own_process():
     pytest.importorskip("torch")
     out = isolate.run_isolated([CASE], {"ours": [0], "torch": [0]}, 1, QUICK)
     assert out["torch"][0]["bwd"]["median_ms"] > 0 and out["ours"][0]["bwd"]["median_ms"] > 0
+
+
+def test_every_implementation_side_by_side_with_the_textbook_first():
+    from scratchllm import bench, kernels
+
+    res = bench.run_bench(shapes=("tiny",), ops=["layernorm", "embedding"], backend="numpy", repeats=3,
+                          quick=True, processes=0, progress=False, impls=True, use_torch=False)
+    rows = {(r["op"], r["impl_forced"]): r for r in res["ops"]}
+    for op in ("layernorm", "embedding"):
+        names = [r["impl_forced"] for r in res["ops"] if r["op"] == op]
+        assert names[0] == "reference" and rows[(op, "reference")]["impl"] == {"fwd": "reference", "bwd": "reference"}
+        for name in names[1:]:
+            assert name in kernels.implementations(op) and name in rows[(op, name)]["impl"].values()
+        assert all(rows[(op, n)]["check"]["ok"] and rows[(op, n)]["fwd"]["median_ms"] > 0 for n in names)
+    assert "numpy" in [r["impl_forced"] for r in res["ops"] if r["op"] == "layernorm"]
+    if kernels.cpu_enabled():  # the Numba embedding has a backward only: the textbook's forward beside it
+        assert rows[("embedding", "numba")]["impl"] == {"fwd": "reference", "bwd": "numba"}
