@@ -55,4 +55,4 @@ def test_threads_sets_every_pool_for_the_worker_processes(monkeypatch):
     env = bench.environment()
     assert env["thread_env"]["OMP_NUM_THREADS"] == "1" and "tf32" in env and env["git_commit"]
     from threadpoolctl import threadpool_limits
-    threadpool_limits(None)  # noqa: the limits back to the defaults for the rest of the session
+    threadpool_limits(None)  # the limits back to the defaults for the rest of the session
