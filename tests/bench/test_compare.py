@@ -46,13 +46,15 @@ def test_bad_files_and_words_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_threads_sets_every_pool_for_the_worker_processes(monkeypatch):
+    import os
+
     from scratchllm import bench
 
     for var in bench.THREAD_VARS:
         monkeypatch.setenv(var, "7")  # restored after the test
+    limits = []
+    monkeypatch.setattr("threadpoolctl.threadpool_limits", limits.append)  # this process's BLAS, not for real
     bench.set_threads(1)
-    assert all(__import__("os").environ[v] == "1" for v in bench.THREAD_VARS)
+    assert all(os.environ[v] == "1" for v in bench.THREAD_VARS) and limits == [1]
     env = bench.environment()
     assert env["thread_env"]["OMP_NUM_THREADS"] == "1" and "tf32" in env and env["git_commit"]
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(None)  # the limits back to the defaults for the rest of the session
