@@ -62,7 +62,7 @@ def measure_peaks(devices, dtype="float32", torch=None, gemm_n=None, copy_mb=Non
     DRAM working sets. ``peak_gflops`` and ``peak_gbs`` (the fastest level) are the roofline's corners."""
     out = {"dtype": str(dtype)}
     if "cpu" in devices:
-        n, clock = gemm_n or 2048, _cpu_clock()
+        n, clock = gemm_n or 3072, _cpu_clock()  # GEMM efficiency grows with size: 3072³ is at the top
         levels = stream(cpu_threads(), clock["l2_kb"], clock["llc_kb"])
         if copy_mb:  # tests: a small DRAM set
             levels = stream(cpu_threads(), 64, copy_mb * 1024 // 8)
