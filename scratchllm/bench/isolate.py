@@ -158,8 +158,10 @@ def run_isolated(cases: list, sides: dict, processes: int, timing: dict, progres
 def _pool(summaries: list) -> dict:
     """One summary of the samples of several processes, with each process's median kept."""
     samples = [s / 1e3 for t in summaries for s in t["samples_ms"]]
-    pooled = summarize(samples, summaries[0]["number"])
+    sizes = [len(t["samples_ms"]) for t in summaries]
+    pooled = summarize(samples, summaries[0]["number"], groups=sizes)  # the interval holds the processes' spread
     pooled["process_medians_ms"] = [t["median_ms"] for t in summaries]
+    pooled["process_sizes"] = sizes
     pooled["drift"] = max(t["drift"] for t in summaries)  # within a process: the pooled samples run in order
     pooled["flags"] = [f for f in pooled["flags"] if f != "drift"] + (
         ["drift"] if any("drift" in t["flags"] for t in summaries) else [])

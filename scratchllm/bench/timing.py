@@ -104,19 +104,29 @@ def measure(fn, device="cpu", repeats=7, flush=None, min_time_s=None, warmup_s=N
     return summarize(samples, number)
 
 
-def bootstrap(samples, stat=np.median, n=BOOTSTRAP, seed=0):
-    """``n`` values of ``stat`` over resamples (with replacement) of ``samples``; seeded, so reproducible."""
+def bootstrap(samples, stat=np.median, n=BOOTSTRAP, seed=0, groups=None):
+    """``n`` values of ``stat`` over resamples (with replacement) of ``samples``; seeded, so reproducible.
+    ``groups``: the sizes of consecutive groups of samples (one per worker process): then the groups are
+    resampled first and the samples within each chosen group, so that the interval also holds the spread
+    between processes, not only within one."""
     s = np.asarray(samples, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, s.size, (n, s.size))
-    return stat(s[idx], axis=1)
+    rng = np.random.default_rng(seed)
+    if not groups or len(groups) < 2:
+        return stat(s[rng.integers(0, s.size, (n, s.size))], axis=1)
+    starts = np.cumsum([0, *groups[:-1]])
+    out = np.empty(n)
+    for i in range(n):
+        picked = rng.integers(0, len(groups), len(groups))
+        out[i] = stat(np.concatenate([s[starts[g] + rng.integers(0, groups[g], groups[g])] for g in picked]))
+    return out
 
 
-def summarize(samples, number=1) -> dict:
+def summarize(samples, number=1, groups=None) -> dict:
     """Median, IQR, min, the 95 % bootstrap interval of the median, drift (last third against first) and the
-    flags ``noisy``/``drift`` of per-call seconds; every sample kept (ms)."""
+    flags ``noisy``/``drift`` of per-call seconds; every sample kept (ms). ``groups``: see ``bootstrap``."""
     s = np.asarray(samples, dtype=np.float64)
     q1, med, q3 = np.percentile(s, [25, 50, 75]) if s.size > 1 else (s[0],) * 3
-    lo, hi = np.percentile(bootstrap(s), [2.5, 97.5]) if s.size > 1 else (s[0], s[0])
+    lo, hi = np.percentile(bootstrap(s, groups=groups), [2.5, 97.5]) if s.size > 1 else (s[0], s[0])
     third = s.size // 3
     drift = abs(statistics.median(s[-third:]) - statistics.median(s[:third])) / med if third >= 2 else 0.0
     flags = [name for name, bad in (("noisy", (q3 - q1) / med > NOISY), ("drift", drift > DRIFT)) if bad]
@@ -129,7 +139,8 @@ def ratio_ci(ours, theirs, seed=0) -> dict:
     """``sum of medians(ours) / sum of medians(theirs)`` with its 95 % bootstrap interval; ``ours`` and ``theirs``
     are lists of summaries (fwd, bwd: their sum is the fwd+bwd time), each resampled on its own."""
     def total(sides, k):
-        return sum(bootstrap(t["samples_ms"], seed=seed + k + j) for j, t in enumerate(sides))
+        return sum(bootstrap(t["samples_ms"], seed=seed + k + j, groups=t.get("process_sizes"))
+                   for j, t in enumerate(sides))
 
     value = sum(t["median_ms"] for t in ours) / sum(t["median_ms"] for t in theirs)
     lo, hi = np.percentile(total(ours, 0) / total(theirs, 100), [2.5, 97.5])

@@ -50,3 +50,14 @@ def test_ratio_interval_covers_the_ratio_and_excludes_one_when_the_sides_differ(
 def test_the_cpu_flush_overwrites_a_buffer_larger_than_the_caches():
     flush = timing.l2_flusher("cpu", mb=8)
     flush()  # runs: the LLC option (--flush-l2) on the CPU
+
+
+def test_an_interval_over_processes_holds_their_spread():
+    """Three processes whose medians differ by 20 %: resampling the processes widens the interval to cover it."""
+    rng = np.random.default_rng(2)
+    groups = [1e-3 * level * (1 + 0.01 * rng.standard_normal(30)) for level in (1.0, 1.1, 1.2)]
+    samples = np.concatenate(groups)
+    flat = timing.summarize(samples)
+    nested = timing.summarize(samples, groups=[30, 30, 30])
+    width = lambda t: t["ci95_ms"][1] - t["ci95_ms"][0]  # noqa: E731
+    assert width(nested) > 3 * width(flat) and nested["median_ms"] == flat["median_ms"]
