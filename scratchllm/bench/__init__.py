@@ -234,6 +234,8 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
         notes.append(f"the CPUs were {busy:.0f}% busy with other work when the run started: expect noisy numbers")
     load = OtherLoad().start()
     result["peaks"] = peaks or measure_peaks(devices, dtype, torch)
+    if peaks and peaks.get("from"):
+        notes.append(f"ceilings taken from {peaks['from']}, not measured in this run")
     if suite in ("ops", "all"):
         result["ops"] = bench_ops.run(shapes, ops, backends, dtype, repeats, batch, torch, flush_l2,
                                       result["peaks"], progress, registry, notes, QUICK if quick else None,
@@ -280,7 +282,7 @@ def markdown(result) -> str:
             if "levels" in p:
                 bw = "; ".join(f"{lv} ({v['bytes'] / 2**20:.2g} MB per array) copy {v['copy_gbs']:.1f}, add "
                                f"{v['add_gbs']:.1f} GB/s" for lv, v in p["levels"].items())
-                lines.append(f"- {dev.upper()} ceilings ({peaks['dtype']}, medians, {p.get('threads')} threads): "
+                lines.append(f"- {dev.upper()} ceilings ({peaks['dtype']}, medians, threads: {p.get('threads')}): "
                              f"{parts} (GEMM {p['gemm_n']}³); STREAM {bw}. A row's % is of the GEMM peak (F) or of "
                              f"the bandwidth of the level its working set fits in (B)")
             else:
@@ -337,7 +339,9 @@ def cli_run(args) -> int:
     peaks = None
     if args.peaks:  # the denominators of an earlier run, so that two runs' % columns compare
         with open(args.peaks) as f:
-            peaks = json.load(f)["peaks"]
+            earlier = json.load(f)
+        peaks = {**earlier["peaks"], "from": f"{args.peaks} (commit {earlier['env'].get('git_commit')}, "
+                                             f"{earlier['env'].get('time_utc')})"}
     result = run_bench(args.suite, args.shapes, args.ops, args.backend, args.dtype, args.repeats, args.batch,
                        not args.no_torch, args.flush_l2, args.configs, args.rounds, args.steps,
                        progress=not args.no_progress, argv=command_line(args), quick=args.quick,

@@ -23,9 +23,11 @@ def working_sets(threads, l2_kb=None, llc_kb=None) -> dict:
 
 
 def stream(threads, l2_kb=None, llc_kb=None, timing=None) -> dict:
-    """``{level: {"bytes": one array's size, "copy_gbs", "add_gbs"}}`` on ``threads`` threads (NumPy)."""
+    """``{level: {"bytes": one array's size, "capacity": the cache's bytes (what a row's working set must fit
+    in), "copy_gbs", "add_gbs"}}`` on ``threads`` threads (NumPy)."""
     from ..kernels.threads import parallel_map, shard_bounds
 
+    capacity = {"L2": (l2_kb or 1024) * 1024 * threads, "LLC": (llc_kb or 32 * 1024) * 1024, "DRAM": None}
     out = {}
     for level, nbytes in working_sets(threads, l2_kb, llc_kb).items():
         n = nbytes // 4
@@ -39,7 +41,8 @@ def stream(threads, l2_kb=None, llc_kb=None, timing=None) -> dict:
 
         copy = run(lambda r: np.copyto(a[r], b[r]))
         add = run(lambda r: np.add(b[r], c[r], out=a[r]))
-        out[level] = {"bytes": 4 * n, "copy_gbs": 2 * 4 * n * reps / copy["median_ms"] * 1e-6,
+        out[level] = {"bytes": 4 * n, "capacity": capacity[level],
+                      "copy_gbs": 2 * 4 * n * reps / copy["median_ms"] * 1e-6,
                       "add_gbs": 3 * 4 * n * reps / add["median_ms"] * 1e-6}
     return out
 
@@ -65,12 +68,18 @@ def gemm_gflops(lib, n, dtype, device="cpu", timing=None) -> float:
 
 def ceiling_for(peak: dict, nbytes: int, gbs: float) -> dict:
     """The bandwidth ceiling a row is compared with: the fastest of copy and add at the smallest level whose
-    working set holds the row's ``nbytes``; if the row moved its bytes faster than that (its data sat in a faster
-    level, as a hot repeat's does), the next faster level's, named so. ``{"level", "gbs", "note"}``."""
+    cache holds the row's ``nbytes`` (its compulsory traffic); if the row moved its bytes faster than that (its
+    data sat in a faster level, as a hot repeat's does), the next faster level's, named so. ``{"level", "gbs",
+    "note"}``. By construction no row is above its named ceiling unless it beat every level measured, which
+    the note says (the byte model, or the ceilings, are then wrong)."""
     levels = peak.get("levels")
     if not levels:  # peaks from before the hierarchy: one copy bandwidth
         return {"level": "copy", "gbs": peak["peak_gbs"], "note": ""}
-    fits = next((lv for lv in LEVELS if nbytes <= levels[lv]["bytes"]), LEVELS[-1])
+    def holds(level):
+        cap = levels[level].get("capacity", levels[level]["bytes"])  # peaks from before "capacity": one array
+        return cap is None or nbytes <= cap
+
+    fits = next((lv for lv in LEVELS if holds(lv)), LEVELS[-1])
     best = {lv: max(levels[lv]["copy_gbs"], levels[lv]["add_gbs"]) for lv in LEVELS}
     # a level's ceiling is the fastest of it and the slower levels: a smaller working set is never slower in
     # truth, only in a measurement that pays more per-call overhead for it (L2's small arrays)

@@ -37,7 +37,10 @@ def fmt_ratio(r, k) -> str:
     if v is None:
         return ""
     ci = r.get("ratio_torch_ci", {}).get(k)
-    return f"{v:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+    parts = ("fwd", "bwd") if k == "total" else (k,)
+    sides = [t for p in parts for t in (r.get(p), (r.get("torch") or {}).get(p)) if t]
+    doubt = " ⚠" if any("bimodal" in t.get("flags", []) for t in sides) else ""  # a side's median is not its speed
+    return f"{v:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "") + doubt
 
 
 def ops_markdown(rows) -> str:

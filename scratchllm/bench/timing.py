@@ -18,6 +18,8 @@ MAX_SAMPLES = 400
 QUICK = {"warmup_s": 0.005, "min_time_s": 0.02}  # ``--quick``: a short look, said so in the output
 NOISY = 0.10  # IQR / median above this: the measurement is flagged "noisy"
 DRIFT = 0.10  # |median of the last third - median of the first third| / median above this: flagged "drift"
+BIMODAL = 2.0  # median above this many times the fastest sample: flagged "bimodal" (a contended CPU: OpenMP
+# regions that wait for a scheduler tick time at multiples of it, tightly, and far above the fast mode)
 BOOTSTRAP = 1000  # resamples for a confidence interval
 
 
@@ -129,7 +131,8 @@ def summarize(samples, number=1, groups=None) -> dict:
     lo, hi = np.percentile(bootstrap(s, groups=groups), [2.5, 97.5]) if s.size > 1 else (s[0], s[0])
     third = s.size // 3
     drift = abs(statistics.median(s[-third:]) - statistics.median(s[:third])) / med if third >= 2 else 0.0
-    flags = [name for name, bad in (("noisy", (q3 - q1) / med > NOISY), ("drift", drift > DRIFT)) if bad]
+    flags = [name for name, bad in (("noisy", (q3 - q1) / med > NOISY), ("drift", drift > DRIFT),
+                                    ("bimodal", s.size >= 5 and med > BIMODAL * s.min())) if bad]
     return {"median_ms": 1e3 * float(med), "iqr_ms": 1e3 * float(q3 - q1), "min_ms": 1e3 * float(s.min()),
             "ci95_ms": [1e3 * float(lo), 1e3 * float(hi)], "drift": round(float(drift), 4), "flags": flags,
             "repeats": int(s.size), "number": number, "samples_ms": [round(1e3 * v, 6) for v in s]}

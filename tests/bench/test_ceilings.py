@@ -28,6 +28,12 @@ def test_a_row_meets_the_ceiling_of_its_working_set_or_the_faster_one_that_expla
     assert over["level"] == "L2" and "check the byte model" in over["note"]
 
 
+def test_a_row_fits_a_level_by_the_caches_capacity_not_one_stream_array():
+    p = peak()
+    p["levels"]["LLC"]["capacity"] = 32 * MB  # the LLC holds 32 MB; its STREAM arrays were 8 MB each
+    assert ceilings.ceiling_for(p, 25 * MB, 50.0) == {"level": "LLC", "gbs": 60.0, "note": ""}
+
+
 def test_a_slower_measured_small_level_does_not_lower_the_ceiling():
     p = peak(l2=40.0, llc=60.0)  # L2's small arrays paid more call overhead than the LLC's
     assert ceilings.ceiling_for(p, 512 * 1024, 55.0)["gbs"] == 60.0

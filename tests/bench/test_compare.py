@@ -16,6 +16,7 @@ def result(scale, commit, seed):
     only = {**row, "op": "softmax"}
     train = {"config": "cpu", "backend": "numpy", "ours": t(30.0 * scale), "torch": t(35.0)}
     return {"schema": 2, "env": {"git_commit": commit, "numpy": "2.4", "time_utc": str(seed)},
+            "peaks": {"dtype": "float32", "cpu": {"peak_gflops": 100.0, "peak_gbs": 30.0}},
             "ops": [row] + ([only] if seed else []), "train": [train]}
 
 
@@ -30,6 +31,8 @@ def test_a_faster_row_a_same_row_and_the_environment(tmp_path, capsys):
     fwd = next(r for r in cmp["rows"] if r["timing"] == "fwd")
     assert fwd["ci95"][0] < fwd["ratio"] < fwd["ci95"][1] < 0.85
     assert cmp["only_b"] == 1 and cmp["env_diff"] == {"git_commit": ("aaa", "bbb")}  # time_utc is not a difference
+    same = compare.markdown(compare.compare(compare.load(a), compare.load(a)), str(a), str(a))
+    assert "The environments are the same" in same
     assert cli.main(["bench", "compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "| gelu N4 C6 | numpy | fwd |" in out and "faster" in out and "`git_commit`: 'aaa' -> 'bbb'" in out

@@ -29,6 +29,8 @@ def test_summary_flags_noise_and_drift_and_its_interval_narrows_with_samples():
     assert steady["flags"] == [] and steady["ci95_ms"][0] < 1.0 < steady["ci95_ms"][1]
     wide = timing.summarize(1e-3 * (1 + 0.3 * rng.standard_normal(60)))
     assert "noisy" in wide["flags"]
+    contended = timing.summarize(np.r_[0.5e-3, 0.6e-3, np.full(20, 8e-3)])  # OpenMP waiting for scheduler ticks
+    assert "bimodal" in contended["flags"] and "bimodal" not in steady["flags"]
     drifting = timing.summarize(1e-3 * np.linspace(1.0, 1.6, 60))  # a machine that got busier
     assert "drift" in drifting["flags"] and drifting["drift"] > 0.3
     few = timing.summarize(1e-3 * (1 + 0.05 * rng.standard_normal(8)))
