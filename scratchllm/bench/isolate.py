@@ -13,7 +13,6 @@ the summaries as JSON on stdout.
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -31,7 +30,7 @@ def implementation(op, name, inputs, make_dout):
     wherever its rules take the inputs (an implementation of one direction only has the textbook's other).
     ``make_dout(out)`` makes the backward's dout; ``ran``: ``{"fwd": name, "bwd": name}`` of what ran."""
     from .. import kernels
-    from ..kernels.dispatch import dispatched
+    from ..kernels.dispatch import bind_like, dispatched
     from ..kernels.registry import pick_backward
 
     keywords = getattr(op.forward, "keywords", {})
@@ -44,22 +43,13 @@ def implementation(op, name, inputs, make_dout):
             "bwd": getattr(pick_backward(op.family, dout, cache), "name", kernels.REFERENCE)}
     impl = kernels.implementations(op.family).get(name)
     fwd_ok = impl is not None and impl.supports(*inputs, **keywords)
-    forward = _bind(impl.forward, op.forward) if fwd_ok else op.forward
+    forward = bind_like(op.forward, impl.forward) if fwd_ok else op.forward
     out, cache = forward(*inputs)
     dout = make_dout(out)
     bwd_ok = impl is not None and impl.supports_backward(dout, cache)
     backward = impl.backward if bwd_ok else op.backward
     ran = {"fwd": name if fwd_ok else kernels.REFERENCE, "bwd": name if bwd_ok else kernels.REFERENCE}
     return forward, backward, out, cache, dout, ran
-
-
-def _bind(fn, entry_forward):
-    """``fn`` with the options the registry entry binds (gelu_erf's approximate, attention_blocked's block)."""
-    if hasattr(entry_forward, "keywords"):
-        return functools.partial(fn, *entry_forward.args, **entry_forward.keywords)
-    if hasattr(entry_forward, "rebind"):
-        return entry_forward.rebind(fn)
-    return fn
 
 
 def _time_ours(case, timing):

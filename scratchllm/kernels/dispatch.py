@@ -168,12 +168,22 @@ for _textbook, _fast in DISPATCHED.items():  # help() on a dispatched op shows t
     _fast.__doc__ = _fast.__doc__ or _textbook.__doc__
 
 
+def bind_like(entry, fn):
+    """``fn`` bound as the registry entry ``entry`` binds its forward (a partial's arguments, a wrapper's
+    ``.rebind``), else ``fn`` itself: the same options for another implementation of the op."""
+    if isinstance(entry, functools.partial):
+        return functools.partial(fn, *entry.args, **entry.keywords)
+    if hasattr(entry, "rebind"):
+        return entry.rebind(fn)
+    return fn
+
+
 def dispatched(fn):
     """The dispatched counterpart of a textbook ``fn`` (a partial keeps its bound arguments, a registry wrapper
     with ``.rebind`` its binding), else ``fn``."""
     if isinstance(fn, functools.partial):
         inner = DISPATCHED.get(fn.func)
-        return functools.partial(inner, *fn.args, **fn.keywords) if inner else fn
+        return bind_like(fn, inner) if inner else fn
     if hasattr(fn, "rebind") and getattr(fn, "__wrapped__", None) in DISPATCHED:
-        return fn.rebind(DISPATCHED[fn.__wrapped__])
+        return bind_like(fn, DISPATCHED[fn.__wrapped__])
     return DISPATCHED.get(fn, fn)
