@@ -6,8 +6,8 @@
 # 1. records the machine: nvidia-smi, `scratchllm info`, package versions            -> OUT_DIR/env.txt ...
 # 2. stops there, with exit status 0 and one line saying why, when no GPU is usable
 # 3. python -m pytest -q -m gpu tests (kernels vs NumPy, gradcheck on CuPy, a GPT step vs NumPy, no host sync)
-# 4. scratchllm bench for the ops and the training step on CuPy, fused kernels on and off
-#    (SCRATCHLLM_KERNELS=0); the bench includes PyTorch CUDA as the reference when torch sees the GPU
+# 4. scratchllm bench: every implementation of each op side by side (--impls: the CuPy textbook, the CUDA
+#    kernels, torch CUDA when torch sees the GPU) with CUDA-graph replays, and the training step
 # 5. its own timing of the kernels and of a GPT-2-small training step: kernels on, off, and with CUPY_TF32=1
 # 6. a short end-to-end `scratchllm train --backend=cupy`
 #
@@ -91,13 +91,12 @@ log "GPU: $reason"
 # 3. the GPU tests
 step pytest-gpu 150 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider -rs --junitxml="$OUT/pytest-gpu.xml"
 
-# 4. the benchmark CLI: ops and training step, fused kernels on and off
-for suite in ops train; do
-    step "bench-$suite-kernels" 45 scratchllm bench --suite "$suite" --shapes gpt2-small --backend cupy \
-        --json "$OUT/bench-$suite-kernels.json" --markdown "$OUT/bench-$suite-kernels.md"
-    step "bench-$suite-nokernels" 30 env SCRATCHLLM_KERNELS=0 scratchllm bench --suite "$suite" --shapes gpt2-small \
-        --backend cupy --json "$OUT/bench-$suite-nokernels.json" --markdown "$OUT/bench-$suite-nokernels.md"
-done
+# 4. the benchmark CLI: every implementation of each op side by side (the CuPy textbook, our CUDA kernels, torch
+#    CUDA), GPU and host times, CUDA-graph replays; and the training step against torch CUDA
+step bench-ops 120 scratchllm bench --suite ops --shapes gpt2-small --backend cupy --impls --cuda-graph \
+    --processes 2 --json "$OUT/bench-ops.json" --markdown "$OUT/bench-ops.md"
+step bench-train 45 scratchllm bench --suite train --backend cupy --json "$OUT/bench-train.json" \
+    --markdown "$OUT/bench-train.md"
 
 # 5. our own timing (does not depend on the bench CLI's flags)
 cat >"$OUT/kernel_timing.py" <<'PYTHON'
@@ -173,7 +172,7 @@ print(json.dumps(res["ms"], indent=1), res.get("tokens_per_s", ""))
 PYTHON
 step timing-kernels 40 "$PY" "$OUT/kernel_timing.py" "$OUT/timing-kernels.json" kernels all
 step timing-nokernels 40 env SCRATCHLLM_KERNELS=0 "$PY" "$OUT/kernel_timing.py" "$OUT/timing-nokernels.json" \
-    nokernels all
+    nokernels train
 step timing-tf32 25 env CUPY_TF32=1 "$PY" "$OUT/kernel_timing.py" "$OUT/timing-tf32.json" kernels+tf32 train
 
 # 6. end to end: the default training on CuPy, short

@@ -243,7 +243,12 @@ def device_info() -> dict:
         "compute_capability": dev.compute_capability,
         "memory_total_gib": round(total / 2**30, 2),
         "memory_free_gib": round(free / 2**30, 2),
+        "multiprocessors": props.get("multiProcessorCount"),
+        "max_clock_mhz": props["clockRate"] / 1e3 if props.get("clockRate") else None,  # kHz in the properties
+        "memory_clock_mhz": props["memoryClockRate"] / 1e3 if props.get("memoryClockRate") else None,
+        "l2_mb": props["l2CacheSize"] / 2**20 if props.get("l2CacheSize") else None,
         "cupy": cupy.__version__,
         "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "cuda_driver": cupy.cuda.runtime.driverGetVersion(),
         "tf32": os.environ.get("CUPY_TF32", "0") == "1",  # CuPy's float32 matmuls in TF32 (off unless set)
     }

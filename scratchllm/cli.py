@@ -359,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--markdown", metavar="PATH", help="write the markdown tables")
     bn.add_argument("--plots", metavar="DIR", help="write time-vs-size and roofline plots (needs matplotlib)")
     bn.add_argument("--no-torch", action="store_true", help="leave the torch reference columns blank")
-    bn.add_argument("--flush-l2", action="store_true", help="GPU: overwrite 256 MB before every timed repeat")
+    bn.add_argument("--flush-l2", action="store_true", help="overwrite 256 MB (the GPU's L2, the CPU's LLC) before "
+                                                            "every timed sample: cold-cache times")
+    bn.add_argument("--cuda-graph", action="store_true", help="GPU: also time the calls replayed as one CUDA graph")
     bn.add_argument("--no-progress", action="store_true", help="no progress bar")
     bn.set_defaults(func=cmd_bench)
 

@@ -5,18 +5,13 @@ Suites: ``ops`` (``ops.py``: shape sets, correctness checks, FLOP/byte models) a
 (``train.py``: forward + backward + AdamW against PyTorch eager, the identical model). This module holds
 what both share: the clocks, the machine's measured peaks, the environment record and the output.
 
-Timing method
-    CPU (NumPy, torch CPU): ``time.perf_counter`` around ``number`` back-to-back calls, ``number`` chosen so
-    one repeat lasts at least 2 ms (1 for anything slower); warm-up calls first; ``repeats`` (default 7)
-    repeats; we report the median and the interquartile range (IQR) of the per-call times.
-    GPU (CuPy, torch CUDA): a pair of CUDA events recorded on the current stream around the ``number`` calls,
-    then ``end.synchronize()``; warm-up first. With ``flush_l2`` a 256 MB buffer is overwritten before every
-    repeat (outside the timed region, and ``number`` = 1) so each timed call starts with a cold L2 cache.
-
-Machine peaks (measured at the start of every run, best of 5): GEMM GFLOP/s in the run's dtype (NumPy
-``matmul`` of 2048x2048 matrices on the CPU, and torch's ``mm``; 8192x8192 on a GPU) and copy bandwidth in GB/s
-(``copyto`` of a 256 MB array on the CPU, 1 GB on a GPU; read + write bytes counted). ``% peak`` columns are
-the roofline fraction max(GFLOP/s / GEMM peak, GB/s / copy peak), tagged F (compute) or B (bandwidth).
+Timing (``timing.py``): sampling by time (a warm-up of at least 25 ms, samples until 0.2 s is spent), each
+side of a comparison in worker processes of its own (``isolate.py``), medians with bootstrap 95 % intervals and
+flags. CPU: ``perf_counter`` around back-to-back calls. GPU: CUDA events around the calls, with the host's
+enqueueing time beside them (``launch-bound`` when the GPU waits on Python) and, with ``--cuda-graph``, the calls
+replayed as one CUDA graph. Ceilings (``ceilings.py``): the GEMM peak and STREAM bandwidth at the L2, LLC and
+DRAM working sets, by median on all threads; each row's % is of the level its bytes fit in. Provenance
+(``provenance.py``): commit, CPU, threads, versions, GPU driver, clocks and TF32.
 """
 
 from __future__ import annotations
@@ -24,28 +19,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
 
-import numpy as np
-
-from ..kernels.blas import status as shard_gemm_status
-from .. import kernels
-from ..kernels import cpu_status
-from ..backend import cupy_status, device_info, tune_host_allocator
+from ..backend import cupy_status, tune_host_allocator
 from . import ops as bench_ops, train as bench_train
-from .load import OtherLoad, background_busy  # noqa: F401 (OtherLoad: part of bench's API)
+from .load import OtherLoad  # noqa: F401 (part of bench's API)
 from .ceilings import gemm_gflops, stream
+from .provenance import THREAD_VARS, cpu_clock, environment
 from .tables import ops_markdown
 from .timing import MIN_REPEAT_S, QUICK, import_torch, l2_flusher, make_clock, measure, summarize  # noqa: F401
-from ..parallel.processes import default_mode as shard_mode
 from ..kernels.threads import cpu_threads
-
-THREAD_VARS = ("SCRATCHLLM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "NUMBA_NUM_THREADS")  # what --threads sets (set_threads)
-
 
 # ---------------------------------------------------------------------------------------- machine peaks
 def _torch_gemm_apart(n, dtype, device):
@@ -62,7 +46,7 @@ def measure_peaks(devices, dtype="float32", torch=None, gemm_n=None, copy_mb=Non
     DRAM working sets. ``peak_gflops`` and ``peak_gbs`` (the fastest level) are the roofline's corners."""
     out = {"dtype": str(dtype)}
     if "cpu" in devices:
-        n, clock = gemm_n or 3072, _cpu_clock()  # GEMM efficiency grows with size: 3072³ is at the top
+        n, clock = gemm_n or 3072, cpu_clock()  # GEMM efficiency grows with size: 3072³ is at the top
         levels = stream(cpu_threads(), clock["l2_kb"], clock["llc_kb"])
         if copy_mb:  # tests: a small DRAM set
             levels = stream(cpu_threads(), 64, copy_mb * 1024 // 8)
@@ -89,120 +73,11 @@ def measure_peaks(devices, dtype="float32", torch=None, gemm_n=None, copy_mb=Non
     return out
 
 
-# ------------------------------------------------------------------------------------------ environment
-def _git(*args):
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        p = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-        return p.stdout.strip() if p.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _git_commit():
-    """The commit, with ``-dirty`` when tracked files differ from it (the numbers are not that commit's)."""
-    commit = _git("rev-parse", "--short", "HEAD")
-    if commit and _git("status", "--porcelain", "--untracked-files=no"):
-        commit += "-dirty"
-    return commit or None
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _cpu_clock():
-    """The CPU's frequency governor and current MHz, where the system lets us read them (a VM often does not)."""
-    mhz = None
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
-        if line.startswith("cpu MHz"):
-            mhz = float(line.split(":", 1)[1])
-            break
-    return {"governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"), "mhz": mhz,
-            "l2_kb": _cache_kb("l2"), "llc_kb": _cache_kb()}
-
-
-def _cache_kb(which="llc"):
-    """The size in KB of the L2 (``which="l2"``) or the last-level cache (sysfs), or None."""
-    sizes = {}
-    for i in range(8):
-        level, size = (_read(f"/sys/devices/system/cpu/cpu0/cache/index{i}/{k}") for k in ("level", "size"))
-        if level and size and size.endswith("K"):
-            sizes[int(level)] = int(size[:-1])
-    if not sizes:
-        return None
-    return sizes.get(2) if which == "l2" else sizes[max(sizes)]
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _blas_threads():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return {p.get("internal_api"): p.get("num_threads") for p in threadpool_info()}
-
-
-def environment(torch=None) -> dict:
-    """What a reader needs to reproduce or compare a run: machine, versions, BLAS, threads, GPU, commit."""
-    from .. import __version__
-
-    try:
-        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-        blas = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:  # older NumPy: show_config has no mode
-        blas = None
-    try:
-        import scipy
-        scipy_version = scipy.__version__
-    except ImportError:
-        scipy_version = None
-    usable, reason = cupy_status()
-    env = {
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(), "scratchllm": __version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpu_clock": _cpu_clock(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "background_cpu_busy_pct": background_busy(),
-        "numpy": np.__version__, "blas": blas, "blas_threads": _blas_threads(), "scipy": scipy_version,
-        "scratchllm_threads": cpu_threads(),  # batch shards and op pieces at once (threads.py)
-        "scratchllm_shards": shard_mode(),  # where DataParallel's shards 1.. run: processes or threads (parallel/)
-        "cpu_kernels": cpu_status()[1],  # the fused Numba kernels (kernels/cpu/), or why not
-        "shard_gemm": shard_gemm_status()[1],  # MKL's GEMM in single-core shards (blas.py), or why not
-        "thread_env": {v: os.environ[v] for v in (*THREAD_VARS, "SCRATCHLLM_SHARDS", "SCRATCHLLM_KERNELS",
-                                                  "SCRATCHLLM_MKL") if v in os.environ},
-        "torch": torch.__version__ if torch else None,
-        "torch_threads": torch.get_num_threads() if torch else None,
-        "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
-        "tf32": {"torch_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "torch_cudnn":
-                 bool(torch.backends.cudnn.allow_tf32), "CUPY_TF32": os.environ.get("CUPY_TF32")} if torch else
-                {"CUPY_TF32": os.environ.get("CUPY_TF32")},
-        "cupy_usable": usable, "cupy_reason": reason,
-        "gpu": {**device_info(), "fused_kernels": kernels.enabled()} if usable else {},
-    }
-    return env
-
-
 # ------------------------------------------------------------------------------------------------- run
 def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dtype="float32", repeats=7,
               batch=None, use_torch=True, flush_l2=False, train_configs=None, rounds=7, steps=None,
-              progress=True, registry=None, peaks=None, argv=None, quick=False, processes=3, impls=False) -> dict:
+              progress=True, registry=None, peaks=None, argv=None, quick=False, processes=3, impls=False,
+              cuda_graph=False) -> dict:
     """Run the suites; returns the JSON-ready result (``env``, ``peaks``, ``ops`` rows, ``train`` rows)."""
     from ..backend import resolve_backend
 
@@ -223,6 +98,8 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
                      "--processes 0: ours and torch timed in this process, one after the other")
     if "cupy" not in backends:
         notes.append(f"no GPU columns: {cupy_status()[1]}" if backend != "numpy" else "--backend numpy")
+        if cuda_graph:
+            notes.append("--cuda-graph: no GPU in this run, so no graph replays")
     devices = ["cpu" if b == "numpy" else "gpu" for b in backends]
     # as scratchllm's GPT does on the CPU (backend.tune_host_allocator): freed large blocks are reused
     malloc_tuned = tune_host_allocator() if "numpy" in backends else False
@@ -237,9 +114,9 @@ def run_bench(suite="ops", shapes=("gpt2-small",), ops=None, backend="auto", dty
     if peaks and peaks.get("from"):
         notes.append(f"ceilings taken from {peaks['from']}, not measured in this run")
     if suite in ("ops", "all"):
+        timing = {**(QUICK if quick else {}), **({"graph": True} if cuda_graph else {})}
         result["ops"] = bench_ops.run(shapes, ops, backends, dtype, repeats, batch, torch, flush_l2,
-                                      result["peaks"], progress, registry, notes, QUICK if quick else None,
-                                      processes, impls)
+                                      result["peaks"], progress, registry, notes, timing, processes, impls)
     if suite in ("train", "all"):
         result["train"] = bench_train.run(backends, train_configs, rounds, steps, torch, result["peaks"],
                                           progress, notes)
@@ -260,6 +137,18 @@ def _ms(t):
     return "" if not t else f"{_fmt(t['median_ms'], '.4g')} ± {_fmt(t['iqr_ms'], '.2g')}"
 
 
+def _gpu_line(env) -> str:
+    gpu = env.get("gpu")
+    if not gpu:
+        return f"none ({env['cupy_reason']})"
+    smi, tf = gpu.get("nvidia_smi") or {}, env.get("tf32") or {}
+    clocks = (f"SM clock {smi['clocks.sm']} of {smi.get('clocks.max.sm', '?')} MHz, memory {smi.get('clocks.mem')} "
+              f"MHz, {smi.get('pstate', '')}" if "clocks.sm" in smi else f"max SM clock {gpu.get('max_clock_mhz')} MHz")
+    return (f"{gpu.get('name')}, driver {smi.get('driver_version', gpu.get('cuda_driver'))}, CUDA runtime "
+            f"{gpu.get('cuda_runtime')}, {clocks}; TF32: CuPy {tf.get('cupy')}, torch matmul "
+            f"{tf.get('torch_matmul')} (precision {tf.get('torch_float32_matmul_precision')})")
+
+
 def markdown(result) -> str:
     """The whole result as markdown: environment, peaks, op tables per shape set, training-step table."""
     env, peaks = result["env"], result["peaks"]
@@ -273,7 +162,7 @@ def markdown(result) -> str:
              f"{env.get('scratchllm_threads')} (batch shards in {env.get('scratchllm_shards', 'threads')}, op pieces); "
              f"torch {env['torch'] or '-'} (threads {env['torch_threads'] or '-'}), python {env['python']}",
              f"- CPU kernels: {env.get('cpu_kernels', '-')}; GEMM in batch shards: {env.get('shard_gemm', '-')}",
-             f"- GPU: {env['gpu'].get('name') if env['gpu'] else 'none (' + env['cupy_reason'] + ')'}"]
+             f"- GPU: {_gpu_line(env)}"]
     for dev in ("cpu", "gpu"):
         if dev in peaks:
             p = peaks[dev]
@@ -308,7 +197,7 @@ def command_line(args) -> list:
     """The options of a ``scratchllm bench`` namespace as a canonical argument list (recorded in the output)."""
     argv = []
     skip = {"ops": ("configs", "rounds", "steps"),
-            "train": ("shapes", "ops", "repeats", "batch", "flush_l2", "processes", "impls")}
+            "train": ("shapes", "ops", "repeats", "batch", "flush_l2", "processes", "impls", "cuda_graph")}
     for key, value in vars(args).items():
         if key in ("func", "command", "compare", "no_progress", *skip.get(args.suite, ())) or value in (None, False):
             continue
@@ -345,7 +234,7 @@ def cli_run(args) -> int:
     result = run_bench(args.suite, args.shapes, args.ops, args.backend, args.dtype, args.repeats, args.batch,
                        not args.no_torch, args.flush_l2, args.configs, args.rounds, args.steps,
                        progress=not args.no_progress, argv=command_line(args), quick=args.quick,
-                       processes=args.processes, peaks=peaks, impls=args.impls)
+                       processes=args.processes, peaks=peaks, impls=args.impls, cuda_graph=args.cuda_graph)
     text = markdown(result)
     print(text)
     if args.markdown:

@@ -14,12 +14,13 @@ the summaries as JSON on stdout.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
 import numpy as np
 
-from .timing import l2_flusher, measure, summarize
+from .timing import l2_flusher, mark_launch_bound, measure, summarize
 
 SIDES = ("ours", "torch")
 
@@ -146,7 +147,8 @@ def run_isolated(cases: list, sides: dict, processes: int, timing: dict, progres
 
 
 def _pool(summaries: list) -> dict:
-    """One summary of the samples of several processes, with each process's median kept."""
+    """One summary of the samples of several processes, with each process's median kept (on a GPU the
+    median of their host times, and their CUDA-graph replays pooled the same way)."""
     samples = [s / 1e3 for t in summaries for s in t["samples_ms"]]
     sizes = [len(t["samples_ms"]) for t in summaries]
     pooled = summarize(samples, summaries[0]["number"], groups=sizes)  # the interval holds the processes' spread
@@ -158,6 +160,13 @@ def _pool(summaries: list) -> dict:
     meds = pooled["process_medians_ms"]
     if len(meds) > 1 and (max(meds) - min(meds)) / pooled["median_ms"] > 0.10 and "processes" not in pooled["flags"]:
         pooled["flags"].append("processes")  # the processes disagree by more than 10 %: run-to-run noise
+    if all("host_ms" in t for t in summaries):
+        mark_launch_bound(pooled, statistics.median(t["host_ms"] for t in summaries))
+    graphs = [t["graph"] for t in summaries if t.get("graph")]
+    if graphs:
+        errors = [g["error"] for g in graphs if "error" in g]
+        pooled["graph"] = {"error": errors[0]} if errors else {**_pool(graphs), "captured_calls":
+                                                                graphs[0]["captured_calls"]}
     return pooled
 
 

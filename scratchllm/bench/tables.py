@@ -18,8 +18,10 @@ def fmt_time(t) -> str:
     scale, unit = (1e3, "µs") if m < 1 else (1e-3, "s") if m >= 1e3 else (1, "ms")
     if "ci95_ms" not in t:
         return f"{m * scale:.3g} ± {t['iqr_ms'] * scale:.2g} {unit} (IQR)"
-    lo, hi = (v * scale for v in t["ci95_ms"])
     flags = "".join(f" ⚠ {f}" for f in t.get("flags", []))
+    if not t["ci95_ms"]:  # a single value (the host's enqueueing time)
+        return f"{m * scale:.3g} {unit}{flags}"
+    lo, hi = (v * scale for v in t["ci95_ms"])
     return f"{m * scale:.3g} {unit} ({lo:.3g}-{hi:.3g}){flags}"
 
 
@@ -41,6 +43,37 @@ def fmt_ratio(r, k) -> str:
     sides = [t for p in parts for t in (r.get(p), (r.get("torch") or {}).get(p)) if t]
     doubt = " ⚠" if any("bimodal" in t.get("flags", []) for t in sides) else ""  # a side's median is not its speed
     return f"{v:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "") + doubt
+
+
+def _host(t) -> str:
+    return "" if not t or t.get("host_ms") is None else fmt_time({"median_ms": t["host_ms"], "ci95_ms": None})
+
+
+def _graph(t) -> str:
+    g = (t or {}).get("graph")
+    return "" if not g else g["error"].split(":")[0] if "error" in g else fmt_time(g)
+
+
+def gpu_markdown(rows) -> list:
+    """The GPU rows' three times per direction: the events' (the table's), the host's enqueueing per call, and
+    a CUDA graph's replay per call (``--cuda-graph``; blank without it). Empty when no row ran on a GPU."""
+    gpu = [r for r in rows if r.get("device") == "gpu" and r["check"]["ok"]]
+    if not gpu:
+        return []
+    out = ["GPU times per call: the CUDA events' (as in the table above), the CPU time the host spent enqueueing it "
+           "(launch-bound: that is 90 % of the GPU time or more, so the GPU waited on Python), and the calls "
+           "captured into one CUDA graph and replayed (the kernels' own time; `--cuda-graph`).", "",
+           "| op | sizes | ran (fwd/bwd) | side | fwd GPU | fwd host | fwd graph | bwd GPU | bwd host | bwd graph |",
+           "|" + "---|" * 10]
+    for r in gpu:
+        sizes = " ".join(f"{k}{v}" for k, v in r["sizes"].items())
+        ran = "/".join(dict.fromkeys(r["impl"].values())) if r.get("impl") else ""
+        for side, t in (("ours", r), ("torch", r["torch"] or {})):
+            if t.get("fwd"):
+                cells = [r["op"], sizes, ran if side == "ours" else "torch CUDA", side]
+                cells += [f(t.get(k)) for k in ("fwd", "bwd") for f in (fmt_time, _host, _graph)]
+                out.append("| " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def ops_markdown(rows) -> str:
@@ -70,4 +103,5 @@ def ops_markdown(rows) -> str:
             cells += ["/".join(dict.fromkeys(r["impl"].values())) if r.get("impl") else ""]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        out += gpu_markdown([r for r in rows if r["shapes"] == shape_set])
     return "\n".join(out)

@@ -1,13 +1,22 @@
 """How ``scratchllm bench`` times a call: clocks for the CPU and the GPU (CUDA events), sampling by time (a warm-up
 of at least ``WARMUP_S``, then samples until ``MIN_TIME_S`` is spent), the summary of the samples (median, IQR,
 a bootstrap 95 % confidence interval of the median, drift, flags), ratios with their intervals, and an L2 flush.
-The suites (``ops.py``, ``train.py``) and the machine peaks (``__init__.py``) all time through here."""
+The suites (``ops.py``, ``train.py``) and the machine peaks (``__init__.py``) all time through here.
+
+On a GPU a sample is ``number`` calls between two CUDA events, so it is the device's time only while the GPU
+stays busy; a short kernel whose Python launch takes longer than the kernel leaves the GPU idle between calls,
+and the events then measure the launch rate. So every GPU summary also has ``host_ms``, the CPU time per call
+spent enqueueing the work (what the loop costs the host, not waiting for the GPU), and the flag ``launch-bound``
+when that is at least ``LAUNCH_BOUND`` of the GPU time. ``graph=True`` (``--cuda-graph``) also times the calls
+captured into one CUDA graph and replayed: the kernels back to back with one launch, the device's own time
+(``summary["graph"]``; an op that cannot be captured, one that synchronises with the host, says why)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-import time
+from time import perf_counter  # the host clock (a test's simulated GPU replaces it with its own)
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -21,6 +30,8 @@ DRIFT = 0.10  # |median of the last third - median of the first third| / median 
 BIMODAL = 2.0  # median above this many times the fastest sample: flagged "bimodal" (a contended CPU: OpenMP
 # regions that wait for a scheduler tick time at multiples of it, tightly, and far above the fast mode)
 BOOTSTRAP = 1000  # resamples for a confidence interval
+LAUNCH_BOUND = 0.9  # a GPU call whose enqueueing takes this share of its GPU time: the GPU waits on the host
+MAX_GPU_NUMBER = 100  # calls per GPU sample at most (a longer queue blocks the host and hides the launch cost)
 
 
 def import_torch():
@@ -33,38 +44,85 @@ def import_torch():
 
 
 # --------------------------------------------------------------------------------------------- clocks
-def make_clock(device: str):
-    """``clock(fn, number) -> seconds per call`` for ``device``: "cpu", "cupy" or "cuda" (torch)."""
-    if device == "cpu":
-        def clock(fn, number):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            return (time.perf_counter() - t0) / number
-        return clock
+def gpu_api(device: str):
+    """What the GPU clocks need of CuPy (``device="cupy"``) or torch (``"cuda"``): ``event()``,
+    ``elapsed_ms(start, end)`` and ``capture(fn, number) -> (replay, stream)``, which records ``number`` calls of
+    ``fn`` into one CUDA graph on a stream of its own (after one call there, as both libraries ask)."""
     if device == "cupy":
         import cupy
 
-        event, elapsed_ms = cupy.cuda.Event, cupy.cuda.get_elapsed_time
-    elif device == "cuda":
+        def capture(fn, number):
+            stream = cupy.cuda.Stream(non_blocking=True)
+            with stream:
+                fn()
+                stream.synchronize()
+                stream.begin_capture()
+                try:
+                    for _ in range(number):
+                        fn()
+                except BaseException:
+                    _end_quietly(stream.end_capture)
+                    raise
+                graph = stream.end_capture()
+            return (lambda: graph.launch(stream)), stream
+
+        return SimpleNamespace(event=cupy.cuda.Event, elapsed_ms=cupy.cuda.get_elapsed_time, capture=capture)
+    if device == "cuda":
         import torch
 
-        def event():
-            return torch.cuda.Event(enable_timing=True)
+        def capture(fn, number):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # its own stream and memory pool
+                for _ in range(number):
+                    fn()
+            return graph.replay, None  # replays on the current stream
 
-        def elapsed_ms(a, b):
-            return a.elapsed_time(b)
-    else:
-        raise ValueError(f"unknown device {device!r}")
+        return SimpleNamespace(event=lambda: torch.cuda.Event(enable_timing=True),
+                               elapsed_ms=lambda a, b: a.elapsed_time(b), capture=capture)
+    raise ValueError(f"unknown device {device!r}")
 
-    def gpu_clock(fn, number):
-        start, end = event(), event()
-        start.record()
+
+def _end_quietly(end_capture):
+    try:
+        end_capture()  # leave capture mode; the capture was invalidated by the failing call
+    except Exception:
+        pass
+
+
+def make_clock(device: str):
+    """``clock(fn, number, stream=None, lead=True) -> (seconds per call, host seconds per call)`` for
+    ``device``: "cpu", "cupy" or "cuda" (torch). On the CPU the two are the same; on a GPU the first is the time
+    between two CUDA events around the ``number`` calls (on ``stream``, default the current one), the second the
+    CPU time the calls took to enqueue. ``lead``: one untimed call before the first event, which keeps the device
+    busy while the host enqueues the first timed call, so an idle device's wait for it is not timed (the flush
+    does that instead when there is one: a lead call would warm the caches it emptied)."""
+    if device == "cpu":
+        def clock(fn, number, stream=None, lead=False):
+            t0 = perf_counter()
+            for _ in range(number):
+                fn()
+            t = (perf_counter() - t0) / number
+            return t, t
+        return clock
+    api = gpu_api(device)
+
+    def gpu_clock(fn, number, stream=None, lead=True):
+        start, end = api.event(), api.event()
+        if lead:
+            fn()
+        start.record(stream)
+        t0 = perf_counter()
         for _ in range(number):
             fn()
-        end.record()
+        host = perf_counter() - t0
+        end.record(stream)
         end.synchronize()
-        return elapsed_ms(start, end) / 1e3 / number
+        return api.elapsed_ms(start, end) / 1e3 / number, host / number
     return gpu_clock
 
 
@@ -84,26 +142,64 @@ def l2_flusher(device: str, mb: int = 256):
     return lambda: buf.fill(0)
 
 
-def measure(fn, device="cpu", repeats=7, flush=None, min_time_s=None, warmup_s=None) -> dict:
+def measure(fn, device="cpu", repeats=7, flush=None, min_time_s=None, warmup_s=None, graph=False) -> dict:
     """Warm up for ``warmup_s``, then time samples of ``fn`` until ``min_time_s`` is spent and at least
     ``repeats`` samples are taken; per-call seconds summarised (``summarize``). A sample is ``number`` calls,
-    enough to last ``MIN_REPEAT_S`` on the CPU; with ``flush`` (run before each sample, untimed) one call."""
+    enough to last ``MIN_REPEAT_S`` (at most ``MAX_GPU_NUMBER`` on a GPU); with ``flush`` (run before each
+    sample, untimed) one call. On a GPU: ``host_ms`` and, with ``graph``, the CUDA-graph replay's summary."""
     warmup_s = WARMUP_S if warmup_s is None else warmup_s
     min_time_s = MIN_TIME_S if min_time_s is None else min_time_s
     clock = make_clock(device)
     spent, calls, t = 0.0, 0, 0.0
     while calls < 2 or spent < warmup_s:  # the first call pays for caches, page faults and compiles
-        t = clock(fn, 1)
+        t, _ = clock(fn, 1)
         spent, calls = spent + t, calls + 1
-    number = 1 if flush or t >= MIN_REPEAT_S else min(100_000, math.ceil(MIN_REPEAT_S / max(t, 1e-8)))
-    samples, spent = [], 0.0
+    most = 100_000 if device == "cpu" else MAX_GPU_NUMBER
+    number = 1 if flush or t >= MIN_REPEAT_S else min(most, math.ceil(MIN_REPEAT_S / max(t, 1e-8)))
+    samples, hosts = _sample(lambda: clock(fn, number, lead=not flush), number, repeats, min_time_s, flush)
+    out = summarize(samples, number)
+    if device != "cpu":
+        mark_launch_bound(out, 1e3 * statistics.median(hosts))
+        if graph:
+            out["graph"] = _measure_graph(fn, device, number, repeats, min_time_s, flush)
+    return out
+
+
+def _sample(timed, number, repeats, min_time_s, flush):
+    samples, hosts, spent = [], [], 0.0
     while len(samples) < repeats or (spent < min_time_s and len(samples) < MAX_SAMPLES):
         if flush:
             flush()
-        s = clock(fn, number)
+        s, h = timed()
         samples.append(s)
+        hosts.append(h)
         spent += s * number
-    return summarize(samples, number)
+    return samples, hosts
+
+
+def mark_launch_bound(summary: dict, host_ms: float) -> dict:
+    """A GPU summary's ``host_ms`` and, when the host's enqueueing takes ``LAUNCH_BOUND`` of the GPU time or
+    more, the flag ``launch-bound`` (the events then time the Python launches, not the kernels)."""
+    summary["host_ms"] = host_ms
+    summary["flags"] = [f for f in summary["flags"] if f != "launch-bound"]
+    if host_ms >= LAUNCH_BOUND * summary["median_ms"]:
+        summary["flags"].append("launch-bound")
+    return summary
+
+
+def _measure_graph(fn, device, number, repeats, min_time_s, flush):
+    """``number`` calls captured into one CUDA graph, a replay per sample (one launch: the kernels' own time)."""
+    api = gpu_api(device)
+    try:
+        replay, stream = api.capture(fn, number)
+    except Exception as e:  # a call that synchronises, copies to the host or allocates outside a pool
+        return {"error": f"not capturable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    clock = make_clock(device)
+    clock(replay, 1, stream)  # the first replay uploads the graph
+    samples, _ = _sample(lambda: clock(replay, 1, stream, not flush), 1, repeats, min_time_s, flush)  # s per replay
+    out = summarize([s / number for s in samples], number)
+    out["captured_calls"] = number
+    return out
 
 
 def bootstrap(samples, stat=np.median, n=BOOTSTRAP, seed=0, groups=None):

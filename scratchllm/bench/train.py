@@ -112,14 +112,14 @@ def run_config(name, c, backend, rounds, steps, torch, peaks):
     clocks = {side: make_clock(device if side == "ours" or device == "cpu" else "cuda") for side in sides}
     if steps is None:
         clock = clocks["ours"]
-        t = clock(lambda: ours(0), 1)
+        t, _ = clock(lambda: ours(0), 1)
         steps = max(1, min(50, math.ceil(ROUND_S / t)))
     counter = itertools.count(WARMUP + 1)
     times = {k: [] for k in sides}
     for r in range(rounds):
         for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
             sides[side](next(counter))  # one untimed step after the switch: the other library's threads settle
-            times[side].append(clocks[side](lambda: sides[side](next(counter)), steps))
+            times[side].append(clocks[side](lambda: sides[side](next(counter)), steps)[0])
     peak = peaks.get(row["device"], {}).get("peak_gflops")
     row.update(rounds=rounds, steps=steps, tokens_per_s={}, mfu={}, gflops={})
     for side, ts in times.items():
