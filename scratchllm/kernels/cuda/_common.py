@@ -53,19 +53,29 @@ __device__ __forceinline__ T warp_sum(T v) {
 // Online softmax statistics: (m, s) summarizes a set of values as m = max, s = sum(exp(v - m)).
 // softmax_add folds one more value in; softmax_merge combines two summaries. An empty summary is
 // (-inf, 0); -inf values (masked) add nothing, so a row of all -inf keeps (-inf, 0) and gives NaN
-// later (0 / 0), as the NumPy op does.
+// later (0 / 0), as the NumPy op does. NaN in, NaN out, as NumPy: a NaN value (or a NaN summary) makes
+// the summary (NaN, NaN), which every later add and merge keeps, so every output of the row is NaN. A +inf
+// max counts its own term as exp(v - v) = exp(inf - inf) = NaN, as NumPy's exp(x - max) does.
 template <typename T>
 __device__ __forceinline__ void softmax_add(T& m, T& s, T v) {
-    if (v > m) {  // a new max: rescale what was summed so far
-        s = (m == neg_inf<T>() ? T(0) : s * sl_exp(m - v)) + T(1);
+    if (v != v || m != m) {  // a NaN value, or a NaN seen before
+        m = quiet_nan<T>();
+        s = quiet_nan<T>();
+    } else if (v > m) {  // a new max: rescale what was summed so far
+        s = (m == neg_inf<T>() ? T(0) : s * sl_exp(m - v)) + sl_exp(v - v);
         m = v;
-    } else if (v != neg_inf<T>()) {  // (a NaN lands here and makes s NaN: it propagates, as in NumPy)
+    } else if (v != neg_inf<T>()) {
         s += sl_exp(v - m);
     }
 }
 
 template <typename T>
 __device__ __forceinline__ void softmax_merge(T& m, T& s, T m2, T s2) {
+    if (m != m || m2 != m2) {  // either side saw a NaN
+        m = quiet_nan<T>();
+        s = quiet_nan<T>();
+        return;
+    }
     const T M = m > m2 ? m : m2;
     if (M == neg_inf<T>()) return;  // both empty
     s = (m == neg_inf<T>() ? T(0) : s * sl_exp(m - M)) + (m2 == neg_inf<T>() ? T(0) : s2 * sl_exp(m2 - M));
@@ -120,8 +130,10 @@ def raw_module(source: str, names: tuple):
     return cupy().RawModule(code=source, options=("-std=c++14",), name_expressions=names)
 
 
+@functools.lru_cache(maxsize=None)
 def kernel(source: str, names: tuple, name: str, dtype):
-    """The compiled ``name<float>`` or ``name<double>`` of ``source``, for arrays of ``dtype``."""
+    """The compiled ``name<float>`` or ``name<double>`` of ``source``, for arrays of ``dtype``: looked up once
+    (a ``RawKernel`` object per launch would cost a lookup and an allocation at every call)."""
     return raw_module(source, names).get_function(f"{name}<{CTYPES[np.dtype(dtype)]}>")
 
 

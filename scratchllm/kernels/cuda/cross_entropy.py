@@ -10,8 +10,9 @@ Backward: one pass writes dlogits = (exp(x - lse) - onehot(target)) * dout / M f
 ignored rows; the softmax is recomputed from the cached lse instead of stored (it is as large as the
 logits).
 
-A target outside [0, V) cannot raise on the GPU without a host sync: its row's loss is NaN instead (and
-its one-hot term is dropped), so the mean loss is NaN and the trainer's finiteness check stops the run.
+A target outside [0, V) cannot raise on the GPU without a host sync: its row's loss is NaN instead, so the
+mean loss is NaN and the trainer's finiteness check stops the run; the cache's ``t_safe`` holds 0 for that row,
+as the op's does, so either backward reads column 0 there.
 
 Launch configuration: one 256-thread block per row (V is large: 50257 for GPT-2), threads stride over the
 row; warp shuffles then shared memory merge the per-thread (max, sum) pairs. Grid N = prod(...) rows.
@@ -27,8 +28,9 @@ CUDA_SOURCE = PREAMBLE + r"""
 // Forward, one block per row n of V logits:
 //   lse[n] = m + log(sum_v exp(x[n, v] - m)),  m = max_v x[n, v]
 //   nll[n] = lse[n] - x[n, t[n]] for a kept row (NaN if t[n] is outside [0, V)), 0 for an ignored row
+// t: the targets as given (int64); the cache's t_safe (0 for ignored and out-of-range rows) is made apart.
 template <typename T>
-__global__ void cross_entropy_forward(const T* __restrict__ logits, const long long* __restrict__ t_safe,
+__global__ void cross_entropy_forward(const T* __restrict__ logits, const long long* __restrict__ t_all,
                                       const bool* __restrict__ keep, T* __restrict__ lse, T* __restrict__ nll,
                                       long long N, int V) {
     const long long row = blockIdx.x;
@@ -39,7 +41,7 @@ __global__ void cross_entropy_forward(const T* __restrict__ logits, const long l
     if (threadIdx.x == 0) {
         const T l = m + sl_log(s);
         lse[row] = l;
-        const long long t = t_safe[row];
+        const long long t = t_all[row];
         T loss = 0;
         if (keep[row]) loss = (t >= 0 && t < V) ? l - xr[t] : quiet_nan<T>();
         nll[row] = loss;
@@ -87,11 +89,12 @@ def cross_entropy_forward(logits, targets, ignore_index=-1):
     x = cp.ascontiguousarray(logits).reshape(-1, V)  # (N, V)
     t = targets.reshape(-1)  # (N,)
     keep = t != ignore_index  # (N,)
-    t_safe = cp.where(keep, t, 0).astype(cp.int64, copy=False)  # (N,) ignored rows read column 0
+    t_all = cp.ascontiguousarray(t.astype(cp.int64, copy=False))  # (N,) for the kernel: NaN where out of range
+    t_safe = cp.where(keep & (t >= 0) & (t < V), t_all, 0)  # (N,) the op's: ignored and bad rows read column 0
     N = x.shape[0]
     lse = cp.empty(N, dtype=dtype)
     nll = cp.empty(N, dtype=dtype)
-    _k("cross_entropy_forward", dtype)((N,), (ROW_BLOCK,), (x, t_safe, keep, lse, nll, np.int64(N), np.int32(V)))
+    _k("cross_entropy_forward", dtype)((N,), (ROW_BLOCK,), (x, t_all, keep, lse, nll, np.int64(N), np.int32(V)))
     count = cp.maximum(keep.sum(), 1).astype(dtype)  # () M on the device: no host sync
     loss = (nll.sum() / count).astype(dtype)  # ()
     return loss, (logits, lse, t_safe, keep, count)
