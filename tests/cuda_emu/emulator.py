@@ -203,7 +203,7 @@ class ElementwiseKernel:
         buffers, steps = [], []
         for a, (t, n) in zip(list(args[:len(self.ins)]) + outs, self.ins + self.outs):
             want = T if t == "T" else np.dtype(t)
-            a = np.asarray(a)
+            a = a if isinstance(a, np.ndarray) else np.asarray(a)  # (a subclass stays the same object)
             if a.ndim == 0:
                 buffers.append(np.array(a, dtype=want).reshape(1))
                 steps.append(0)
