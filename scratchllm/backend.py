@@ -243,6 +243,7 @@ def device_info() -> dict:
         "compute_capability": dev.compute_capability,
         "memory_total_gib": round(total / 2**30, 2),
         "memory_free_gib": round(free / 2**30, 2),
+        "pci_bus_id": getattr(dev, "pci_bus_id", None),
         "multiprocessors": props.get("multiProcessorCount"),
         "max_clock_mhz": props["clockRate"] / 1e3 if props.get("clockRate") else None,  # kHz in the properties
         "memory_clock_mhz": props["memoryClockRate"] / 1e3 if props.get("memoryClockRate") else None,

@@ -125,9 +125,16 @@ def environment(torch=None) -> dict:
         "torch_cuda": bool(torch.cuda.is_available()) if torch else False,
         "tf32": tf32(torch),
         "cupy_usable": usable, "cupy_reason": reason,
-        "gpu": {**device_info(), "fused_kernels": kernels.enabled(), "nvidia_smi": nvidia_smi()} if usable else {},
+        "gpu": _gpu(),
     }
     return env
+
+
+def _gpu() -> dict:
+    if not cupy_status()[0]:
+        return {}
+    info = device_info()
+    return {**info, "fused_kernels": kernels.enabled(), "nvidia_smi": nvidia_smi(info.get("pci_bus_id"))}
 
 
 def tf32(torch=None) -> dict:
@@ -143,18 +150,30 @@ def tf32(torch=None) -> dict:
 
 SMI_FIELDS = ("name", "driver_version", "pstate", "clocks.sm", "clocks.mem", "clocks.max.sm", "clocks.max.mem",
               "clocks.applications.graphics", "persistence_mode", "power.limit", "temperature.gpu",
-              "clocks_throttle_reasons.active")
+              "clocks_event_reasons.active")
+SMI_OLD_NAMES = {"clocks_event_reasons.active": "clocks_throttle_reasons.active"}  # drivers before 535
 
 
-def nvidia_smi(run=subprocess.run) -> dict:
-    """The first GPU's driver, clocks (MHz: now, the maximum, the application clock), performance state, power
-    limit, temperature and active throttle reasons, from ``nvidia-smi --query-gpu``; {} where it is missing."""
+def nvidia_smi(pci_bus_id=None, run=subprocess.run) -> dict:
+    """The GPU's driver, clocks (MHz: now, the maximum, the application clock), performance state, power limit,
+    temperature and active clock-event (throttle) reasons, from ``nvidia-smi --query-gpu``, for the GPU at
+    ``pci_bus_id`` (CuPy's device; nvidia-smi numbers GPUs its own way); {} where nvidia-smi is missing. A field
+    this driver does not know is asked for by its older name, or left out (one unknown field fails the query)."""
+    def query(fields):
+        cmd = ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"]
+        if pci_bus_id:
+            cmd.append(f"--id={pci_bus_id}")
+        done = run(cmd, capture_output=True, text=True, timeout=20)
+        if done.returncode != 0 or not done.stdout.strip():
+            return None
+        values = [v.strip() for v in done.stdout.strip().splitlines()[0].split(",")]
+        return values if len(values) == len(fields) else None
+
     try:
-        done = run(["nvidia-smi", f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader,nounits"],
-                   capture_output=True, text=True, timeout=20)
+        values = query(SMI_FIELDS)
+        if values is None:  # one at a time
+            values = [(query([f]) or (query([SMI_OLD_NAMES[f]]) if f in SMI_OLD_NAMES else None) or [""])[0]
+                      for f in SMI_FIELDS]
     except (OSError, subprocess.SubprocessError):
         return {}
-    if done.returncode != 0 or not done.stdout.strip():
-        return {}
-    values = [v.strip() for v in done.stdout.strip().splitlines()[0].split(",")]
     return {k: v for k, v in zip(SMI_FIELDS, values) if v and v not in ("[N/A]", "[Not Supported]")}

@@ -9,7 +9,8 @@ and the events then measure the launch rate. So every GPU summary also has ``hos
 spent enqueueing the work (what the loop costs the host, not waiting for the GPU), and the flag ``launch-bound``
 when that is at least ``LAUNCH_BOUND`` of the GPU time. ``graph=True`` (``--cuda-graph``) also times the calls
 captured into one CUDA graph and replayed: the kernels back to back with one launch, the device's own time
-(``summary["graph"]``; an op that cannot be captured, one that synchronises with the host, says why)."""
+(``summary["graph"]``; an op that cannot be captured, one that synchronises with the host, says why). CUDA
+events resolve about 0.5 us: a sample of one short call (with ``--flush-l2``) is that coarse."""
 
 from __future__ import annotations
 
@@ -44,19 +45,23 @@ def import_torch():
 
 
 # --------------------------------------------------------------------------------------------- clocks
+CAPTURE_BROKEN = {}  # device -> why: a capture failed in this process, and may have left the library's state broken
+
+
 def gpu_api(device: str):
     """What the GPU clocks need of CuPy (``device="cupy"``) or torch (``"cuda"``): ``event()``,
-    ``elapsed_ms(start, end)`` and ``capture(fn, number) -> (replay, stream)``, which records ``number`` calls of
-    ``fn`` into one CUDA graph on a stream of its own (after one call there, as both libraries ask)."""
+    ``elapsed_ms(start, end)`` and ``capture(fn, number) -> replay``, which records ``number`` calls of ``fn``
+    into one CUDA graph (after one call on the capturing stream, as both libraries ask). ``replay()`` launches
+    it on the current stream, where the events and the flush are: a replay is ordered after the flush."""
     if device == "cupy":
         import cupy
 
         def capture(fn, number):
             stream = cupy.cuda.Stream(non_blocking=True)
             with stream:
-                fn()
+                fn()  # fills this stream's share of the memory pool, which the captured calls then reuse
                 stream.synchronize()
-                stream.begin_capture()
+                stream.begin_capture()  # relaxed mode (CuPy's default): the pool may still allocate
                 try:
                     for _ in range(number):
                         fn()
@@ -64,23 +69,30 @@ def gpu_api(device: str):
                     _end_quietly(stream.end_capture)
                     raise
                 graph = stream.end_capture()
-            return (lambda: graph.launch(stream)), stream
+            return graph.launch  # stream=None: the current stream
 
         return SimpleNamespace(event=cupy.cuda.Event, elapsed_ms=cupy.cuda.get_elapsed_time, capture=capture)
     if device == "cuda":
         import torch
 
         def capture(fn, number):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                fn()
-            torch.cuda.current_stream().wait_stream(side)
+            # torch captures on a side stream only, and autograd runs a backward on its forward's stream: so the
+            # bench's torch worker runs each whole case (inputs, forward graph, timing) on a side stream
+            if torch.cuda.current_stream() == torch.cuda.default_stream():
+                raise RuntimeError("torch captures CUDA graphs on a side stream only (run under torch.cuda.stream)")
+            fn()
+            torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # its own stream and memory pool
+            graph.capture_begin()  # on the current (side) stream, into the graph's own memory pool
+            try:
                 for _ in range(number):
                     fn()
-            return graph.replay, None  # replays on the current stream
+            except BaseException:
+                _end_quietly(graph.capture_end)
+                CAPTURE_BROKEN["cuda"] = "an earlier torch capture failed in this process"
+                raise
+            graph.capture_end()
+            return graph.replay  # on the current stream
 
         return SimpleNamespace(event=lambda: torch.cuda.Event(enable_timing=True),
                                elapsed_ms=lambda a, b: a.elapsed_time(b), capture=capture)
@@ -95,14 +107,15 @@ def _end_quietly(end_capture):
 
 
 def make_clock(device: str):
-    """``clock(fn, number, stream=None, lead=True) -> (seconds per call, host seconds per call)`` for
-    ``device``: "cpu", "cupy" or "cuda" (torch). On the CPU the two are the same; on a GPU the first is the time
-    between two CUDA events around the ``number`` calls (on ``stream``, default the current one), the second the
-    CPU time the calls took to enqueue. ``lead``: one untimed call before the first event, which keeps the device
-    busy while the host enqueues the first timed call, so an idle device's wait for it is not timed (the flush
-    does that instead when there is one: a lead call would warm the caches it emptied)."""
+    """``clock(fn, number, lead=True) -> (seconds per call, host seconds per call)`` for ``device``: "cpu",
+    "cupy" or "cuda" (torch). On the CPU the two are the same; on a GPU the first is the time between two CUDA
+    events around the ``number`` calls (on the current stream), the second the CPU time the calls took to
+    enqueue (wall time: a call that blocks, on a synchronisation or an allocation, counts its wait). ``lead``:
+    one untimed call before the first event, which keeps the device busy while the host enqueues the first timed
+    call, so an idle device's wait for it is not timed (the flush does that instead when there is one: a lead
+    call would warm the caches it emptied)."""
     if device == "cpu":
-        def clock(fn, number, stream=None, lead=False):
+        def clock(fn, number, lead=False):
             t0 = perf_counter()
             for _ in range(number):
                 fn()
@@ -111,16 +124,16 @@ def make_clock(device: str):
         return clock
     api = gpu_api(device)
 
-    def gpu_clock(fn, number, stream=None, lead=True):
+    def gpu_clock(fn, number, lead=True):
         start, end = api.event(), api.event()
         if lead:
             fn()
-        start.record(stream)
+        start.record()
         t0 = perf_counter()
         for _ in range(number):
             fn()
         host = perf_counter() - t0
-        end.record(stream)
+        end.record()
         end.synchronize()
         return api.elapsed_ms(start, end) / 1e3 / number, host / number
     return gpu_clock
@@ -179,7 +192,9 @@ def _sample(timed, number, repeats, min_time_s, flush):
 
 def mark_launch_bound(summary: dict, host_ms: float) -> dict:
     """A GPU summary's ``host_ms`` and, when the host's enqueueing takes ``LAUNCH_BOUND`` of the GPU time or
-    more, the flag ``launch-bound`` (the events then time the Python launches, not the kernels)."""
+    more, the flag ``launch-bound``: calls back to back would leave the GPU waiting on Python. In a sample of
+    several calls the events then time the launches, not the kernels; with a flush (one call per sample,
+    queued behind the flush) the median is still the kernel's own time."""
     summary["host_ms"] = host_ms
     summary["flags"] = [f for f in summary["flags"] if f != "launch-bound"]
     if host_ms >= LAUNCH_BOUND * summary["median_ms"]:
@@ -189,14 +204,16 @@ def mark_launch_bound(summary: dict, host_ms: float) -> dict:
 
 def _measure_graph(fn, device, number, repeats, min_time_s, flush):
     """``number`` calls captured into one CUDA graph, a replay per sample (one launch: the kernels' own time)."""
+    if device in CAPTURE_BROKEN:
+        return {"error": f"not captured: {CAPTURE_BROKEN[device]}"}
     api = gpu_api(device)
     try:
-        replay, stream = api.capture(fn, number)
+        replay = api.capture(fn, number)
     except Exception as e:  # a call that synchronises, copies to the host or allocates outside a pool
         return {"error": f"not capturable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     clock = make_clock(device)
-    clock(replay, 1, stream)  # the first replay uploads the graph
-    samples, _ = _sample(lambda: clock(replay, 1, stream, not flush), 1, repeats, min_time_s, flush)  # s per replay
+    clock(replay, 1)  # the first replay instantiates and uploads the graph
+    samples, _ = _sample(lambda: clock(replay, 1, lead=not flush), 1, repeats, min_time_s, flush)  # s per replay
     out = summarize([s / number for s in samples], number)
     out["captured_calls"] = number
     return out

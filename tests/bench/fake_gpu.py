@@ -5,12 +5,14 @@ starting when the host has launched it and the device has finished the one befor
 launch leaves the device idle: the launch rate is what two events then see). An event completes when the device
 reaches it; ``synchronize`` moves the host to that time. A stream in capture mode records kernels instead of
 running them, and a graph replays them back to back after one launch. Stand-ins for ``cupy`` and ``torch``
-expose the parts of their APIs that ``bench.timing`` uses, over that timeline.
+expose the parts of their APIs that ``bench.timing`` uses, over that timeline. Streams share the one timeline
+(no overlap is modelled), but every event, kernel and graph launch is logged with the stream it went to, so a
+test can check that a replay, its events and the flush share one stream; torch refuses to capture on the
+default stream, as the real one does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import types
 
 import numpy as np
@@ -24,6 +26,8 @@ class Timeline:
         self.capturing = None  # a list of kernel durations while a stream captures
         self.kernels_run = 0
         self.allocated = []  # bytes of each array made (the flush buffer)
+        self.current = "legacy"  # the current stream's name
+        self.log = []  # (what, stream): every kernel, event and graph launch in order
 
     def now(self):
         return self.host
@@ -40,6 +44,7 @@ class Timeline:
             return
         self.device_free = max(self.host, self.device_free) + seconds
         self.kernels_run += 1
+        self.log.append(("kernel", self.current))
 
     def sync_point(self):
         """A call that waits for the device (``.get()``, ``float(...)``): illegal while capturing."""
@@ -47,7 +52,8 @@ class Timeline:
             raise RuntimeError("operation not permitted when stream is capturing")
         self.host = max(self.host, self.device_free)
 
-    def graph_launch(self, durations):
+    def graph_launch(self, durations, stream=None):
+        self.log.append(("graph", stream.name if stream is not None else self.current))
         self.host += self.graph_launch_s
         self.device_free = max(self.host, self.device_free) + sum(durations)
         self.kernels_run += len(durations)
@@ -59,6 +65,7 @@ class Event:
 
     def record(self, stream=None):
         tl = self.timeline
+        tl.log.append(("event", stream.name if stream is not None else tl.current))
         self.t = max(tl.host, tl.device_free)  # reached once everything before it has run
         tl.device_free = self.t
 
@@ -70,15 +77,24 @@ class Event:
 
 
 def _stream(timeline):
+    count = iter(range(1, 1000))
+
     class Stream:
-        def __init__(self, *_, **__):
-            self.graph = None
+        def __init__(self, *_, name=None, **__):
+            self.name = name or f"stream{next(count)}"
 
         def __enter__(self):
+            self.outer, timeline.current = timeline.current, self.name
             return self
 
         def __exit__(self, *exc):
+            timeline.current = self.outer
             return False
+
+        def __eq__(self, other):
+            return isinstance(other, Stream) and other.name == self.name
+
+        __hash__ = object.__hash__
 
         def synchronize(self):
             timeline.sync_point()
@@ -88,7 +104,7 @@ def _stream(timeline):
 
         def end_capture(self):
             durations, timeline.capturing = timeline.capturing, None
-            return types.SimpleNamespace(launch=lambda stream=None: timeline.graph_launch(durations))
+            return types.SimpleNamespace(launch=lambda stream=None: timeline.graph_launch(durations, stream))
 
         def wait_stream(self, other):
             pass
@@ -108,26 +124,36 @@ def fake_cupy(timeline):
 
 
 def fake_torch(timeline):
-    """``torch`` as far as ``bench.timing`` uses it: CUDA events, streams, CUDA graphs (``torch.cuda.graph``)."""
+    """``torch`` as far as ``bench.timing`` uses it: CUDA events, streams, CUDA graphs (captured on a side stream
+    only, as torch requires)."""
     Stream = _stream(timeline)
+    legacy = Stream(name="legacy")
+    streams = {"legacy": legacy}
+
+    def current_stream():
+        return streams.setdefault(timeline.current, Stream(name=timeline.current))
 
     class CUDAGraph:
         durations = ()
 
+        def capture_begin(self):
+            if timeline.current == "legacy":
+                raise RuntimeError("CUDA graphs must be captured on a non-default stream.")
+            timeline.capturing = []
+
+        def capture_end(self):
+            self.durations, timeline.capturing = timeline.capturing, None
+
         def replay(self):
             timeline.graph_launch(self.durations)
 
-    @contextlib.contextmanager
-    def graph(g):
-        timeline.capturing = []
-        try:
-            yield
-        finally:
-            g.durations, timeline.capturing = timeline.capturing, None
+    def stream(s):
+        streams[s.name] = s
+        return s
 
     cuda = types.SimpleNamespace(Event=lambda enable_timing=False: Event(timeline), Stream=Stream,
-                                 CUDAGraph=CUDAGraph, graph=graph, stream=lambda s: s,
-                                 current_stream=lambda: Stream())
+                                 CUDAGraph=CUDAGraph, stream=stream, current_stream=current_stream,
+                                 default_stream=lambda: legacy, synchronize=timeline.sync_point)
     zeroed = types.SimpleNamespace(zero_=lambda: timeline.kernel(100e-6))
 
     def empty(n, dtype=None, device=None):

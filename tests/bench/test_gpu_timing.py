@@ -14,13 +14,20 @@ SHORT = dict(repeats=5, warmup_s=0.0, min_time_s=0.0)
 
 @pytest.fixture(params=sorted(FAKES))
 def gpu(request, monkeypatch):
-    """(device, timeline): the library's module replaced by the stand-in, the host clock by the timeline's."""
+    """(device, timeline): the library's module replaced by the stand-in, the host clock by the timeline's; torch
+    on a side stream, as the bench's torch worker runs (isolate.py)."""
     device = request.param
     module, make = FAKES[device]
     timeline = Timeline(launch_s=10e-6, graph_launch_s=5e-6)
-    monkeypatch.setitem(__import__("sys").modules, module, make(timeline))
+    fake = make(timeline)
+    monkeypatch.setitem(__import__("sys").modules, module, fake)
     monkeypatch.setattr(timing, "perf_counter", timeline.now)
-    return device, timeline
+    monkeypatch.setattr(timing, "CAPTURE_BROKEN", {})
+    if device == "cuda":
+        with fake.cuda.stream(fake.cuda.Stream(name="side")):
+            yield device, timeline
+    else:
+        yield device, timeline
 
 
 def test_a_long_kernel_times_the_device_and_reports_the_hosts_enqueueing(gpu):
@@ -75,6 +82,38 @@ def test_the_flush_keeps_the_device_busy_so_a_launch_bound_call_times_its_kernel
     t = timing.measure(lambda: tl.kernel(2e-6), device, flush=flush, **SHORT)
     assert t["number"] == 1 and t["median_ms"] == pytest.approx(0.002, rel=1e-6)
     assert "launch-bound" in t["flags"]  # in a loop it would be: the host takes 10 us a call
+
+
+def test_the_replay_its_events_and_the_flush_share_one_stream(gpu):
+    """A replay on the capturing (non-blocking) stream would not wait for the flush on the current one."""
+    device, tl = gpu
+    current = tl.current
+    t = timing.measure(lambda: tl.kernel(50e-6), device, flush=timing.l2_flusher(device), graph=True, **SHORT)
+    assert "error" not in t["graph"]
+    assert {stream for what, stream in tl.log if what in ("event", "graph")} == {current}
+    assert sum(what == "graph" for what, _ in tl.log) >= 5
+
+
+def test_torch_captures_on_a_side_stream_only_and_stops_after_a_failed_capture(monkeypatch):
+    import sys
+
+    tl = Timeline()
+    torch = fake_torch(tl)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setattr(timing, "perf_counter", tl.now)
+    monkeypatch.setattr(timing, "CAPTURE_BROKEN", {})
+    t = timing.measure(lambda: tl.kernel(50e-6), "cuda", graph=True, **SHORT)  # on the default stream
+    assert "side stream only" in t["graph"]["error"]
+
+    def fails():
+        tl.kernel(50e-6)
+        tl.sync_point()
+    with torch.cuda.stream(torch.cuda.Stream()):
+        t = timing.measure(fails, "cuda", graph=True, **SHORT)
+        assert t["graph"]["error"].startswith("not capturable: RuntimeError: operation not permitted")
+        assert tl.capturing is None  # capture_end was called
+        t = timing.measure(lambda: tl.kernel(50e-6), "cuda", graph=True, **SHORT)
+    assert t["graph"] == {"error": "not captured: an earlier torch capture failed in this process"}
 
 
 def test_worker_processes_pool_host_time_and_graphs():
