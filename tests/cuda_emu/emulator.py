@@ -12,8 +12,11 @@ Python wrappers (``scratchllm/kernels/cuda/``), NumPy standing in for CuPy.
         inputs broadcast, outputs allocated (or written in place when given), as CuPy's.
     cuda.Device().attributes["MultiProcessorCount"]  a small number (4), so grids that depend on it vary.
 
-The compiled libraries are cached by the hash of their source under ``SCRATCHLLM_EMU_CACHE`` (default: a
-directory in the system's temp dir). ``compiler()`` says which C++ compiler is used, or why none can be.
+The compiled libraries are cached by the hash of their source, the compiler and its flags under
+``SCRATCHLLM_EMU_CACHE`` (default: a directory in the system's temp dir); ``SCRATCHLLM_EMU_CXXFLAGS`` adds flags
+(``-fsanitize=address -fno-omit-frame-pointer``, with libasan preloaded into Python, reports an out-of-bounds
+read with its line). A launch that deadlocks fails after ``SCRATCHLLM_EMU_TIMEOUT_S`` seconds (default 20).
+``compiler()`` says which C++ compiler is used, or why none can be.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ def _build(source: str) -> ctypes.CDLL:
         raise RuntimeError(why)
     with open(os.path.join(HERE, "shim.h")) as f:
         shim = f.read()
-    key = hashlib.sha256((shim + source).encode()).hexdigest()[:20]
+    flags = ["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-w",
+             *os.environ.get("SCRATCHLLM_EMU_CXXFLAGS", "").split()]
+    key = hashlib.sha256("\0".join([shim, source, cxx, *flags]).encode()).hexdigest()[:20]
     os.makedirs(CACHE, exist_ok=True)
     lib = os.path.join(CACHE, f"emu_{key}.so")
     if not os.path.exists(lib):
@@ -73,8 +78,7 @@ def _build(source: str) -> ctypes.CDLL:
         with open(src, "w") as f:
             f.write(source)
         tmp = f"{lib}.{os.getpid()}.tmp"
-        done = subprocess.run([cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-w", f"-I{HERE}", src,
-                               "-o", tmp], capture_output=True, text=True)
+        done = subprocess.run([cxx, *flags, f"-I{HERE}", src, "-o", tmp], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"the emulated kernel does not compile:\n{done.stderr[-3000:]}")
         os.replace(tmp, lib)  # atomic: a parallel test run never loads half a library
@@ -100,15 +104,27 @@ def kernel_signatures(code: str) -> dict:
     return {name: _split_params(params) for name, params in found}
 
 
+def _parse_expression(expr):
+    """``"name<float>"`` -> ("name", "float"); a plain ``"name"`` (not a template) -> ("name", None)."""
+    m = re.fullmatch(r"\s*(\w+)\s*(?:<\s*(\w+)\s*>)?\s*", expr)
+    if not m:
+        raise ValueError(f"name expression {expr!r}: expected 'kernel' or 'kernel<float>' / 'kernel<double>'")
+    return m.group(1), m.group(2)
+
+
+def _c_type(t, targ):
+    return {"float": "float", "double": "double"}[targ] if t == "T" else t
+
+
 def _launcher(name, targ, params, index):
-    ctype = {"float": "float", "double": "double"}[targ]
-    args = ", ".join(f"*({'const ' if not pointer else ''}{ctype if t == 'T' else t}{'*' if pointer else ''}*)"
-                     f"args[{i}]" for i, (t, pointer, _) in enumerate(params))
-    return (f'extern "C" int emu_launch_{index}(const unsigned* g, const unsigned* b, void** args) {{\n'
-            f"    return emu::launch(dim3(g[0], g[1], g[2]), dim3(b[0], b[1], b[2]),\n"
-            f"                       [=] {{ {name}<{targ}>({args}); }});\n"
-            f"}}\n"
-            f'extern "C" const char* emu_error_{index}() {{ return emu::first_error.c_str(); }}\n')
+    args = ", ".join(f"*({'const ' if not pointer else ''}{_c_type(t, targ)}{'*' if pointer else ''}*)args[{i}]"
+                     for i, (t, pointer, _) in enumerate(params))
+    call = f"{name}<{targ}>" if targ else name
+    return (f'extern "C" int emu_launch_{index}(const unsigned* g, const unsigned* b, void** args, double timeout,\n'
+            f"                                char* err, int errlen) {{\n"
+            f"    return emu::launch(dim3(g[0], g[1], g[2]), dim3(b[0], b[1], b[2]), timeout, err, errlen,\n"
+            f"                       [=] {{ {call}({args}); }});\n"
+            f"}}\n")
 
 
 class RawModule:
@@ -119,14 +135,18 @@ class RawModule:
         self.names = list(name_expressions)
         parts = ['#include "shim.h"', code]
         for i, expr in enumerate(self.names):
-            name, targ = re.fullmatch(r"(\w+)<(\w+)>", expr).groups()
+            name, targ = _parse_expression(expr)
+            if name not in self.signatures:
+                raise ValueError(f"name expression {expr!r}: no __global__ function {name!r} in the code "
+                                 f"(found: {', '.join(self.signatures) or 'none'})")
             parts.append(_launcher(name, targ, self.signatures[name], i))
         self.lib = _build("\n".join(parts))
 
     def get_function(self, expr):
-        i = self.names.index(expr)
-        name, targ = re.fullmatch(r"(\w+)<(\w+)>", expr).groups()
-        return RawKernel(self, expr, i, self.signatures[name], targ)
+        if expr not in self.names:
+            raise ValueError(f"{expr!r} is not one of this module's name expressions {self.names}")
+        name, targ = _parse_expression(expr)
+        return RawKernel(self, expr, self.names.index(expr), self.signatures[name], targ)
 
 
 class RawKernel:
@@ -134,16 +154,17 @@ class RawKernel:
         self.expr, self.params, self.targ = expr, params, targ
         self.fn = getattr(module.lib, f"emu_launch_{index}")
         self.fn.restype = ctypes.c_int
-        self.error = getattr(module.lib, f"emu_error_{index}")
-        self.error.restype = ctypes.c_char_p
         self.launches = 0
 
-    def __call__(self, grid, block, args):
+    def __call__(self, grid, block, args, shared_mem=0):
+        if shared_mem:
+            raise NotImplementedError(f"{self.expr}: dynamic shared memory (shared_mem={shared_mem}, extern "
+                                      f"__shared__) is not emulated")
         if len(args) != len(self.params):
             raise TypeError(f"{self.expr}: {len(args)} arguments for {len(self.params)} parameters")
         keep, slots = [], (ctypes.c_void_p * len(args))()
         for i, (a, (t, pointer, pname)) in enumerate(zip(args, self.params)):
-            want = np.dtype(_SCALARS[self.targ if t == "T" else t])
+            want = np.dtype(_SCALARS[_c_type(t, self.targ) if t == "T" else t])
             if pointer:
                 if not isinstance(a, np.ndarray) or a.dtype != want or not a.flags.c_contiguous:
                     raise TypeError(f"{self.expr}: argument {i} ({pname}) must be a C-contiguous {want} array; "
@@ -156,11 +177,13 @@ class RawKernel:
                 holder = ctypes.create_string_buffer(a.tobytes(), want.itemsize)
             keep.append(holder)
             slots[i] = ctypes.addressof(holder)
-        dims = [tuple(d) + (1,) * (3 - len(d)) for d in (grid, block)]
-        g, b = ((ctypes.c_uint * 3)(*d) for d in dims)
+        dims = [(d,) if isinstance(d, (int, np.integer)) else tuple(d) for d in (grid, block)]
+        g, b = ((ctypes.c_uint * 3)(*(tuple(map(int, d)) + (1,) * (3 - len(d)))) for d in dims)
+        err = ctypes.create_string_buffer(2048)
         self.launches += 1
-        if self.fn(g, b, slots) != 0:
-            raise RuntimeError(f"{self.expr}: {self.error().decode()}")
+        timeout = float(os.environ.get("SCRATCHLLM_EMU_TIMEOUT_S", "20"))
+        if self.fn(g, b, slots, ctypes.c_double(timeout), err, ctypes.c_int(len(err))) != 0:
+            raise RuntimeError(f"{self.expr}: {err.value.decode()}")
 
 
 # ----------------------------------------------------------------------------------- ElementwiseKernel

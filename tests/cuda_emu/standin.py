@@ -3,8 +3,10 @@
 refuse them), the CUDA kernels run on the host emulator (``emulator.py``), and CuPy's rules where NumPy's are
 laxer:
 
-- a NumPy array (1-d or more) mixed into an operation with a device array raises TypeError, as CuPy's
-  "Unsupported type <class 'numpy.ndarray'>" (a host array that reached the device path unconverted);
+- a NumPy array (1-d or more) given to a device operation raises TypeError, as CuPy's "Unsupported type
+  <class 'numpy.ndarray'>" (a host array that reached the device path unconverted): in an elementwise
+  operation, a NumPy function called on a device array, or a ``cupy.`` function (all but ``asarray``/``array``,
+  which copy host data to the device);
 - a reduction over everything gives a 0-d device array, not a NumPy scalar (so ``float()`` is where the host
   reads a value back, as on a GPU);
 - ``.get()`` and ``cupy.asnumpy`` copy to the host; ``cupy.asarray`` copies to the "device".
@@ -39,10 +41,7 @@ class ndarray(np.ndarray):
         return np.array(self.view(np.ndarray), order=order)
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        for x in inputs + (out or ()):
-            if type(x) is np.ndarray and x.ndim > 0:
-                raise TypeError(f"Unsupported type {type(x)} (a NumPy array given to a CuPy operation: "
-                                f"{ufunc.__name__})")
+        _refuse_host_arrays(inputs + (out or ()), ufunc.__name__)
         if ufunc is np.matmul:
             calls["matmul"] += 1
         plain = [x.view(np.ndarray) if isinstance(x, ndarray) else x for x in inputs]
@@ -57,11 +56,23 @@ class ndarray(np.ndarray):
         return _device(super().__getitem__(_plain(key)))  # an element is a 0-d array, as CuPy's
 
     def __array_function__(self, func, types_, args, kwargs):
+        _refuse_host_arrays((args, kwargs), func.__name__)
         return _device(super().__array_function__(func, tuple(t for t in types_ if t is not ndarray) or
                                                   (np.ndarray,), _plain(args), _plain(kwargs)))
 
 
 ndarray.__module__ = "cupy"  # what backend._is_cupy_array looks at
+
+
+def _refuse_host_arrays(values, what):
+    """TypeError for a NumPy array (1-d or more) anywhere in ``values`` (lists, tuples and dicts looked into)."""
+    for x in values:
+        if type(x) is np.ndarray and x.ndim > 0:
+            raise TypeError(f"Unsupported type {type(x)} (a NumPy array given to a CuPy operation: {what})")
+        if isinstance(x, (list, tuple)):
+            _refuse_host_arrays(x, what)
+        elif isinstance(x, dict):
+            _refuse_host_arrays(x.values(), what)
 
 
 def _plain(x):
@@ -97,6 +108,7 @@ def _device(r):
 def _wrap(fn):
     @functools.wraps(fn)
     def device_fn(*args, **kwargs):
+        _refuse_host_arrays((args, kwargs), getattr(fn, "__name__", "?"))
         return _device(fn(*_plain(args), **_plain(kwargs)))
     return device_fn
 

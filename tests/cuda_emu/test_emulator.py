@@ -109,3 +109,65 @@ def test_fused_optimizers_over_several_steps_equal_the_textbook(emu, monkeypatch
     tol = 1e-6 if dtype == "float32" else 1e-13
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
     assert not np.array_equal(got, np.random.default_rng(0).standard_normal(37).astype(dtype))  # it moved
+
+
+KERNEL_AUTHOR = r"""
+// a kernel author's: row sums by __shfl_down_sync, one warp per row (not a template)
+__global__ void row_sums(const float* x, float* out, int n, int C) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n) return;
+    float s = 0;
+    for (int j = lane; j < C; j += 32) s += x[row * C + j];
+    for (int d = 16; d > 0; d >>= 1) s += __shfl_down_sync(0xffffffffu, s, d);
+    if (lane == 0) out[row] = s;
+}
+
+// every block adds its thread count into one total
+__global__ void count_threads(float* total) { atomicAdd(total, 1.0f); }
+
+// lane 0 waits at the block's barrier, the rest of its warp at a shuffle that needs lane 0: neither can finish
+__global__ void divergent_barrier(float* out) {
+    float v = 1;
+    if (threadIdx.x == 0) __syncthreads();
+    else v = __shfl_xor_sync(0xffffffffu, v, 1);
+    out[threadIdx.x] = v;
+}
+"""
+
+
+def test_a_kernel_authors_kernel_with_shfl_down_and_atomics(emu):
+    m = emu.RawModule(code=KERNEL_AUTHOR, name_expressions=("row_sums", "count_threads"))
+    x = np.random.default_rng(0).standard_normal((5, 70)).astype(np.float32)
+    out = np.zeros(5, np.float32)
+    m.get_function("row_sums")(2, 128, (x, out, np.int32(5), np.int32(70)))  # CuPy's int grid and block
+    np.testing.assert_allclose(out, x.sum(axis=1), rtol=1e-5)
+    total = np.zeros(1, np.float32)
+    m.get_function("count_threads")((3,), (64,), (total,))
+    assert total[0] == 3 * 64
+    with pytest.raises(ValueError, match="no __global__ function 'nope'"):
+        emu.RawModule(code=KERNEL_AUTHOR, name_expressions=("nope",))
+    with pytest.raises(NotImplementedError, match="dynamic shared memory"):
+        m.get_function("count_threads")((1,), (32,), (total,), shared_mem=128)
+
+
+def test_a_deadlock_fails_the_launch_and_says_where_the_threads_wait(emu, monkeypatch):
+    monkeypatch.setenv("SCRATCHLLM_EMU_TIMEOUT_S", "1")
+    k = emu.RawModule(code=KERNEL_AUTHOR, name_expressions=("divergent_barrier",)).get_function("divergent_barrier")
+    with pytest.raises(RuntimeError, match=r"deadlock in block \(0, 0, 0\): after 1 s, 1 threads wait at "
+                                           r"__syncthreads and 31 at warp shuffles"):
+        k((1,), (32,), (np.zeros(32, np.float32),))
+
+
+def test_a_diverged_shuffle_is_reported_every_time_with_where(emu):
+    source = _common.PREAMBLE + r"""
+__global__ void one_shuffle(double* out, int n) {
+    if ((int)threadIdx.x >= n) return;
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0, 1);
+}
+"""
+    k = emu.RawModule(code=source, name_expressions=("one_shuffle",)).get_function("one_shuffle")
+    for _ in range(20):  # one shuffle only: the check must not depend on which lanes happen to have left yet
+        with pytest.raises(RuntimeError, match=r"warp 0 of block \(0, 0, 0\): 12 of its 32 lanes have returned"):
+            k((1,), (32,), (np.zeros(32), np.int32(20)))
+    with pytest.raises(RuntimeError, match="a block of 48 threads \\(not a multiple of 32\\) leaves its last warp 16"):
+        k((1,), (48,), (np.zeros(48), np.int32(48)))

@@ -67,6 +67,13 @@ def test_every_op_on_the_cupy_path_equals_numpy(cupy, monkeypatch, name, kernels
 def test_a_numpy_array_on_the_device_path_is_refused_as_cupy_would(cupy):
     with pytest.raises(TypeError, match="Unsupported type"):
         cupy.ones(3) + np.ones(3)
+    with pytest.raises(TypeError, match="concatenate"):
+        cupy.concatenate([cupy.ones(3), np.ones(3)])
+    with pytest.raises(TypeError, match="Unsupported type"):
+        np.concatenate([cupy.ones(3), np.ones(3)])
+    with pytest.raises(TypeError, match="matmul"):
+        cupy.matmul(np.ones((2, 2)), np.ones((2, 2)))
+    assert type(cupy.asarray(np.ones(3))) is cupy.ndarray  # the host-to-device copy is how host data gets there
     assert type(cupy.ones(3).sum()) is cupy.ndarray  # a 0-d device array, not a host scalar
 
 
