@@ -3,8 +3,9 @@
 //
 //   threadIdx, blockIdx, blockDim, gridDim   thread_local, set for each thread before it runs the kernel
 //   __shared__                               static storage: one block runs at a time, so it is the block's
-//                                            (an index past a __shared__ array's end corrupts the next one,
-//                                            silently, as on a GPU; the emulator's own state is not there)
+//                                            (an index past a __shared__ array's end corrupts what follows it:
+//                                            silently, or far enough past, a crash; the emulator's own state is
+//                                            not there)
 //   __syncthreads()                          a barrier over the block's threads (a thread that has returned
 //                                            is dropped from it, as on the GPU)
 //   __shfl_sync, __shfl_xor_sync,            every lane of the warp writes its value, waits for the whole

@@ -179,15 +179,16 @@ class _Namespace:
 
 
 def cupyx_module():
-    """The stand-in ``cupyx``: ``scatter_add`` (accumulating) and ``scipy.special.erf``."""
-    from scipy import special
+    """The stand-in ``cupyx``: ``scatter_add`` (accumulating) and ``scipy.special.erf`` (NumPy's path of
+    ``backend.erf``: SciPy's where installed, else the standard library's)."""
+    from scratchllm.backend import erf
 
     mod = types.ModuleType("cupyx")
 
     def scatter_add(target, indices, values):
         np.add.at(target.view(np.ndarray), _plain(indices), _plain(values))
     mod.scatter_add = scatter_add
-    mod.scipy = types.SimpleNamespace(special=types.SimpleNamespace(erf=_wrap(special.erf)))
+    mod.scipy = types.SimpleNamespace(special=types.SimpleNamespace(erf=_wrap(erf)))
     return mod
 
 
