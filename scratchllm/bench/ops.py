@@ -42,7 +42,8 @@ Bytes are the compulsory traffic: every input read once and every output written
 
     attention: P = B H T (T+1) / 2 query-key pairs when causal (useful work: a kernel that computes the full
     T x T scores does twice the matmul work), B H T^2 for attention_noncausal; attention_dropout adds 2 P each
-    way. cross_entropy: R = B T rows.
+    way; attention_blocked and flash_attention count as attention (the useful work: flash attention's backward
+    also recomputes the scores, 2 P D more). cross_entropy: R = B T rows.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def gpt2_small(B=8, T=1024, C=768, H=12, V=50257):
             "layernorm": dict(N=N, C=C), "gelu": dict(N=N, C=4 * C), "gelu_erf": dict(N=N, C=4 * C),
             "softmax": dict(B=B * H, T=T, C=T), "softmax_axis1": dict(B=B * H, T=T, C=T),
             "attention": att, "attention_noncausal": att, "attention_dropout": att, "attention_blocked": att,
+            "flash_attention": att,
             "dropout": dict(N=N, C=C), "cross_entropy": dict(B=B, T=T, V=V)}
 
 
@@ -83,6 +85,7 @@ SWEEP = {
     "dropout": [dict(N=n, C=1024) for n in _ROWS],
     "softmax": [dict(B=1, T=n, C=1024) for n in _ROWS],
     "attention": [dict(B=1, H=12, T=t, D=64) for t in (64, 128, 256, 512, 1024)],
+    "flash_attention": [dict(B=1, H=12, T=t, D=64) for t in (64, 128, 256, 512, 1024)],
     "embedding": [dict(B=1, T=t, V=50257, C=768) for t in (256, 1024, 4096, 16384)],
     "cross_entropy": [dict(B=1, T=t, V=50257) for t in (16, 64, 256, 1024)],
 }
@@ -127,6 +130,7 @@ COSTS = {
     "dropout": _elementwise(2, 2, mask=1),
     "attention": _attention,
     "attention_blocked": _attention,
+    "flash_attention": _attention,  # the useful work, as attention's (its backward also recomputes S: 2 P D more)
     "attention_noncausal": lambda s, **sz: _attention(s, **sz, causal=False),
     "attention_dropout": lambda s, **sz: _attention(s, **sz, dropout=True),
     "cross_entropy": lambda s, B, T, V: ((4 * B * T * V + 3 * B * T, s * B * T * V + 8 * B * T),

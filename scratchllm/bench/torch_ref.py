@@ -27,6 +27,7 @@ TORCH_OPS = {
     "attention_noncausal": _sdpa(False),
     "attention_blocked": _sdpa(True),
     "attention_dropout": _sdpa(True, 0.2),
+    "flash_attention": _sdpa(True),  # torch's SDPA picks its own kernel (flash or memory-efficient where it can)
     "dropout": lambda x: F.dropout(x, 0.25, training=True),
     "cross_entropy": lambda logits, targets: F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                              targets.reshape(-1), ignore_index=-1),

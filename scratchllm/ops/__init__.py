@@ -19,6 +19,7 @@ from .attention_blocked import attention_blocked_backward, attention_blocked_for
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
+from .flash_attention import flash_attention_backward, flash_attention_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
@@ -159,6 +160,9 @@ OPS: dict[str, Op] = _Registry({
            "(3 blocks at T=5)"),
         Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,
            dict(B=2, T=4, V=5), ("logits", "targets"), "ignore_index=-1"),
+        Op("flash_attention", functools.partial(flash_attention_forward, block_q=2, block_k=3),
+           flash_attention_backward, _attention_inputs, dict(B=2, H=2, T=5, D=3), ("q", "k", "v"),
+           "causal, tiles of 2 queries x 3 keys (neither divides T=5)"),
     )
 })
 
@@ -169,4 +173,5 @@ __all__ = [
     "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",
     "attention_blocked_forward", "attention_blocked_backward",
     "cross_entropy_forward", "cross_entropy_backward", "dropout_forward", "dropout_backward",
+    "flash_attention_forward", "flash_attention_backward",
 ]
