@@ -227,6 +227,16 @@ def tune_host_allocator() -> bool:
         return False
 
 
+def free_memory(xp=np):
+    """Free bytes where ``xp``'s arrays live: the GPU's (CuPy), else the host's available memory; None unknown."""
+    try:
+        if xp is not np:
+            return int(xp.cuda.runtime.memGetInfo()[0])
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def device_info() -> dict:
     """A small dict describing the GPU (empty when none is usable)."""
     if not cupy_usable():

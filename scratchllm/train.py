@@ -34,6 +34,7 @@ class TrainConfig:
     n_embd: int = 128
     block_size: int = 64
     dropout: float = 0.0
+    attention: str = "auto"  # auto | full | flash (GPTConfig.attention: flash keeps O(T) memory)
     # optimisation
     batch_size: int = 16
     max_iters: int = 1200
@@ -69,7 +70,7 @@ PRESETS = {
                 learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, dropout=0.0, beta2=0.99, eval_interval=250,
                 eval_iters=20),
 }
-CHOICES = dict(tokenizer=("char", "bpe"), optimizer=("adamw", "adam", "adagrad", "sgd"),
+CHOICES = dict(tokenizer=("char", "bpe"), optimizer=("adamw", "adam", "adagrad", "sgd"), attention=("auto", "full", "flash"),
                backend=("auto", "numpy", "cupy"), dtype=("float32", "float64"), preset=tuple(PRESETS))
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "tokenizer")
 
@@ -134,6 +135,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"--dropout must be in [0, 1); got {cfg.dropout}")
+    if cfg.attention == "flash" and cfg.dropout:
+        raise ConfigError(f"--attention=flash has no dropout on the attention weights (a whole-matrix feature): "
+                          f"use --attention=full or auto with --dropout={cfg.dropout}, or --dropout=0")
     for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
         if not math.isfinite(getattr(cfg, key)) or getattr(cfg, key) < 0:
             raise ConfigError(f"--{key} must be a finite number >= 0; got {getattr(cfg, key)}")
@@ -167,7 +171,7 @@ def adopt_init(cfg: TrainConfig, model, tokenizer, overrides: dict | None) -> Tr
                               f"{key}={shape[key]}; leave --{key} out")
     if overrides and "block_size" in overrides:
         shape["block_size"] = overrides["block_size"]
-    model.cfg = dataclasses.replace(m, dropout=cfg.dropout)
+    model.cfg = dataclasses.replace(m, dropout=cfg.dropout, attention=cfg.attention)
     cfg = dataclasses.replace(cfg, **shape)
     validate(cfg)
     return cfg
@@ -298,9 +302,15 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
             raise ConfigError(f"the {name} split of {description} has only {len(toks)} tokens; "
                               f"it needs more than block_size + 1 = {cfg.block_size + 1}")
     if fresh:
-        mcfg = GPTConfig(tokenizer.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
+        mcfg = GPTConfig(tokenizer.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout,
+                         cfg.attention)
         model = GPT(mcfg, seed=cfg.seed, dtype=cfg.dtype, backend=backend)
         cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
+    model.cfg = dataclasses.replace(model.cfg, attention=cfg.attention)  # a runtime choice (resume may change it)
+    mode, why = model.attention_mode(cfg.block_size, cfg.dropout, cfg.batch_size)
+    _log(f"attention: {mode} ({why}); the whole-matrix path keeps "
+         f"{model.whole_matrix_bytes(cfg.batch_size, cfg.block_size) / 2**20:,.0f} MiB of weights per step here"
+         + ("" if mode == "full" else ", flash attention one number per query row"))
     opt = make_optimizer(cfg, model.params)
     dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)
     if backend == "numpy":

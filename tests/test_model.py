@@ -198,6 +198,9 @@ def test_activation_bytes_match_the_documented_budget(T):
     (dict(vocab_size=10, block_size=8, n_layer=1, n_head=3, n_embd=8), "divisible by n_head"),
     (dict(vocab_size=0, block_size=8, n_layer=1, n_head=2, n_embd=8), "vocab_size must be a positive int"),
     (dict(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=1.0), "dropout"),
+    (dict(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, attention="fast"), "attention must be one of"),
+    (dict(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, attention="flash", dropout=0.1),
+     "no dropout on the attention weights"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -254,3 +257,35 @@ def test_init_false_gives_zeros_of_the_right_shapes_fast():
     model = GPT(TINY, backend="numpy", init=False)
     assert all(not v.any() for v in model.params.values())
     assert {k: v.shape for k, v in model.params.items()} == param_shapes(TINY)
+
+
+def test_flash_attention_in_the_model_gives_the_full_models_numbers_in_o_t_memory(monkeypatch):
+    """attention="flash" against "full" (the query blocks' whole-matrix weights): the same loss and gradients in
+    float64, at a T with several flash tiles and query blocks, and the activations without the T x T weights;
+    "auto" takes flash when the whole matrix would take over a quarter of the free memory, and says why."""
+    import scratchllm.models.gpt as gpt
+
+    T = 300
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 11, (2, T)), rng.integers(0, 11, (2, T))
+    runs = {}
+    for mode in ("full", "flash"):
+        model = GPT(GPTConfig(11, T, 2, 2, 8, attention=mode), seed=4, dtype="float64")
+        _, loss, cache = model.forward(idx, targets)
+        runs[mode] = (float(loss), model.backward(cache), model.activation_bytes(cache), model)
+    assert runs["flash"][0] == pytest.approx(runs["full"][0], rel=1e-13)
+    for k, g in runs["full"][1].items():
+        np.testing.assert_allclose(runs["flash"][1][k], g, rtol=1e-10, atol=1e-13, err_msg=k)
+    model = runs["full"][3]
+    kept = runs["full"][2] - runs["flash"][2]  # the weights full keeps, less flash's outputs and log-sum-exps
+    whole = model.whole_matrix_bytes(2, T)
+    assert whole - 2 * 2 * 2 * T * (8 // 2 + 1) * 8 <= kept <= whole  # flash keeps out (D) and lse (1) per row
+    assert model.attention_mode(T) == ("full", "attention=full")
+    auto = GPT(GPTConfig(11, 8, 1, 2, 8), seed=0)
+    need = auto.whole_matrix_bytes(4, 1000)
+    monkeypatch.setattr(gpt, "free_memory", lambda xp: 4 * need - 1)
+    mode, why = auto.attention_mode(1000, batch=4)
+    assert mode == "flash" and "would take over 25% of the free memory" in why, why
+    assert auto.attention_mode(1000, batch=1)[0] == "full"  # a quarter of the weights: they fit
+    assert auto.attention_mode(1000, dropout=0.1, batch=4) == (
+        "full", "auto: dropout on the attention weights needs the whole matrix")

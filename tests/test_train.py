@@ -50,7 +50,9 @@ def test_overrides_are_typed_and_checked():
             parse_overrides(args)
     for overrides, match in [({"n_embd": 30, "n_head": 4}, "divisible"), ({"optimizer": "lion"}, "optimizer"),
                              ({"preset": "huge"}, "preset"), ({"dropout": 1.5}, "dropout"),
-                             ({"tokenizer": "bpe", "vocab_size": 100}, "257"), ({"batch_size": 0}, "batch_size")]:
+                             ({"tokenizer": "bpe", "vocab_size": 100}, "257"), ({"batch_size": 0}, "batch_size"),
+                             ({"attention": "fast"}, "--attention must be one of auto, full, flash"),
+                             ({"attention": "flash", "dropout": 0.1}, "no dropout on the attention weights")]:
         with pytest.raises(ConfigError, match=match):
             make_config(overrides)
     assert set(PRESETS) >= {"tiny", "cpu"}

@@ -18,6 +18,7 @@ from ..ops import attention as attention_op
 from ..ops import attention_blocked as attention_blocked_op
 from ..ops import cross_entropy as cross_entropy_op
 from ..ops import embedding as embedding_op
+from ..ops import flash_attention as flash_attention_op
 from ..ops import gelu as gelu_op
 from ..ops import layernorm as layernorm_op
 from ..ops import linear as linear_op
@@ -135,10 +136,8 @@ def attention_blocked_backward(dout, cache, out=None):
     passes the three (B, H, T, D) views of the (B, T, 3, H, D) array its qkv projection's backward reads."""
     q, k, v = cache[:3]
     check_dout(dout, q.shape)
-    if out is not None and (len(out) != 3 or any(getattr(o, "shape", None) != a.shape or getattr(o, "dtype", None)
-                                                 != q.dtype for o, a in zip(out, (q, k, v)))):
-        raise ValueError(f"out must be three arrays (dq, dk, dv) of shapes {(q.shape, k.shape, v.shape)} and "
-                         f"dtype {q.dtype}")
+    if out is not None:
+        _check_out(out, (q, k, v))
     impl = pick_backward("attention_blocked", dout, cache)
     if impl:
         return impl.backward(dout, cache, out=out)  # the blocked implementations write into out
@@ -148,6 +147,36 @@ def attention_blocked_backward(dout, cache, out=None):
     for o, g in zip(out, grads):
         o[...] = g
     return tuple(out)
+
+
+def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
+    flash_attention_op.check_inputs(q, k, v, causal, block_q, block_k)
+    impl = pick("flash_attention", q, k, v, causal=causal, block_q=block_q, block_k=block_k)
+    return (impl.forward if impl else ops.flash_attention_forward)(q, k, v, causal, block_q, block_k)
+
+
+def flash_attention_backward(dout, cache, out=None):
+    """``ops.flash_attention_backward``, and ``out`` as ``attention_blocked_backward``'s: (dq, dk, dv) written
+    there (GPT's views of its qkv gradient) and returned."""
+    q, k, v = cache[:3]
+    check_dout(dout, q.shape)
+    if out is not None:
+        _check_out(out, (q, k, v))
+    impl = pick_backward("flash_attention", dout, cache)
+    grads = (impl.backward if impl else ops.flash_attention_backward)(dout, cache)
+    if out is None:
+        return grads
+    for o, g in zip(out, grads):
+        o[...] = g
+    return tuple(out)
+
+
+def _check_out(out, arrays):
+    q = arrays[0]
+    if len(out) != 3 or any(getattr(o, "shape", None) != a.shape or getattr(o, "dtype", None) != q.dtype
+                            for o, a in zip(out, arrays)):
+        raise ValueError(f"out must be three arrays (dq, dk, dv) of shapes {tuple(a.shape for a in arrays)} and "
+                         f"dtype {q.dtype}")
 
 
 # the textbook function -> the one here that dispatches it
@@ -161,6 +190,7 @@ DISPATCHED = {
     ops.attention_forward: attention_forward, ops.attention_backward: attention_backward,
     ops.attention_blocked_forward: attention_blocked_forward,
     ops.attention_blocked_backward: attention_blocked_backward,
+    ops.flash_attention_forward: flash_attention_forward, ops.flash_attention_backward: flash_attention_backward,
 }
 
 

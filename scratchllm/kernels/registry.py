@@ -144,6 +144,11 @@ IMPLEMENTATIONS = [
                    lambda q, k, v, dropout=0.0, rng=None, block=64: _numpy(q, k, v),
                    lambda dout, cache: _numpy(cache[0], dout),
                    "each block as the attention's pieces; inputs read and outputs written in GPT's layouts"),
+    Implementation("flash_attention", "cuda", "scratchllm.kernels.cuda.flash_attention",
+                   lambda q, k, v, causal=True, block_q=64, block_k=64: _cuda(q, k, v) and q.shape[-1] <= 128,
+                   lambda dout, cache: _cuda(cache[0], dout) and cache[0].shape[-1] <= 128,
+                   "a CUDA block per tile of 64 rows, a thread per row, the other side in shared-memory tiles; "
+                   "D <= 128", needs="cuda"),
     Implementation("flash_attention", "numpy", "scratchllm.kernels.numpy.flash_attention",
                    lambda q, k, v, causal=True, block_q=64, block_k=64: _numpy(q, k, v),
                    lambda dout, cache: _numpy(cache[0], dout),

@@ -13,17 +13,25 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..backend import get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
+from ..backend import free_memory, get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
 from ..kernels.flat import buffer_root, empty_flat, flat_order, flatten_params, shared_empty
 from ..kernels.dispatch import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
-                               cross_entropy_forward, embedding_backward, embedding_forward, gelu_backward,
-                               gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+                               cross_entropy_forward, embedding_backward, embedding_forward,
+                               flash_attention_backward, flash_attention_forward, gelu_backward, gelu_forward,
+                               layernorm_backward, layernorm_forward, linear_backward, linear_forward)
 from ..ops import dropout_backward, dropout_forward
 
 DTYPES = ("float32", "float64")
 # Causal attention runs in query blocks of this many rows (attention_blocked): it skips most of the masked upper
 # triangle, with attention_forward's numbers. 64 measured fastest at T = 256 on one core, 10 % over 128.
 ATTN_BLOCK = 64
+# GPTConfig.attention = "auto" takes flash attention (O(T) memory) when the whole-matrix weights of a forward would
+# take more than this share of the free memory. Not for speed: on the CPU the whole-matrix path (fused Numba
+# softmax) measured as fast or faster, one thread, B1 H4 D64 float32 forward + backward: 32 against 39 ms at
+# T1024, 547 against 616 at T4096 (flash's tiles: FLASH_BLOCK queries x FLASH_BLOCK keys).
+FLASH_MEMORY_SHARE = 0.25
+FLASH_BLOCK = 128
+ATTENTIONS = ("auto", "full", "flash")
 
 
 @dataclass
@@ -36,6 +44,7 @@ class GPTConfig:
     n_head: int
     n_embd: int
     dropout: float = 0.0
+    attention: str = "auto"  # "full": the weights kept (attention_blocked); "flash": O(T) memory; "auto": see GPT
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -46,6 +55,11 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be a float in [0, 1); got {self.dropout!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"GPTConfig.attention must be one of {', '.join(ATTENTIONS)}; got {self.attention!r}")
+        if self.attention == "flash" and self.dropout:
+            raise ValueError("GPTConfig.attention='flash' has no dropout on the attention weights (a whole-matrix "
+                             f"feature): use attention='full' or 'auto' with dropout={self.dropout}, or dropout=0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -227,7 +241,10 @@ class GPT:
                 k = self.xp.concatenate([kv_cache[i][0], k], axis=2)  # (B, H, past + T, D)
                 v = self.xp.concatenate([kv_cache[i][1], v], axis=2)  # (B, H, past + T, D)
             kv_cache[i] = (k, v)
-        y, c["attn"] = attention_blocked_forward(q, k, v, dropout=drop, rng=rng, block=ATTN_BLOCK)  # (B, H, T, D)
+        if self.attention_mode(k.shape[2], drop, B)[0] == "flash":  # O(T) memory, tiles of FLASH_BLOCK
+            y, c["flash"] = flash_attention_forward(q, k, v, True, FLASH_BLOCK, FLASH_BLOCK)  # (B, H, T, D)
+        else:
+            y, c["attn"] = attention_blocked_forward(q, k, v, dropout=drop, rng=rng, block=ATTN_BLOCK)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side
         y, c["attn.c_proj"] = linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
         y, c["attn.drop"] = dropout_forward(y, drop, rng)  # (B, T, C)
@@ -301,12 +318,37 @@ class GPT:
             dy, c["attn.c_proj"], dw_out=into.get(h + "attn.c_proj.weight"))
         dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
         dqkv = self.xp.empty((B, T, 3, H, D), dtype=dx.dtype)  # the forward's split of qkv, in reverse:
-        attention_blocked_backward(dy, c["attn"], out=tuple(dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3)))
+        dq_dk_dv = tuple(dqkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # 3 x (B, H, T, D) views
+        if "flash" in c:
+            flash_attention_backward(dy, c["flash"], out=dq_dk_dv)
+        else:
+            attention_blocked_backward(dy, c["attn"], out=dq_dk_dv)
         dqkv = dqkv.reshape(B, T, 3 * C)  # (B, T, 3C) dq, dk, dv written into their thirds (3 x (B, H, T, D) views)
         da, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(
             dqkv, c["c_attn"], dw_out=into.get(h + "attn.c_attn.weight"))
         dln1, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])
         return dx + dln1  # (B, T, C)
+
+    def attention_mode(self, keys, dropout=0.0, batch=1):
+        """``(mode, why)``: "flash" or "full" for attention over ``keys`` keys at this dropout and batch.
+        ``cfg.attention`` decides, or with "auto": flash when the whole-matrix weights would take over
+        ``FLASH_MEMORY_SHARE`` of the free memory (``whole_matrix_bytes``), never with dropout on the weights (a
+        whole-matrix feature); else the whole matrix, as fast or faster where it fits (measured, above)."""
+        if self.cfg.attention != "auto":
+            return self.cfg.attention, "attention=" + self.cfg.attention
+        if dropout:
+            return "full", "auto: dropout on the attention weights needs the whole matrix"
+        need, free = self.whole_matrix_bytes(batch, keys), free_memory(self.xp)
+        if free and need > FLASH_MEMORY_SHARE * free:
+            return "flash", (f"auto: the whole-matrix weights ({need / 2**20:,.0f} MiB) would take over "
+                             f"{FLASH_MEMORY_SHARE:.0%} of the free memory ({free / 2**20:,.0f} MiB)")
+        return "full", f"auto: the whole-matrix weights ({need / 2**20:,.0f} MiB) fit"
+
+    def whole_matrix_bytes(self, B, T) -> int:
+        """Bytes the whole-matrix path (``attention_blocked``) keeps for the backward at batch B, T keys: every
+        layer's query blocks' weights (flash attention keeps one number per query row instead)."""
+        kept = sum((min(i0 + ATTN_BLOCK, T) - i0) * min(i0 + ATTN_BLOCK, T) for i0 in range(0, T, ATTN_BLOCK))
+        return self.cfg.n_layer * B * self.cfg.n_head * kept * np.dtype(self.dtype).itemsize
 
     def activation_bytes(self, cache) -> int:
         """Bytes of activation memory a forward's cache holds for the backward.

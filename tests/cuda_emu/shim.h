@@ -17,7 +17,7 @@
 //   a deadlock                               a barrier that waits longer than the launch's timeout (a
 //                                            __syncthreads in divergent code, a shuffle some lanes skip) fails
 //                                            the launch, saying where the threads wait
-//   math, bit casts, __ldg                   <cmath>'s float and double overloads (the host's libm: the
+//   math, bit casts, __ldg, min, max         <cmath>'s float and double overloads (the host's libm: the
 //                                            device's may differ in the last bits), rsqrtf, fmaxf, ...
 //
 // Not emulated: dynamic (extern) shared memory, timing, the device's libm, races between blocks (they run one
@@ -64,6 +64,12 @@ inline float fabsf(float x) { return std::fabs(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
+inline int min(int a, int b) { return a < b ? a : b; }  // CUDA's integer min and max
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 inline float __logf(float x) { return std::log(x); }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 

@@ -9,6 +9,7 @@ import pytest
 from scratchllm import ops
 from scratchllm.kernels.cuda import attention as cuda_attention
 from scratchllm.kernels.cuda import cross_entropy as cuda_ce
+from scratchllm.kernels.cuda import flash_attention as cuda_flash
 from scratchllm.kernels.cuda import gelu as cuda_gelu
 from scratchllm.kernels.cuda import layernorm as cuda_ln
 from scratchllm.kernels.cuda import softmax as cuda_softmax
@@ -174,3 +175,30 @@ def test_attention_blocked_equals_the_textbook(emu, dtype, T, Tk, block):
     for got, want, name in zip(cuda_attention.attention_blocked_backward(dout, cache),
                                ops.attention_blocked_backward(dout, ref_cache), ("dq", "dk", "dv")):
         close(got, want, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T, Tk, D, causal", [(70, 70, 8, True), (5, 83, 3, True), (33, 40, 1, False), (1, 1, 4, True)])
+def test_flash_attention_equals_the_textbook(emu, dtype, T, Tk, D, causal):
+    """Query rows over two blocks of 64 threads, key tiles of 16 that do not divide Tk, Tk > T, D = 1."""
+    q, k, v = rand((2, 1, T, D), dtype, 1), rand((2, 1, Tk, D), dtype, 2), rand((2, 1, Tk, D), dtype, 3)
+    dout = rand((2, 1, T, D), dtype, 4)
+    out, cache = cuda_flash.flash_attention_forward(q, k, v, causal)
+    ref, ref_cache = ops.flash_attention_forward(q, k, v, causal)
+    close(out, ref, dtype, "out")
+    close(cache[4], ref_cache[4], dtype, "lse")
+    want = ops.flash_attention_backward(dout, ref_cache)
+    for grads in (cuda_flash.flash_attention_backward(dout, cache), cuda_flash.flash_attention_backward(dout, ref_cache),
+                  ops.flash_attention_backward(dout, cache)):
+        for got, w, name in zip(grads, want, ("dq", "dk", "dv")):
+            close(got, w, dtype, name)
+
+
+def test_flash_attention_with_a_nan_score_is_nan_in_that_row_only(emu):
+    q, k, v = rand((1, 1, 6, 4), "float64", 1), rand((1, 1, 6, 4), "float64", 2), rand((1, 1, 6, 4), "float64", 3)
+    k[0, 0, 2, 1] = np.nan  # key 2: seen by queries 2.. (causal)
+    out, _ = cuda_flash.flash_attention_forward(q, k, v)
+    with np.errstate(invalid="ignore"):
+        ref, _ = ops.flash_attention_forward(q, k, v)
+    close(out, ref, "float64", "out with a NaN key")
+    assert np.isnan(out[0, 0, 2:]).all() and not np.isnan(out[0, 0, :2]).any()
