@@ -3,10 +3,10 @@
     python benchmarks/flash_memory.py [--T 256 512 1024 2048 4096] [--heads 4] [--out benchmarks/results]
 
 Each (implementation, T) runs in a fresh process: causal attention forward + backward at B1 H``heads`` D64, the
-dispatched ops (our fastest registered implementation of each). Memory: the process's peak resident size during
-the forward + backward minus its peak before (``ru_maxrss``: counts NumPy's and torch's allocations alike);
-for ours also tracemalloc's peak (NumPy reports to it). Time: the median of 3 forward + backward after one
-warm-up. Writes ``flash_attention.json``, ``flash_attention.md`` and ``flash_attention.png`` (matplotlib).
+dispatched ops (our fastest registered implementation of each). A first forward + backward at T = 64 loads and
+compiles what it needs; then memory: the process's peak resident size during one forward + backward at T minus
+its peak before (``ru_maxrss``: counts NumPy's and torch's allocations alike), and for ours tracemalloc's peak
+(NumPy reports to it). Time: the median of 3 more. Writes ``flash_attention.json``, ``flash_attention.md`` and ``flash_attention.png`` (matplotlib).
 """
 
 from __future__ import annotations
@@ -32,17 +32,19 @@ def worker(impl, T, heads):
 
     tune_host_allocator()  # as scratchllm's GPT runs (freed blocks reused, not faulted in afresh)
     rng = np.random.default_rng(0)
-    q, k, v, d = (rng.standard_normal((1, heads, T, 64)).astype(np.float32) for _ in range(4))
-    if impl == "torch":
-        import torch
 
-        tq, tk, tv = (torch.from_numpy(a).requires_grad_() for a in (q, k, v))
-        td = torch.from_numpy(d)
+    def make_step(T):
+        q, k, v, d = (rng.standard_normal((1, heads, T, 64)).astype(np.float32) for _ in range(4))
+        if impl == "torch":
+            import torch
 
-        def step():
-            o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
-            torch.autograd.grad(o, (tq, tk, tv), td)
-    else:
+            tq, tk, tv = (torch.from_numpy(a).requires_grad_() for a in (q, k, v))
+            td = torch.from_numpy(d)
+
+            def step():
+                o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+                torch.autograd.grad(o, (tq, tk, tv), td)
+            return step
         from scratchllm.kernels import dispatch
 
         fwd, bwd = ((dispatch.flash_attention_forward, dispatch.flash_attention_backward) if impl == "flash" else
@@ -51,6 +53,10 @@ def worker(impl, T, heads):
         def step():
             out, cache = fwd(q, k, v)
             bwd(d, cache)
+        return step
+
+    make_step(64)()  # imports, first compiles, thread pools
+    step = make_step(T)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     step()

@@ -12,7 +12,8 @@ from tests.helpers import normal
 
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 2e-5)])
 @pytest.mark.parametrize("T, Tk, causal, blocks", [(300, 300, True, (64, 64)), (257, 333, True, (128, 200)),
-                                                   (200, 260, False, (32, 300)), (1, 1, True, (1, 1))])
+                                                   (200, 260, False, (32, 300)), (1, 1, True, (1, 1)),
+                                                   (40, 2100, True, (64, 64))])  # BIG_TILE from 2048 keys
 def test_equals_the_textbook_across_tiles(dtype, tol, T, Tk, causal, blocks):
     q = normal(0, (2, 3, T, 16), dtype)
     k, v = normal(1, (2, 3, Tk, 16), dtype), normal(2, (2, 3, Tk, 16), dtype)

@@ -21,6 +21,13 @@ from ...ops.flash_attention import key_tiles, tile_mask
 
 
 MIN_TILE = 128
+BIG_TILE, BIG_TILE_T = 256, 2048
+
+
+def _tiles(block_q, block_k, Tk):
+    """The tiles this implementation runs: at least MIN_TILE, BIG_TILE from BIG_TILE_T keys (measured, above)."""
+    least = BIG_TILE if Tk >= BIG_TILE_T else MIN_TILE
+    return max(block_q, least), max(block_k, least)
 
 
 def _runs(n):
@@ -34,7 +41,7 @@ def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
     Tk = k.shape[2]
     scale = q.dtype.type(1.0 / math.sqrt(D))
     offset = Tk - T
-    bq, bk = max(block_q, MIN_TILE), max(block_k, MIN_TILE)
+    bq, bk = _tiles(block_q, block_k, Tk)
     q3, k3, v3 = (a.reshape(B * H, -1, D) for a in (q, k, v))  # (BH, T or Tk, D): views when contiguous
     out = np.empty((B * H, T, D), dtype=q.dtype)
     lse = np.empty((B * H, T), dtype=q.dtype)
@@ -44,7 +51,7 @@ def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
         S = np.empty((n, bq, bk), dtype=q.dtype)  # one tile of scores, then of probabilities
         for i0 in range(0, T, bq):
             i1 = min(i0 + bq, T)
-            qi = q3[r, i0:i1]  # (n, bq, D)
+            qi = q3[r, i0:i1] * scale  # (n, bq, D) scaled once here, not each tile of scores
             m = np.full((n, i1 - i0, 1), -np.inf, dtype=q.dtype)
             m_new, rescale = np.empty_like(m), np.empty_like(m)
             l = np.zeros((n, i1 - i0, 1), dtype=q.dtype)
@@ -52,8 +59,7 @@ def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
             acc[...] = 0
             for j0, j1 in key_tiles(i0, i1, Tk, bk, causal, offset):
                 s = S[:, :i1 - i0, :j1 - j0]  # (n, bq, bk)
-                matmul(qi, k3[r, j0:j1].swapaxes(-1, -2), out=s)
-                s *= scale
+                matmul(qi, k3[r, j0:j1].swapaxes(-1, -2), out=s)  # scaled scores
                 if causal and j1 - 1 > i0 + offset:
                     np.copyto(s, -np.inf, where=tile_mask(i0, i1, j0, j1, offset, np))
                 np.maximum(m, s.max(axis=-1, keepdims=True), out=m_new)
@@ -83,7 +89,7 @@ def flash_attention_backward(dout, cache):
     Tk = k.shape[2]
     scale = q.dtype.type(1.0 / math.sqrt(D))
     offset = Tk - T
-    bq, bk = max(block_q, MIN_TILE), max(block_k, MIN_TILE)
+    bq, bk = _tiles(block_q, block_k, Tk)
     q3, k3, v3, g3 = (a.reshape(B * H, -1, D) for a in (q, k, v, dout))
     lse3 = lse.reshape(B * H, T, 1)
     Dr = np.einsum("btd,btd->bt", g3, out.reshape(B * H, T, D))[..., None]  # (BH, T, 1) rowsum(dout * out)
@@ -96,11 +102,11 @@ def flash_attention_backward(dout, cache):
         for i0 in range(0, T, bq):
             i1 = min(i0 + bq, T)
             qi, gi = q3[r, i0:i1], g3[r, i0:i1]  # (n, bq, D)
+            qs = qi * scale
             for j0, j1 in key_tiles(i0, i1, Tk, bk, causal, offset):
                 p, ds = P[:, :i1 - i0, :j1 - j0], dS[:, :i1 - i0, :j1 - j0]  # (n, bq, bk)
                 kj, vj = k3[r, j0:j1], v3[r, j0:j1]
-                matmul(qi, kj.swapaxes(-1, -2), out=p)
-                p *= scale
+                matmul(qs, kj.swapaxes(-1, -2), out=p)  # scaled scores
                 if causal and j1 - 1 > i0 + offset:
                     np.copyto(p, -np.inf, where=tile_mask(i0, i1, j0, j1, offset, np))
                 p -= lse3[r, i0:i1]
@@ -109,9 +115,10 @@ def flash_attention_backward(dout, cache):
                 matmul(gi, vj.swapaxes(-1, -2), out=ds)  # dP
                 ds -= Dr[r, i0:i1]
                 ds *= p  # dS = P (dP - Dr)
-                ds *= scale
-                matmul(ds, kj, out=dq[r, i0:i1], accumulate=True)  # dq += s dS k
-                matmul(ds.swapaxes(-1, -2), qi, out=dk[r, j0:j1], accumulate=True)  # dk += s dS^T q
+                matmul(ds, kj, out=dq[r, i0:i1], accumulate=True)  # dq += dS k (times s below, once)
+                matmul(ds.swapaxes(-1, -2), qi, out=dk[r, j0:j1], accumulate=True)  # dk += dS^T q (likewise)
+            dq[r, i0:i1] *= scale
 
     parallel_map(run, _runs(B * H))
+    dk *= scale
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
