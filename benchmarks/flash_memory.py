@@ -77,7 +77,10 @@ def main(argv=None):
     p.add_argument("--T", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--replot", action="store_true", help="only redraw the plot from --out's flash_attention.json")
     args = p.parse_args(argv)
+    if args.replot:
+        return replot(args.out)
     rows = []
     for T in args.T:
         for impl in IMPLS:
@@ -103,6 +106,11 @@ def main(argv=None):
     with open(os.path.join(args.out, "flash_attention.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(by, args.T, os.path.join(args.out, "flash_attention.png"))
+
+
+def plot(by, Ts, path):
+    """Memory and time over T, log-log, one line per implementation (needs matplotlib; skipped without it)."""
     try:
         import matplotlib
 
@@ -113,17 +121,30 @@ def main(argv=None):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     names = {"flash": "flash attention (ours)", "whole": "whole-matrix attention (ours)", "torch": "torch SDPA"}
     for impl in IMPLS:
-        Ts = [T for T in args.T if (impl, T) in by]
-        a.loglog(Ts, [max(by[impl, T]["traced_mib"] if impl != "torch" else by[impl, T]["rss_mib"], 0.01)
-                      for T in Ts], "o-", label=names[impl])
-        b.loglog(Ts, [by[impl, T]["ms"] for T in Ts], "o-", label=names[impl])
-    a.set(xlabel="T", ylabel="extra peak memory, MiB", title="memory (ours: tracemalloc; torch: resident)")
-    b.set(xlabel="T", ylabel="forward + backward, ms", title="time")
+        xs = [T for T in Ts if (impl, T) in by]
+        a.plot(xs, [by[impl, T]["traced_mib"] if impl != "torch" else by[impl, T]["rss_mib"] for T in xs], "o-",
+               label=names[impl])
+        b.plot(xs, [by[impl, T]["ms"] for T in xs], "o-", label=names[impl])
+    a.set(ylabel="extra peak memory, MiB", title="memory (ours: tracemalloc; torch: resident)")
+    b.set(ylabel="forward + backward, ms", title="time (B1 H4 D64 float32, causal)")
     for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(Ts, [str(T) for T in Ts])
+        ax.minorticks_off()
+        ax.set_xlabel("T")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "flash_attention.png"), dpi=110)
+    fig.savefig(path, dpi=110)
+
+
+def replot(out):
+    """The plot again from an earlier run's flash_attention.json."""
+    with open(os.path.join(out, "flash_attention.json")) as f:
+        rows = json.load(f)["rows"]
+    by = {(r["impl"], r["T"]): r for r in rows}
+    plot(by, sorted({r["T"] for r in rows}), os.path.join(out, "flash_attention.png"))
 
 
 if __name__ == "__main__":
