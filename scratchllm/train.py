@@ -309,7 +309,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     model.cfg = dataclasses.replace(model.cfg, attention=cfg.attention)  # a runtime choice (resume may change it)
     mode, why = model.attention_mode(cfg.block_size, cfg.dropout, cfg.batch_size)
     _log(f"attention: {mode} ({why}); the whole-matrix path keeps "
-         f"{model.whole_matrix_bytes(cfg.batch_size, cfg.block_size) / 2**20:,.0f} MiB of weights per step here"
+         f"{model.whole_matrix_bytes(cfg.batch_size, cfg.block_size) / 2**20:,.1f} MiB of weights per step here"
          + ("" if mode == "full" else ", flash attention one number per query row"))
     opt = make_optimizer(cfg, model.params)
     dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)

@@ -131,6 +131,8 @@ COSTS = {
     "attention": _attention,
     "attention_blocked": _attention,
     "flash_attention": _attention,  # the useful work, as attention's (its backward also recomputes S: 2 P D more)
+    "flash_attention_noncausal": lambda s, **sz: _attention(s, **sz, causal=False),
+    "flash_attention_kv": _attention,  # (Tk = T + 3: counted at T)
     "attention_noncausal": lambda s, **sz: _attention(s, **sz, causal=False),
     "attention_dropout": lambda s, **sz: _attention(s, **sz, dropout=True),
     "cross_entropy": lambda s, B, T, V: ((4 * B * T * V + 3 * B * T, s * B * T * V + 8 * B * T),

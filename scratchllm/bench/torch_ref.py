@@ -15,6 +15,13 @@ def _sdpa(causal, dropout_p=0.0):
     return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
 
 
+def _sdpa_last_queries(q, k, v):
+    """Causal attention of the last T of Tk positions (torch's is_causal aligns the queries to the first)."""
+    T, Tk = q.shape[-2], k.shape[-2]
+    mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 TORCH_OPS = {
     "linear": lambda x, w, b: F.linear(x, w.T, b),  # addmm: the bias added inside the GEMM
     "embedding": lambda idx, table: F.embedding(idx, table),
@@ -28,6 +35,8 @@ TORCH_OPS = {
     "attention_blocked": _sdpa(True),
     "attention_dropout": _sdpa(True, 0.2),
     "flash_attention": _sdpa(True),  # torch's SDPA picks its own kernel (flash or memory-efficient where it can)
+    "flash_attention_noncausal": _sdpa(False),
+    "flash_attention_kv": _sdpa_last_queries,
     "dropout": lambda x: F.dropout(x, 0.25, training=True),
     "cross_entropy": lambda logits, targets: F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                              targets.reshape(-1), ignore_index=-1),

@@ -27,8 +27,8 @@ DTYPES = ("float32", "float64")
 ATTN_BLOCK = 64
 # GPTConfig.attention = "auto" takes flash attention (O(T) memory) when the whole-matrix weights of a forward would
 # take more than this share of the free memory. Not for speed: on the CPU the whole-matrix path (fused Numba
-# softmax) measured as fast or faster, one thread, B1 H4 D64 float32 forward + backward: 32 against 39 ms at
-# T1024, 547 against 616 at T4096 (flash's tiles: FLASH_BLOCK queries x FLASH_BLOCK keys).
+# softmax) measured faster, one thread (as in a batch shard), B1 H4 D64 float32 forward + backward: 26 against 38 ms
+# at T1024, 490-550 against 600-660 at T4096. Flash asks for tiles of FLASH_BLOCK queries x FLASH_BLOCK keys.
 FLASH_MEMORY_SHARE = 0.25
 FLASH_BLOCK = 128
 ATTENTIONS = ("auto", "full", "flash")
@@ -340,9 +340,9 @@ class GPT:
             return "full", "auto: dropout on the attention weights needs the whole matrix"
         need, free = self.whole_matrix_bytes(batch, keys), free_memory(self.xp)
         if free and need > FLASH_MEMORY_SHARE * free:
-            return "flash", (f"auto: the whole-matrix weights ({need / 2**20:,.0f} MiB) would take over "
+            return "flash", (f"auto: the whole-matrix weights ({need / 2**20:,.1f} MiB) would take over "
                              f"{FLASH_MEMORY_SHARE:.0%} of the free memory ({free / 2**20:,.0f} MiB)")
-        return "full", f"auto: the whole-matrix weights ({need / 2**20:,.0f} MiB) fit"
+        return "full", f"auto: the whole-matrix weights ({need / 2**20:,.1f} MiB) fit"
 
     def whole_matrix_bytes(self, B, T) -> int:
         """Bytes the whole-matrix path (``attention_blocked``) keeps for the backward at batch B, T keys: every

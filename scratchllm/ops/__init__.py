@@ -92,6 +92,11 @@ def _attention_inputs(rng, dtype, B, H, T, D):
     return tuple(_normal(rng, (B, H, T, D), dtype) for _ in range(3))
 
 
+def _attention_cached_inputs(rng, dtype, B, H, T, D):
+    """q for the last T of T + 3 positions, k and v for all of them (what a KV cache hands attention)."""
+    return (_normal(rng, (B, H, T, D), dtype),) + tuple(_normal(rng, (B, H, T + 3, D), dtype) for _ in range(2))
+
+
 def _cross_entropy_inputs(rng, dtype, B, T, V):
     logits = _normal(rng, (B, T, V), dtype, 2.0)
     targets = rng.integers(0, V, size=(B, T))
@@ -160,9 +165,15 @@ OPS: dict[str, Op] = _Registry({
            "(3 blocks at T=5)"),
         Op("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_inputs,
            dict(B=2, T=4, V=5), ("logits", "targets"), "ignore_index=-1"),
-        Op("flash_attention", functools.partial(flash_attention_forward, block_q=2, block_k=3),
+        Op("flash_attention", functools.partial(flash_attention_forward, block_q=2, block_k=2),
            flash_attention_backward, _attention_inputs, dict(B=2, H=2, T=5, D=3), ("q", "k", "v"),
-           "causal, tiles of 2 queries x 3 keys (neither divides T=5)"),
+           "causal, tiles of 2 x 2 (the last one partial: T=5)"),
+        Op("flash_attention_noncausal", functools.partial(flash_attention_forward, causal=False, block_q=2, block_k=3),
+           flash_attention_backward, _attention_inputs, dict(B=2, H=2, T=5, D=3), ("q", "k", "v"),
+           "not causal, tiles of 2 queries x 3 keys"),
+        Op("flash_attention_kv", functools.partial(flash_attention_forward, block_q=2, block_k=3),
+           flash_attention_backward, _attention_cached_inputs, dict(B=2, H=2, T=5, D=3), ("q", "k", "v"),
+           "causal, the queries the last T of T+3 keys (a KV cache), tiles of 2 x 3"),
     )
 })
 

@@ -1,10 +1,12 @@
 """Attention in tiles with an online softmax (FlashAttention): the numbers of ``attention_forward``, in O(T) memory.
 
-``attention_forward`` keeps the (T, Tk) probability matrix for its backward: at T = 4096 that is 64 MB per
+``attention_forward`` keeps the (T, Tk) probability matrix for its backward: at T = 4096 that is 64 MiB per
 (batch, head) in float32. Here the queries go in tiles of ``block_q`` rows and, for each, the keys in tiles of
 ``block_k``; a query tile keeps a running max ``m``, a running sum ``l`` and a partial output ``acc``, rescaled as
 each key tile arrives, so no more than one (block_q, block_k) tile of scores exists at a time. The cache keeps q,
-k, v, the output and one log-sum-exp per query row; the backward recomputes each tile's probabilities from it
+k, v, the output and one log-sum-exp per query row (and causal and the tile sizes asked for: a faster
+implementation may run other tiles, which change only the rounding); the backward recomputes each tile's
+probabilities from it
 (Dao et al., "FlashAttention", 2022; the loop order of FlashAttention-2, 2023). Causal tiles wholly above the
 diagonal are skipped.
 
@@ -41,8 +43,10 @@ def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
     one factor for the whole sum. After the last tile
         out[r] = acc[r] / l[r]                     (= sum_c softmax(S[r])_c v_c, the max cancels)
         lse[r] = m[r] + log(l[r])                  (= log sum_c exp(S[r, c]): the cache's one number per row)
-    Key tile 0 holds a visible key for every query (key 0), so m is finite from the first tile on, and a
-    tile in which a row sees nothing adds exp(-inf) = 0 to it.
+    Key tile 0 holds a visible key for every query (key 0; causal needs Tk >= T), so m is finite from the first
+    tile on: a row whose m were still -inf would rescale by exp(-inf - -inf) = NaN. A later tile in which a
+    row sees nothing adds exp(-inf) = 0 to it. The running max is what keeps exp from overflowing: without it
+    (m = 0 throughout) the Math above is just as exact, but exp(S) overflows for scores above 88 in float32.
     """
     B, H, T, D, Tk = check_inputs(q, k, v, causal, block_q, block_k)
     xp = get_xp(q, k, v)

@@ -104,3 +104,21 @@ def test_memory_grows_with_t_not_t_squared():
     assert large[0] / small[0] < 6  # 4x the rows: about 4x the memory (O(T)), not 16x
     assert large[1] / small[1] > 10  # the whole matrix: about 16x
     assert large[0] < large[1] / 10
+
+
+@pytest.mark.parametrize("dtype, size", [("float64", 30.0), ("float32", 10.0)])
+def test_large_scores_stay_finite_and_exact(dtype, size):
+    """Scores of about 1e3 (float64) and 1e2 (float32): exp overflows unless the running max is subtracted, a
+    bug that is exact in exact arithmetic and that gradcheck and small inputs cannot see."""
+    q = normal(0, (1, 2, 40, 4), dtype, size)
+    k, v = normal(1, (1, 2, 40, 4), dtype, size), normal(2, (1, 2, 40, 4), dtype)
+    assert float(np.abs(q @ k.swapaxes(-1, -2)).max()) / 2 > (500 if dtype == "float64" else 60)
+    out, cache = flash_attention_forward(q, k, v, True, 8, 8)
+    ref, ref_cache = attention_forward(q, k, v)
+    assert np.isfinite(out).all() and np.isfinite(cache[4]).all()
+    tol = 1e-10 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    dout = normal(3, out.shape, dtype)
+    for a, b in zip(flash_attention_backward(dout, cache), attention_backward(dout, ref_cache)):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(np.abs(b).max()))

@@ -5,7 +5,8 @@ tile. Reference: ``scratchllm/ops/flash_attention.py``; same signature, numbers 
 
 Tiles of at least ``MIN_TILE`` queries and keys: smaller ones cost more in NumPy's per-call overhead than they
 save (GPT-2 small's attention, B1 H12 T1024 D64 float32, forward + backward on 2 threads: 107 ms with 64 x 64
-tiles, 60 ms with 128 x 128, torch's SDPA 67 ms). A tile's size changes the numbers only by rounding: the
+tiles, 60 ms with 128 x 128, torch's SDPA 67 ms); from ``BIG_TILE_T`` keys, ``BIG_TILE`` (one thread, B1 H4 T4096
+D64: 507 ms with 256 x 256 against 616 with 128 x 128; benchmarks/flash_memory.py on 2 threads, 247 against 372). A tile's size changes the numbers only by rounding: the
 softmax is exact whatever the tiling, and the backward recomputes it from the log-sum-exp.
 """
 
@@ -25,7 +26,8 @@ BIG_TILE, BIG_TILE_T = 256, 2048
 
 
 def _tiles(block_q, block_k, Tk):
-    """The tiles this implementation runs: at least MIN_TILE, BIG_TILE from BIG_TILE_T keys (measured, above)."""
+    """The tiles this implementation runs: at least MIN_TILE, BIG_TILE from BIG_TILE_T keys (the module
+    docstring has the measurements)."""
     least = BIG_TILE if Tk >= BIG_TILE_T else MIN_TILE
     return max(block_q, least), max(block_k, least)
 
