@@ -115,9 +115,7 @@ def cmd_gradcheck(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import cli_run
-    from .bench.train import TRAIN_CONFIGS
-    from .ops import ALIASES, OPS, resolve
+    from .bench import check_args, cli_run
 
     if args.compare:
         from .bench.compare import CompareError, cli_compare
@@ -125,17 +123,10 @@ def cmd_bench(args) -> int:
             return cli_compare(args.compare)
         except CompareError as e:
             raise UsageError(f"scratchllm bench: {e}") from None
-    bad = [n for n in args.ops or [] if n not in OPS and n not in ALIASES]
-    if bad:
-        raise UsageError(f"scratchllm bench: unknown op {bad[0]!r}; choose from {', '.join(OPS)}")
-    args.ops = args.ops and [resolve(n) for n in args.ops]
-    bad = [n for n in args.configs or [] if n not in TRAIN_CONFIGS]
-    if bad:
-        raise UsageError(f"scratchllm bench: unknown config {bad[0]!r}; choose from {', '.join(TRAIN_CONFIGS)}")
-    for name, lo in (("repeats", 3), ("batch", 1), ("rounds", 1), ("steps", 1), ("processes", 0), ("threads", 1)):
-        value = getattr(args, name)
-        if value is not None and value < lo:
-            raise UsageError(f"scratchllm bench: --{name} must be >= {lo}; got {value}")
+    try:
+        check_args(args)
+    except ValueError as e:
+        raise UsageError(f"scratchllm bench: {e}") from None
     return cli_run(args)
 
 
@@ -185,18 +176,27 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainingDiverged, make_config, parse_overrides, train
+    from .train import ConfigError, TrainingDiverged, make_config, parse_overrides, train
+    from .parallel.mpi import fail, launch, world
 
-    overrides, resume = parse_overrides(args.overrides)
-    cfg = make_config(overrides)
+    comm = world()
     try:
+        overrides, resume = parse_overrides(args.overrides)
+        cfg = make_config(overrides)
+        if cfg.nproc > 1 and comm is None:  # this process starts the ranks; each runs this command under MPI
+            return launch(cfg.nproc, ["train", *args.overrides])
         summary = train(cfg, resume=resume, overrides=overrides)
     except TrainingDiverged as e:
         print(f"scratchllm train: {e}", file=sys.stderr)
         return EXIT_FAIL
+    except Exception as e:  # under MPI one rank's error ends every rank, printed once
+        if comm is None:
+            raise
+        fail(comm, e, everywhere=isinstance(e, ConfigError))
     val = f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
-    print(f"trained {summary['step']} steps in {summary['seconds']:.1f} s{val}; checkpoints in {summary['out_dir']}",
-          file=sys.stderr)
+    if comm is None or comm.Get_rank() == 0:
+        print(f"trained {summary['step']} steps in {summary['seconds']:.1f} s{val}; checkpoints in "
+              f"{summary['out_dir']}", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     sample_prompt: str = "def "
     progress: bool = True
     # run
+    nproc: int = 1  # > 1: that many MPI ranks (mpirun), the batch's rows dealt among them (docs/parallel.md)
     seed: int = 1337
     backend: str = "auto"
     dtype: str = "float32"
@@ -125,7 +127,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
     for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters",
-                "log_interval", "data_cap_bytes"):
+                "log_interval", "data_cap_bytes", "nproc"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1; got {getattr(cfg, key)}")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "vocab_size", "sample_tokens"):
@@ -215,47 +217,6 @@ def estimate_loss(model, splits: dict, cfg: TrainConfig, step: int) -> dict:
     return out
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows a resumed run will write again (training rows from ``step`` on, eval rows after it)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a row cut short by a kill
-        if row.get("step", 0) < step or (row.get("step") == step and "val_loss" in row):
-            keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-
-
-def _plot(metrics_path: Path, png: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train (batch)", alpha=0.6)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return True
-
-
 def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
     """Run training; returns a summary dict (final train/val loss, steps, seconds, paths).
 
@@ -263,13 +224,21 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     ``init_from`` they are checked against the loaded model (``adopt_init``).
     """
     from .io.checkpoint import load_checkpoint, resolve_checkpoint, save_training_checkpoint
+    from .io.metrics import plot_metrics, truncate_metrics
     from .text.data import get_batch, load_text, prepare_tokens
     from .generate import generate_text
     from .io.hf import load_pretrained
     from .models.gpt import GPT, GPTConfig
     from .optim import clip_grad_norm, get_lr
     from .parallel import DataParallel
+    from .parallel.mpi import MPIDataParallel, share_cpus, world
     from .text.tokenizer import train_tokenizer
+
+    comm = world()  # the MPI ranks, when mpirun started more than one
+    lead = comm is None or comm.Get_rank() == 0  # rank 0 alone logs and writes metrics, checkpoints, samples
+    say = _log if lead else (lambda msg: None)
+    if comm is not None:
+        share_cpus(comm)
 
     out_dir = Path(cfg.out_dir)
     metrics_path = out_dir / "metrics.jsonl"
@@ -285,18 +254,22 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         validate(cfg)
         trainer = info["trainer"]
         step = int(trainer["step"])
-        _log(f"resuming from {info['path']} at step {step}")
+        say(f"resuming from {info['path']} at step {step}")
     else:
         step, trainer = 0, None
     fresh = not resume and not cfg.init_from  # a new model and tokenizer
     if not resume and cfg.init_from:
         model, tokenizer = load_pretrained(cfg.init_from, dtype=cfg.dtype, backend=backend)
         cfg = adopt_init(cfg, model, tokenizer, overrides)
-        _log(f"initialised from {cfg.init_from}")
+        say(f"initialised from {cfg.init_from}")
     text, description = load_text(cfg.data, cfg.data_cap_bytes)
     if fresh:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size or (None if cfg.tokenizer == "char" else 1024))
+    if not lead:
+        comm.Barrier()  # rank 0 writes the token files first; the other ranks then map the same files
     train_tokens, val_tokens = prepare_tokens(text, tokenizer, out_dir / "data")
+    if lead and comm is not None:
+        comm.Barrier()
     for name, toks in (("train", train_tokens), ("val", val_tokens)):
         if len(toks) <= cfg.block_size + 1:
             raise ConfigError(f"the {name} split of {description} has only {len(toks)} tokens; "
@@ -308,13 +281,17 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
     model.cfg = dataclasses.replace(model.cfg, attention=cfg.attention)  # a runtime choice (resume may change it)
     mode, why = model.attention_mode(cfg.block_size, cfg.dropout, cfg.batch_size)
-    _log(f"attention: {mode} ({why}); the whole-matrix path keeps "
+    say(f"attention: {mode} ({why}); the whole-matrix path keeps "
          f"{model.whole_matrix_bytes(cfg.batch_size, cfg.block_size) / 2**20:,.1f} MiB of weights per step here"
          + ("" if mode == "full" else ", flash attention one number per query row"))
     opt = make_optimizer(cfg, model.params)
-    dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)
-    if backend == "numpy":
-        _log(f"data parallel: {min(dp.workers, cfg.batch_size)} shards of the batch at once, in {dp.mode}")
+    if comm is not None:  # the batch's rows dealt to the ranks, gradients summed by Allreduce
+        dp = MPIDataParallel(model, comm)
+        say(f"data parallel: {dp.size} MPI ranks, each with its rows of the batch of {cfg.batch_size}")
+    else:
+        dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)
+        if backend == "numpy":
+            say(f"data parallel: {min(dp.workers, cfg.batch_size)} shards of the batch at once, in {dp.mode}")
     batch_rng = np.random.default_rng([cfg.seed, 2])
     best_val = math.inf
     if resume:
@@ -322,14 +299,17 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         batch_rng.bit_generator.state = trainer["batch_rng"]
         model.rng.bit_generator.state = trainer["dropout_rng"]
         best_val = trainer.get("best_val_loss", math.inf)
-        _truncate_metrics(metrics_path, step)
+        if lead:
+            truncate_metrics(metrics_path, step)
     out_dir.mkdir(parents=True, exist_ok=True)
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    _log(f"data: {description}: {len(train_tokens):,} train / {len(val_tokens):,} val tokens, "
+    say(f"data: {description}: {len(train_tokens):,} train / {len(val_tokens):,} val tokens, "
          f"{cfg.tokenizer} tokenizer with {tokenizer.vocab_size} tokens")
-    _log(f"model: {model.num_params():,} parameters, {backend} {cfg.dtype}; out_dir {out_dir}")
+    say(f"model: {model.num_params():,} parameters, {backend} {cfg.dtype}; out_dir {out_dir}")
 
     def checkpoint(at_step):
+        if not lead:
+            return
         state = {"step": at_step, "batch_rng": batch_rng.bit_generator.state,
                  "dropout_rng": model.rng.bit_generator.state, "best_val_loss": best_val}
         save_training_checkpoint(out_dir, at_step, model=model, tokenizer=tokenizer, optimizer=opt,
@@ -337,8 +317,9 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
 
     from tqdm import tqdm
 
-    metrics = open(metrics_path, "a", encoding="utf-8")
-    bar = tqdm(total=cfg.max_iters, initial=step, disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+    metrics = open(metrics_path if lead else os.devnull, "a", encoding="utf-8")
+    bar = tqdm(total=cfg.max_iters, initial=step, disable=not (cfg.progress and lead), dynamic_ncols=True,
+               file=sys.stderr)
     t_start, t_log, tokens_since, last = time.perf_counter(), time.perf_counter(), 0, {}
     resumed_at = step if resume else None
     try:
@@ -351,8 +332,9 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
                 row = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}",
-                          file=sys.stderr)
+                if lead:
+                    bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}",
+                              file=sys.stderr)
                 checkpoint(step)
                 last = row
             if step >= cfg.max_iters:
@@ -387,9 +369,9 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     metrics.close()
     seconds = time.perf_counter() - t_start
     summary = {"step": step, "seconds": seconds, "out_dir": str(out_dir), **last}
-    if _plot(metrics_path, out_dir / "loss.png"):
+    if lead and plot_metrics(metrics_path, out_dir / "loss.png"):
         summary["plot"] = str(out_dir / "loss.png")
-    if cfg.sample_tokens:
+    if cfg.sample_tokens and lead:
         _log(f"--- sample ({cfg.sample_tokens} tokens after {cfg.sample_prompt!r}) ---")
         print(cfg.sample_prompt, end="", flush=True)
         generate_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, temperature=0.8, top_k=200,

@@ -221,6 +221,23 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def check_args(args) -> None:
+    """ValueError for an unknown op or config or a count below its least; op aliases resolved (in place)."""
+    from ..ops import ALIASES, OPS, resolve
+
+    bad = [n for n in args.ops or [] if n not in OPS and n not in ALIASES]
+    if bad:
+        raise ValueError(f"unknown op {bad[0]!r}; choose from {', '.join(OPS)}")
+    args.ops = args.ops and [resolve(n) for n in args.ops]
+    bad = [n for n in args.configs or [] if n not in bench_train.TRAIN_CONFIGS]
+    if bad:
+        raise ValueError(f"unknown config {bad[0]!r}; choose from {', '.join(bench_train.TRAIN_CONFIGS)}")
+    for name, lo in (("repeats", 3), ("batch", 1), ("rounds", 1), ("steps", 1), ("processes", 0), ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < lo:
+            raise ValueError(f"--{name} must be >= {lo}; got {value}")
+
+
 def cli_run(args) -> int:
     """``scratchllm bench``: run, print the markdown, write --json/--markdown/--plots. Returns the exit code."""
     if getattr(args, "threads", None):

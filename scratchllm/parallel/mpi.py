@@ -1,0 +1,195 @@
+"""Data parallel across processes and machines on MPI (mpi4py): the ``DataParallel`` interface, one rank per process.
+
+Every rank holds the whole model and is handed the whole global batch (every rank draws the same batch indices);
+rank r runs the rows ``shard_bounds(B, size)[r]`` of it through ``GPT.forward_rows`` and ``backward_rows``. What
+makes the step the single-process step on the whole batch:
+
+    loss       the mean over the M kept targets of the WHOLE batch: each rank's sum of its rows' losses and its
+               count m_r, summed over the ranks (one Allreduce of two numbers), loss = sum / max(M, 1)
+    gradients  rank r's backward starts from d loss / d logits of its rows, which is the cross-entropy's own
+               backward scaled by m_r / M (its mean is over its m_r targets); each rank writes its gradients into
+               one flat buffer laid out as the parameters, and one in-place Allreduce (SUM) adds the ranks'
+    dropout    the step's seed is drawn on every rank from the same generator; row b draws its masks from
+               ``default_rng([seed, b])`` (``GPT.forward_rows``), so the masks do not depend on the ranks
+    parameters broadcast from rank 0 when the object is made, with the state of the model's dropout generator,
+               so every rank starts from the same numbers and draws the same step seeds (the optimizer then
+               makes the same update everywhere)
+
+``scratchllm train`` under ``mpirun -n N`` (or ``--nproc=N``) uses it: docs/parallel.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from ..kernels.dispatch import cross_entropy_backward, cross_entropy_forward
+from ..kernels.flat import empty_flat, flat_order, flat_span
+from ..kernels.threads import shard_bounds
+
+
+def world():
+    """``MPI.COMM_WORLD``, or None when mpi4py is not installed or this process was not started by mpirun with
+    more than one rank."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+class MPIDataParallel:
+    """``model``'s forward and backward with the batch's rows dealt to the ranks of ``comm`` (module docstring)."""
+
+    def __init__(self, model, comm=None):
+        for name in ("forward_rows", "backward_rows", "check_inputs", "dropout_seed", "forward", "backward"):
+            if not callable(getattr(model, name, None)):
+                raise TypeError(f"model must have the GPT's row interface (no {name}); got {type(model).__name__}")
+        from mpi4py import MPI  # here, not at the top: importing it starts MPI, which only MPI runs want
+
+        self.MPI = MPI
+        comm = MPI.COMM_WORLD if comm is None else comm
+        self.model, self.comm = model, comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.workers, self.mode = self.size, "mpi"
+        self.broadcast_params()
+
+    params = property(lambda self: self.model.params)
+    cfg = property(lambda self: self.model.cfg)
+    dtype = property(lambda self: self.model.dtype)
+    backend = property(lambda self: self.model.backend)
+    xp = property(lambda self: self.model.xp)
+    training = property(lambda self: self.model.training)
+
+    def train(self, mode: bool = True) -> "MPIDataParallel":
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> "MPIDataParallel":
+        return self.train(False)
+
+    def close(self) -> None:
+        """Nothing to end: the ranks are the job's processes."""
+
+    def broadcast_params(self) -> None:
+        """Rank 0's parameters to every rank (one Bcast of the flat buffer, or one per parameter), and its dropout
+        generator's state (the step seeds: ``dropout_seed``)."""
+        params = self.model.params
+        arrays = [params[name] for name in flat_order(params)]
+        span = flat_span(arrays)
+        for a in ([span[0]] if span is not None else arrays):
+            self.comm.Bcast(a, root=0)
+        rng = getattr(self.model, "rng", None)
+        if rng is not None:
+            rng.bit_generator.state = self.comm.bcast(rng.bit_generator.state, root=0)
+
+    # ---------------------------------------------------------------------------------------------
+    def forward(self, idx, targets=None, kv_cache=None):
+        """``(logits of this rank's rows, the loss over the whole batch, cache)``; ``idx`` and ``targets`` are the
+        whole batch, the same on every rank. With ``kv_cache`` (generation) the model runs the batch alone."""
+        model = self.model
+        if kv_cache is not None:
+            return model.forward(idx, targets, kv_cache)
+        idx, targets, _ = model.check_inputs(idx, targets)
+        B = idx.shape[0]
+        rows = shard_bounds(B, self.size)[self.rank] if B >= self.size else slice(0, B) if self.rank == 0 else \
+            slice(0, 0)
+        seed = model.dropout_seed()  # drawn on every rank: the generators stay in step
+        cache = {"rows": rows}
+        if rows.stop > rows.start:
+            logits, cache["model"] = model.forward_rows(idx[rows], seed, rows.start)  # (b, T, V)
+        else:
+            logits = np.empty((0, idx.shape[1], model.cfg.vocab_size), dtype=model.dtype)
+        if targets is None:
+            return logits, None, cache
+        t = targets[rows]
+        m = int((t != -1).sum())  # this rank's kept targets
+        local = 0.0
+        if m:
+            loss, cache["loss"] = cross_entropy_forward(logits, t, ignore_index=-1)  # mean over its m targets
+            local = float(loss) * m
+        sums = np.array([local, float(m)])
+        self.comm.Allreduce(self.MPI.IN_PLACE, sums)  # one Allreduce of (sum, count), in a fixed order
+        total, count = sums
+        cache.update(count=m, total_count=max(int(count), 1))
+        return logits, model.dtype.type(total / max(count, 1.0)), cache
+
+    def backward(self, cache, dloss=1.0) -> dict:
+        """The whole batch's gradients on every rank: this rank's, in one flat buffer, summed over the ranks."""
+        model = self.model
+        if not isinstance(cache, dict) or "rows" not in cache:
+            return model.backward(cache, dloss)
+        if "total_count" not in cache:
+            raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
+        order = flat_order(model.params)
+        flat, views = empty_flat({name: model.params[name] for name in order})
+        if "loss" in cache:
+            scale = float(dloss) * cache["count"] / cache["total_count"]  # its mean's gradient, as the batch's share
+            dlogits, _ = cross_entropy_backward(np.asarray(scale, dtype=model.dtype), cache["loss"])  # (b, T, V)
+            model.backward_rows(dlogits, cache["model"], out=views)
+        else:  # no rows, or no kept target: this rank adds zeros
+            flat[...] = 0
+        self.comm.Allreduce(self.MPI.IN_PLACE, flat)  # the ranks' gradients summed, in place
+        return {name: views[name] for name in model.params}
+
+
+def share_cpus(comm) -> None:
+    """This node's CPUs shared among its ranks: ``SCRATCHLLM_THREADS`` (unless set) and the BLAS pools at
+    ``cpus // ranks on this node``, so that N ranks do not each start a thread per CPU."""
+    from ..kernels.threads import ENV_VAR, cpu_threads
+
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()  # the ranks on this node
+    if not os.environ.get(ENV_VAR):
+        os.environ[ENV_VAR] = str(max(1, (os.cpu_count() or 1) // local))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(cpu_threads())
+
+
+def launch(nproc: int, argv: list) -> int:
+    """``scratchllm ARGV`` as ``nproc`` MPI ranks through mpirun (Open MPI's, from the ``mpi`` extra, or the
+    system's mpiexec): as root with ``--allow-run-as-root``, with ``--oversubscribe`` when there are more ranks
+    than CPUs. Returns mpirun's exit status."""
+    runner = shutil.which("mpirun") or shutil.which("mpiexec")
+    if runner is None:
+        raise ValueError(f"--nproc={nproc} needs mpirun or mpiexec: pip install scratchllm[mpi]")
+    cmd = [runner]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "openmpi" in _implementation(runner):
+        cmd.append("--allow-run-as-root")
+    if nproc > (os.cpu_count() or 1) and "openmpi" in _implementation(runner):
+        cmd.append("--oversubscribe")
+    cmd += ["-n", str(nproc), sys.executable, "-m", "scratchllm", *argv]
+    return subprocess.call(cmd)
+
+
+def _implementation(runner) -> str:
+    """"openmpi" or "mpich" (or ""): which mpirun this is (their options differ)."""
+    try:
+        text = subprocess.run([runner, "--version"], capture_output=True, text=True, timeout=30).stdout.lower()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return "openmpi" if "open mpi" in text or "openrte" in text else "mpich" if "hydra" in text or "mpich" in text \
+        else ""
+
+
+def fail(comm, error: BaseException, everywhere: bool) -> None:
+    """End every rank after ``error``: ``everywhere`` (a configuration error every rank meets alike): rank 0
+    prints it and all exit 2; else this rank prints it with its rank and MPI_Abort ends the job (the others
+    would wait in a collective forever)."""
+    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if everywhere:
+        if comm.Get_rank() == 0:
+            print(f"scratchllm: error: {line}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    print(f"scratchllm: error on rank {comm.Get_rank()} of {comm.Get_size()}: {type(error).__name__}: {line}",
+          file=sys.stderr, flush=True)
+    comm.Abort(1)

@@ -1,0 +1,68 @@
+"""``scratchllm train --nproc=2`` (the ranks started through mpirun) gives the single process's run: the same
+losses step by step (float64, dropout on, within 1e-12) and the same sample, also after ``--resume``; a bad
+config under MPI is one line and exit 2; one failing rank ends the job with its error once, never a hang."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIRUN is None, reason="needs mpirun (pip install scratchllm[mpi])")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def train(tmp_path, out, *extra):
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():  # 150 KB of text: this package's ops, twice
+        corpus.write_text("".join(p.read_text() for p in sorted(Path(ROOT, "scratchllm", "ops").glob("*.py"))) * 2)
+    args = [f"--data={corpus}", f"--out_dir={tmp_path / out}", "--eval_interval=5", "--eval_iters=2", "--batch_size=4",
+            "--block_size=24", "--n_layer=1", "--n_embd=16", "--dtype=float64", "--dropout=0.1", "--sample_tokens=12",
+            "--progress=false", *extra]
+    done = subprocess.run([sys.executable, "-m", "scratchllm", "train", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    return done
+
+
+def losses(tmp_path, out):
+    rows = [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], k, r[k]) for r in rows for k in ("loss", "train_loss", "val_loss") if k in r]
+
+
+def test_two_ranks_give_the_single_process_run_and_resume_alike(tmp_path):
+    single, ranks = train(tmp_path, "one", "--max_iters=10"), train(tmp_path, "two", "--max_iters=10", "--nproc=2")
+    assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
+    assert "data parallel: 2 MPI ranks" in ranks.stderr and ranks.stderr.count("step 10: train loss") == 1
+    for (s1, k1, a), (s2, k2, b) in zip(losses(tmp_path, "one"), losses(tmp_path, "two"), strict=True):
+        assert (s1, k1) == (s2, k2) and b == pytest.approx(a, rel=1e-12), (s1, k1)
+    sample = lambda out: out.stdout.replace("\x1b[0m", "")  # noqa: E731 (Open MPI's launcher resets colours)
+    assert sample(single) == sample(ranks) and sample(single).startswith("def ")
+    single, ranks = (train(tmp_path, out, "--max_iters=15", "--resume", *extra) for out, extra in
+                     (("one", ()), ("two", ("--nproc=2",))))
+    assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
+    for (_, _, a), (_, _, b) in zip(losses(tmp_path, "one"), losses(tmp_path, "two"), strict=True):
+        assert b == pytest.approx(a, rel=1e-12)
+
+
+def test_a_bad_config_under_mpi_is_one_line_and_exit_2(tmp_path):
+    done = train(tmp_path, "bad", "--nproc=2", "--n_layer=0")
+    assert done.returncode == 2 and done.stderr.count("--n_layer must be >= 1") == 1, done.stderr[-1000:]
+
+
+def test_one_failing_rank_ends_the_job_with_its_error_once(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("from scratchllm.parallel.mpi import fail, world\n"
+                      "comm = world()\n"
+                      "if comm.Get_rank() == 1:\n"
+                      "    fail(comm, RuntimeError('disk full'), everywhere=False)\n"
+                      "comm.Barrier()  # rank 0 would wait here forever without the abort\n")
+    root = ["--allow-run-as-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    done = subprocess.run([MPIRUN, *root, "-n", "2", sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    text = done.stdout + done.stderr
+    assert done.returncode != 0 and text.count("scratchllm: error on rank 1 of 2: RuntimeError: disk full") == 1
