@@ -159,7 +159,7 @@ def launch(nproc: int, argv: list) -> int:
     """``scratchllm ARGV`` as ``nproc`` MPI ranks through mpirun (Open MPI's, from the ``mpi`` extra, or the
     system's mpiexec): as root with ``--allow-run-as-root``, with ``--oversubscribe`` when there are more ranks
     than CPUs. Returns mpirun's exit status."""
-    runner = shutil.which("mpirun") or shutil.which("mpiexec")
+    runner = mpirun()
     if runner is None:
         raise ValueError(f"--nproc={nproc} needs mpirun or mpiexec: pip install scratchllm[mpi]")
     cmd = [runner]
@@ -169,6 +169,13 @@ def launch(nproc: int, argv: list) -> int:
         cmd.append("--oversubscribe")
     cmd += ["-n", str(nproc), sys.executable, "-m", "scratchllm", *argv]
     return subprocess.call(cmd)
+
+
+def mpirun():
+    """The mpirun to start ranks with: on PATH, else beside this Python (a virtual environment's bin/, where the
+    ``mpi`` extra's Open MPI puts it, when the environment is not activated), else mpiexec; None without one."""
+    beside = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    return shutil.which("mpirun") or (beside if os.access(beside, os.X_OK) else None) or shutil.which("mpiexec")
 
 
 def _implementation(runner) -> str:

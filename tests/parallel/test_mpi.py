@@ -4,15 +4,16 @@ and the same bits run to run for a given number of ranks. Skipped without mpi4py
 scratchllm[mpi]`` brings both)."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from scratchllm.parallel.mpi import mpirun
+
 pytest.importorskip("mpi4py")
-MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+MPIRUN = mpirun()
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="needs mpirun (pip install scratchllm[mpi])")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "parallel", "mpi_steps.py")

@@ -4,15 +4,16 @@ config under MPI is one line and exit 2; one failing rank ends the job with its 
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from scratchllm.parallel.mpi import mpirun
+
 pytest.importorskip("mpi4py")
-MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+MPIRUN = mpirun()
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="needs mpirun (pip install scratchllm[mpi])")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
