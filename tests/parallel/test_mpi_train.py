@@ -67,3 +67,40 @@ def test_one_failing_rank_ends_the_job_with_its_error_once(tmp_path):
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
     text = done.stdout + done.stderr
     assert done.returncode != 0 and text.count("scratchllm: error on rank 1 of 2: RuntimeError: disk full") == 1
+
+
+def test_a_rank_killed_mid_run_leaves_a_loadable_checkpoint_and_resume_goes_on(tmp_path):
+    """kill -9 of rank 1 while the job trains: mpirun ends the job; the latest checkpoint (written atomically by
+    rank 0) loads, and --resume under MPI continues from it to the end."""
+    import signal
+    import time
+
+    from scratchllm.io.checkpoint import load_checkpoint, resolve_checkpoint
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(p.read_text() for p in sorted(Path(ROOT, "scratchllm", "ops").glob("*.py"))) * 2)
+    args = [f"--data={corpus}", f"--out_dir={tmp_path / 'run'}", "--eval_interval=3", "--eval_iters=1",
+            "--batch_size=4", "--block_size=24", "--n_layer=1", "--n_embd=16", "--sample_tokens=0", "--progress=false"]
+    log = open(tmp_path / "job.log", "w")  # a file, not a pipe: a full pipe would stop the job, not the kill
+    job = subprocess.Popen([sys.executable, "-m", "scratchllm", "train", *args, "--max_iters=100000", "--nproc=2"],
+                           cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "run").glob("ckpt_0000006*")) and time.time() < deadline:
+            time.sleep(0.2)
+        ranks = [int(p) for p in subprocess.run(["pgrep", "-f", f"out_dir={tmp_path / 'run'}"], capture_output=True,
+                                                text=True).stdout.split() if int(p) != job.pid]
+        assert len(ranks) >= 2, ranks
+        os.kill(max(ranks), signal.SIGKILL)  # a rank (the youngest process of the job)
+        job.wait(timeout=60)  # the job ends: no hang
+    finally:
+        job.kill()
+        log.close()
+    assert job.returncode != 0 and "exited on signal 9" in (tmp_path / "job.log").read_text().replace("\n", " ")
+    model, _, info = load_checkpoint(resolve_checkpoint(tmp_path / "run"), with_optimizer=True)
+    step = info["trainer"]["step"]
+    assert step >= 6 and step % 3 == 0
+    done = subprocess.run([sys.executable, "-m", "scratchllm", "train", *args, f"--max_iters={step + 3}", "--resume",
+                           "--nproc=2"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0 and "resuming from" in done.stderr and f"step {step + 3}: train loss" in done.stderr
