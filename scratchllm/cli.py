@@ -187,7 +187,8 @@ def cmd_train(args) -> int:
             return launch(cfg.nproc, ["train", *args.overrides])
         summary = train(cfg, resume=resume, overrides=overrides)
     except TrainingDiverged as e:
-        print(f"scratchllm train: {e}", file=sys.stderr)
+        if comm is None or comm.Get_rank() == 0:  # the loss is the whole batch's: every rank stops, rank 0 says so
+            print(f"scratchllm train: {e}", file=sys.stderr)
         return EXIT_FAIL
     except Exception as e:  # under MPI one rank's error ends every rank, printed once
         if comm is None:
