@@ -31,21 +31,25 @@ def run(path, ranks=None, *flags):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return run(tmp_path_factory.mktemp("mpi") / "single.npz")
+def runs(tmp_path_factory):
+    """One process on the whole batch; 2 ranks; 3 ranks; 3 ranks each started from other parameters."""
+    d = tmp_path_factory.mktemp("mpi")
+    return {"single": run(d / "single.npz"), 2: run(d / "two.npz", 2), 3: run(d / "three.npz", 3),
+            "3 seeds": run(d / "three_seeds.npz", 3, "--rank-seeds")}
 
 
-@pytest.mark.parametrize("ranks, flags", [(2, ()), (3, ("--rank-seeds",))])
-def test_ranks_equal_the_single_process_on_the_whole_batch(single, tmp_path, ranks, flags):
-    """With --rank-seeds every rank starts from other parameters: rank 0's broadcast makes them one model."""
-    got = run(tmp_path / "mpi.npz", ranks, *flags)
+@pytest.mark.parametrize("ranks", [2, 3, "3 seeds"])
+def test_ranks_equal_the_single_process_on_the_whole_batch(runs, ranks):
+    """With "3 seeds" every rank starts from other parameters: rank 0's broadcast makes them one model."""
+    got, single = runs[ranks], runs["single"]
     np.testing.assert_allclose(got["losses"], single["losses"], rtol=1e-12)
     for name in single.files:
         if name != "losses":
             np.testing.assert_allclose(got[name], single[name], rtol=1e-10, atol=1e-13, err_msg=name)
 
 
-def test_the_same_bits_run_to_run(tmp_path):
-    a, b = run(tmp_path / "a.npz", 3), run(tmp_path / "b.npz", 3)
+def test_the_same_bits_run_to_run(runs):
+    """Two runs of 3 ranks (one started from other parameters, then broadcast): bit for bit the same."""
+    a, b = runs[3], runs["3 seeds"]
     for name in a.files:
         assert np.array_equal(a[name], b[name]), name

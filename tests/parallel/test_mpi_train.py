@@ -85,8 +85,11 @@ def test_a_rank_killed_mid_run_leaves_a_loadable_checkpoint_and_resume_goes_on(t
     job = subprocess.Popen([sys.executable, "-m", "scratchllm", "train", *args, "--max_iters=100000", "--nproc=2"],
                            cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": ROOT})
     try:
+        def latest():  # the newest checkpoint's step (older ones are rotated away while we look)
+            return max((int(p.name[5:]) for p in (tmp_path / "run").glob("ckpt_*") if p.name[5:].isdigit()),
+                       default=-1)
         deadline = time.time() + 120
-        while not list((tmp_path / "run").glob("ckpt_0000006*")) and time.time() < deadline:
+        while latest() < 6 and time.time() < deadline:
             time.sleep(0.2)
         ranks = [int(p) for p in subprocess.run(["pgrep", "-f", f"out_dir={tmp_path / 'run'}"], capture_output=True,
                                                 text=True).stdout.split() if int(p) != job.pid]
