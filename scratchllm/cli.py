@@ -160,7 +160,6 @@ def cmd_info(args) -> int:
 
     gpu = {**device_info(), "fused_kernels": kernels.enabled()} if usable else {}
     print("gpu        " + (", ".join(f"{k}={v}" for k, v in gpu.items()) if gpu else "none usable"))
-
     print(f"kernels    CUDA: {kernels.status()[1]}; CPU: {kernels.cpu_status()[1]}")
     print(f"shard GEMM {blas.status()[1]}")
     print("ops        fast implementations in order of preference (scratchllm/kernels/registry.py); [x] is what "

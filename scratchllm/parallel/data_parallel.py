@@ -30,10 +30,11 @@ import numpy as np
 from ..kernels.dispatch import cross_entropy_backward, cross_entropy_forward
 from ..kernels.flat import add_into, empty_flat, flat_order, flat_span, flatten_params, is_shared, shared_empty
 from ..kernels.threads import cpu_threads, parallel_chunks, parallel_map, shard_bounds
+from .proxy import StandsInForModel
 from .processes import MODES, RemoteCache, ShardWorkers, default_mode, processes_supported
 
 
-class DataParallel:
+class DataParallel(StandsInForModel):
     """``model``'s forward and backward on ``workers`` shards of the batch at once (None: one per CPU this
     process may use). ``mode``: ``"processes"`` or ``"threads"``, where shards 1.. run (None:
     ``SCRATCHLLM_SHARDS``, else processes where ``fork`` exists)."""
@@ -56,21 +57,6 @@ class DataParallel:
         self._own_copy = False  # whether those views are a copy of ours rather than the model's own buffer
         self._pool = None  # the worker processes, started at the first forward that needs them
         self._lock = threading.Lock()  # one sharded exchange at a time: the sync and the workers' start too
-
-    # the model's own attributes, so that a DataParallel stands in for its model (``generate``, ``estimate_loss``)
-    params = property(lambda self: self.model.params)
-    cfg = property(lambda self: self.model.cfg)
-    dtype = property(lambda self: self.model.dtype)
-    backend = property(lambda self: self.model.backend)
-    xp = property(lambda self: self.model.xp)
-    training = property(lambda self: self.model.training)
-
-    def train(self, mode: bool = True) -> "DataParallel":
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> "DataParallel":
-        return self.train(False)
 
     def close(self) -> None:
         """End the worker processes now (they also end with this object); the next forward starts new ones."""

@@ -30,6 +30,7 @@ import numpy as np
 from ..kernels.dispatch import cross_entropy_backward, cross_entropy_forward
 from ..kernels.flat import empty_flat, flat_order, flat_span
 from ..kernels.threads import shard_bounds
+from .proxy import StandsInForModel
 
 
 def world():
@@ -43,7 +44,7 @@ def world():
     return comm if comm.Get_size() > 1 else None
 
 
-class MPIDataParallel:
+class MPIDataParallel(StandsInForModel):
     """``model``'s forward and backward with the batch's rows dealt to the ranks of ``comm`` (module docstring)."""
 
     def __init__(self, model, comm=None):
@@ -58,20 +59,6 @@ class MPIDataParallel:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.workers, self.mode = self.size, "mpi"
         self.broadcast_params()
-
-    params = property(lambda self: self.model.params)
-    cfg = property(lambda self: self.model.cfg)
-    dtype = property(lambda self: self.model.dtype)
-    backend = property(lambda self: self.model.backend)
-    xp = property(lambda self: self.model.xp)
-    training = property(lambda self: self.model.training)
-
-    def train(self, mode: bool = True) -> "MPIDataParallel":
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> "MPIDataParallel":
-        return self.train(False)
 
     def close(self) -> None:
         """Nothing to end: the ranks are the job's processes."""

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from scratchllm import kernels
-from scratchllm.kernels.cuda import cross_entropy, gelu, layernorm, optim, softmax
+from scratchllm.kernels.cuda import cross_entropy, flash_attention, gelu, layernorm, optim, softmax
 
-RAW_MODULES = (layernorm, softmax, cross_entropy)  # RawModule sources (C++ templates)
+RAW_MODULES = (layernorm, softmax, cross_entropy, flash_attention)  # RawModule sources (C++ templates)
 ELEMENTWISE_MODULES = (gelu, optim)  # ElementwiseKernel bodies
 ARCHS = ("sm_80", "sm_90")
 
@@ -229,6 +229,12 @@ def test_launch_arguments_match_the_kernel_signatures(numpy_as_cupy, dtype):
         out, cache = gelu.gelu_forward(x, approximate)
         assert out.shape == x.shape and cache[2] == approximate
         assert gelu.gelu_backward(np.ones_like(x), cache)[0].shape == x.shape
+
+    q, k, v = (rng.standard_normal((1, 2, n, 4)).astype(dtype) for n in (5, 7, 7))
+    out, cache = flash_attention.flash_attention_forward(q, k, v)
+    assert out.shape == q.shape and cache[4].shape == (1, 2, 5)
+    grads = flash_attention.flash_attention_backward(rng.standard_normal(out.shape).astype(dtype), cache)
+    assert [a.shape for a in grads] == [q.shape, k.shape, v.shape]
 
     p, g, m, v, vmax = (np.zeros(10, dtype) for _ in range(5))
     h = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, amsgrad=False, maximize=False)

@@ -46,24 +46,31 @@ __device__ __forceinline__ void fold(T& m, T& l, T* acc, T s, const T* vrow, int
     m = m_new;
 }
 
+// The keys a query block needs: kend, one past the last key any of its rows sees, and visible, one past the last
+// key row i sees (query i sits at position i + Tk - Tq: causal, it sees keys j <= i + Tk - Tq; else all Tk).
+__device__ __forceinline__ void key_range(int i, int Tq, int Tk, int causal, int& kend, int& visible) {
+    const int last = min((int)(blockIdx.x + 1) * FA_ROWS, Tq) - 1, offset = Tk - Tq;  // the block's last row
+    kend = causal ? min(Tk, last + offset + 1) : Tk;
+    visible = causal ? i + offset + 1 : Tk;
+}
+
 // rows [row0, row0 + n) of a (rows, D) matrix into a shared tile
 template <typename T>
 __device__ __forceinline__ void stage(T (*tile)[FA_MAX_D], const T* src, int row0, int n, int D) {
     for (int e = threadIdx.x; e < n * D; e += blockDim.x) tile[e / D][e % D] = src[(long long)(row0 + e / D) * D + e % D];
 }
 
-// Forward. Query row i (at position i + Tk - Tq) sees keys j < visible = i + Tk - Tq + 1 (causal) or all Tk.
+// Forward, a thread per query row i (key_range: the keys it sees).
 template <typename T>
 __global__ void flash_forward(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                               T* __restrict__ out, T* __restrict__ lse, int Tq, int Tk, int D, T scale, int causal) {
     __shared__ T ks[FA_TILE][FA_MAX_D];
     __shared__ T vs[FA_TILE][FA_MAX_D];
     const long long bh = blockIdx.y;
-    const int i = blockIdx.x * FA_ROWS + threadIdx.x, offset = Tk - Tq;
+    const int i = blockIdx.x * FA_ROWS + threadIdx.x;
     const bool live = i < Tq;
-    const int last = min((int)(blockIdx.x + 1) * FA_ROWS, Tq) - 1;  // the block's last row
-    const int kend = causal ? min(Tk, last + offset + 1) : Tk;     // keys any row of the block sees
-    const int visible = causal ? i + offset + 1 : Tk;
+    int kend, visible;
+    key_range(i, Tq, Tk, causal, kend, visible);
     T qv[FA_MAX_D], acc[FA_MAX_D], m = neg_inf<T>(), l = 0;
     for (int d = 0; d < D; ++d) {
         qv[d] = live ? q[(bh * Tq + i) * D + d] : T(0);
@@ -94,11 +101,10 @@ __global__ void flash_backward_dq(const T* __restrict__ q, const T* __restrict__
     __shared__ T ks[FA_TILE][FA_MAX_D];
     __shared__ T vs[FA_TILE][FA_MAX_D];
     const long long bh = blockIdx.y;
-    const int i = blockIdx.x * FA_ROWS + threadIdx.x, offset = Tk - Tq;
+    const int i = blockIdx.x * FA_ROWS + threadIdx.x;
     const bool live = i < Tq;
-    const int last = min((int)(blockIdx.x + 1) * FA_ROWS, Tq) - 1;
-    const int kend = causal ? min(Tk, last + offset + 1) : Tk;
-    const int visible = causal ? i + offset + 1 : Tk;
+    int kend, visible;
+    key_range(i, Tq, Tk, causal, kend, visible);
     T qv[FA_MAX_D], gv[FA_MAX_D], dqa[FA_MAX_D];
     for (int d = 0; d < D; ++d) {
         qv[d] = live ? q[(bh * Tq + i) * D + d] : T(0);
