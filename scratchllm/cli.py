@@ -1,7 +1,5 @@
-"""Command line: ``scratchllm train | generate | convert | gradcheck | bench | info``.
-
-Bad arguments end with ONE line on stderr and exit status 2, never a traceback.
-"""
+"""Command line: ``scratchllm train | generate | convert | gradcheck | bench | info``. Bad arguments end with ONE
+line on stderr and exit status 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -176,14 +174,15 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from .train import ConfigError, TrainingDiverged, make_config, parse_overrides, train
-    from .parallel.mpi import fail, launch, world
+    from .parallel.mpi import default_ranks, fail, launch, world
 
     comm = world()
     try:
         overrides, resume = parse_overrides(args.overrides)
         cfg = make_config(overrides)
-        if cfg.nproc > 1 and comm is None:  # this process starts the ranks; each runs this command under MPI
-            return launch(cfg.nproc, ["train", *args.overrides])
+        nproc = 1 if comm is not None else cfg.nproc or default_ranks(cfg.batch_size, cfg.backend)
+        if nproc > 1:  # this process starts the ranks; each runs this command under MPI
+            return launch(nproc, ["train", *args.overrides])
         summary = train(cfg, resume=resume, overrides=overrides)
     except TrainingDiverged as e:
         if comm is None or comm.Get_rank() == 0:  # the loss is the whole batch's: every rank stops, rank 0 says so
@@ -195,8 +194,8 @@ def cmd_train(args) -> int:
         fail(comm, e, everywhere=isinstance(e, ConfigError))
     val = f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
     if comm is None or comm.Get_rank() == 0:
-        print(f"trained {summary['step']} steps in {summary['seconds']:.1f} s{val}; checkpoints in "
-              f"{summary['out_dir']}", file=sys.stderr)
+        print(f"trained {summary['step']} steps in {summary['seconds']:.1f} s{val}; checkpoints in {summary['out_dir']}",
+              file=sys.stderr)
     return 0
 
 

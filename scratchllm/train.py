@@ -57,7 +57,8 @@ class TrainConfig:
     sample_prompt: str = "def "
     progress: bool = True
     # run
-    nproc: int = 1  # > 1: that many MPI ranks (mpirun), the batch's rows dealt among them (docs/parallel.md)
+    nproc: int = 0  # MPI ranks (mpirun), the batch's rows dealt among them; 0: one per CPU with mpi4py, else 1
+    #                 process with the batch's shards in threads (parallel/mpi.py default_ranks, docs/parallel.md)
     seed: int = 1337
     backend: str = "auto"
     dtype: str = "float32"
@@ -127,10 +128,10 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
     for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters",
-                "log_interval", "data_cap_bytes", "nproc"):
+                "log_interval", "data_cap_bytes"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1; got {getattr(cfg, key)}")
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "vocab_size", "sample_tokens"):
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "vocab_size", "sample_tokens", "nproc"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"--{key} must be >= 0; got {getattr(cfg, key)}")
     if cfg.n_embd % cfg.n_head:
@@ -232,6 +233,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .optim import clip_grad_norm, get_lr
     from .parallel import DataParallel
     from .parallel.mpi import MPIDataParallel, share_cpus, world
+    from .parallel.nccl import use_gpu_of_rank
     from .text.tokenizer import train_tokenizer
 
     comm = world()  # the MPI ranks, when mpirun started more than one
@@ -244,6 +246,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     metrics_path = out_dir / "metrics.jsonl"
     backend = resolve_backend(cfg.backend)
     xp = xp_for(backend)
+    if comm is not None and backend == "cupy":
+        use_gpu_of_rank(comm, xp.cuda.runtime)  # one rank per GPU, its gradients summed by NCCL
     if resume:
         model, tokenizer, info = load_checkpoint(resolve_checkpoint(out_dir), backend=backend, with_optimizer=True)
         saved = TrainConfig(**{**info["config"]["train"], **(overrides or {})})
@@ -262,7 +266,10 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         model, tokenizer = load_pretrained(cfg.init_from, dtype=cfg.dtype, backend=backend)
         cfg = adopt_init(cfg, model, tokenizer, overrides)
         say(f"initialised from {cfg.init_from}")
-    text, description = load_text(cfg.data, cfg.data_cap_bytes)
+    try:  # every rank reads the same data, so under MPI every rank meets the same error (printed once)
+        text, description = load_text(cfg.data, cfg.data_cap_bytes)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from None
     if fresh:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size or (None if cfg.tokenizer == "char" else 1024))
     if not lead:
@@ -291,7 +298,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     else:
         dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)
         if backend == "numpy":
-            say(f"data parallel: {min(dp.workers, cfg.batch_size)} shards of the batch at once, in {dp.mode}")
+            say(f"data parallel: {min(dp.workers, cfg.batch_size)} shards of the batch at once, in threads")
     batch_rng = np.random.default_rng([cfg.seed, 2])
     best_val = math.inf
     if resume:

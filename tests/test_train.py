@@ -139,14 +139,34 @@ def test_kill_9_during_training_leaves_a_loadable_checkpoint(tmp_path, corpus):
             time.sleep(0.05)
         time.sleep(0.37)  # somewhere in the middle of steps and checkpoint writes
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # the command the user started (with mpi4py: the launcher of the ranks)
         proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and trainers(tmp_path):
+        time.sleep(0.1)
+    assert not trainers(tmp_path)  # nothing trains on into the directory (no orphaned mpirun or rank)
     model, _, info = load_checkpoint(tmp_path, backend="numpy", with_optimizer=True)
     step = info["trainer"]["step"]
     assert step >= 3 and step % 3 == 0
     resumed = run_cli(*args[:-2], f"--max_iters={step + 2}", "--lr_decay_iters=100000", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(tmp_path, backend="numpy", with_optimizer=True)[2]["trainer"]["step"] == step + 2
+
+
+def trainers(out_dir) -> list:
+    """The processes whose command line names ``out_dir`` (a run into it), zombies left out."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if f"--out_dir={out_dir}" in cmd and not zombie:
+            found.append(int(pid))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -223,4 +243,4 @@ def test_main_in_process_returns_1_when_training_diverges(tmp_path, corpus, monk
         raise TrainingDiverged("loss is nan at step 3; stopped")
 
     monkeypatch.setattr(train_module, "train", boom)
-    assert cli.main(["train", f"--out_dir={tmp_path}"]) == 1
+    assert cli.main(["train", f"--out_dir={tmp_path}", "--nproc=1"]) == 1  # in this process, not MPI ranks

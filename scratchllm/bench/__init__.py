@@ -159,7 +159,7 @@ def markdown(result) -> str:
              f"scratchllm's GPT does: {env.get('host_malloc_tuned')}",
              f"- numpy {env['numpy']} ({env['blas']}, threads "
              f"{env['blas_threads'] or env['thread_env'] or 'default: one per CPU'}); scratchllm threads "
-             f"{env.get('scratchllm_threads')} (batch shards in {env.get('scratchllm_shards', 'threads')}, op pieces); "
+             f"{env.get('scratchllm_threads')} (batch shards, op pieces); "
              f"torch {env['torch'] or '-'} (threads {env['torch_threads'] or '-'}), python {env['python']}",
              f"- CPU kernels: {env.get('cpu_kernels', '-')}; GEMM in batch shards: {env.get('shard_gemm', '-')}",
              f"- GPU: {_gpu_line(env)}"]

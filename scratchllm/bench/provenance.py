@@ -16,7 +16,6 @@ from ..backend import cupy_status, device_info
 from ..kernels import cpu_status
 from ..kernels.blas import status as shard_gemm_status
 from ..kernels.threads import cpu_threads
-from ..parallel.processes import default_mode as shard_mode
 from .load import background_busy
 
 THREAD_VARS = ("SCRATCHLLM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -115,10 +114,9 @@ def environment(torch=None) -> dict:
         "background_cpu_busy_pct": background_busy(),
         "numpy": np.__version__, "blas": blas, "blas_threads": _blas_threads(), "scipy": scipy_version,
         "scratchllm_threads": cpu_threads(),  # batch shards and op pieces at once (threads.py)
-        "scratchllm_shards": shard_mode(),  # where DataParallel's shards 1.. run: processes or threads (parallel/)
         "cpu_kernels": cpu_status()[1],  # the fused Numba kernels (kernels/cpu/), or why not
         "shard_gemm": shard_gemm_status()[1],  # MKL's GEMM in single-core shards (blas.py), or why not
-        "thread_env": {v: os.environ[v] for v in (*THREAD_VARS, "SCRATCHLLM_SHARDS", "SCRATCHLLM_KERNELS",
+        "thread_env": {v: os.environ[v] for v in (*THREAD_VARS, "SCRATCHLLM_KERNELS",
                                                   "SCRATCHLLM_MKL") if v in os.environ},
         "torch": torch.__version__ if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,

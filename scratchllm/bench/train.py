@@ -54,7 +54,7 @@ def _runners(c, backend, torch):
     model = GPT(cfg, seed=0, dtype="float32", backend=backend)
     batches = [(model.xp.asarray(a), model.xp.asarray(b)) for a, b in host]
     opt = AdamW(decay_groups(model.params, 0.1), lr=1e-3, betas=(0.9, 0.99))
-    dp = DataParallel(model)  # as the trainer runs it: the batch in shards on every CPU core
+    dp = DataParallel(model)  # as `train --nproc=1` runs it: the batch in shards on every core, in threads
 
     def ours(i):
         idx, tgt = batches[i % 4]

@@ -7,8 +7,6 @@ of ``decay_groups``' two groups is one contiguous stretch; ``Optimizer.step`` re
 
 from __future__ import annotations
 
-import mmap
-
 import numpy as np
 
 from ..backend import get_xp
@@ -20,39 +18,18 @@ def flat_order(params) -> list:
     return sorted(params, key=lambda name: params[name].ndim < 2)
 
 
-class _SharedMap(mmap.mmap):
-    """An anonymous MAP_SHARED map made by ``shared_empty`` (a file's or a private map is not one)."""
-
-
-def shared_empty(n: int, dtype) -> np.ndarray:
-    """An uninitialised 1-D NumPy array in anonymous shared memory (MAP_SHARED): processes forked later see
-    every write to it, and it theirs (the model's parameters, which data parallel's worker processes read)."""
-    dtype = np.dtype(dtype)
-    buf = _SharedMap(-1, max(1, n * dtype.itemsize))  # anonymous maps are shared with forked children
-    return np.frombuffer(buf, dtype=dtype, count=n)
-
-
-def is_shared(a) -> bool:
-    """Whether ``a`` is a view of a ``shared_empty`` buffer."""
-    base = getattr(buffer_root(a), "base", None)
-    if isinstance(base, memoryview):  # NumPy 2's frombuffer keeps a memoryview of the map
-        base = base.obj
-    return isinstance(base, _SharedMap)
-
-
-def flatten_params(params, xp=None, dtype=None, alloc=None):
+def flatten_params(params, xp=None, dtype=None):
     """Copy a dict of arrays into ONE contiguous 1-D buffer; return ``(flat, views)``.
 
     ``views`` maps each name, in the dict's order, to a view of ``flat`` with that array's shape and values.
     Optimizers update a group of such views in one pass (module docstring). ``xp`` (default: the arrays'
-    backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype; ``alloc(n,
-    dtype)`` allocates it instead of ``xp.empty`` (``shared_empty``: GPT's parameters on the host).
+    backend) and ``dtype`` (default: the first array's) choose the buffer's backend and dtype.
     """
     arrays = list(params.values())
     xp = xp or get_xp(*arrays)
     dtype = np.dtype(dtype or (arrays[0].dtype if arrays else np.float32))
     sizes = [int(np.prod(a.shape, dtype=np.int64)) for a in arrays]
-    flat = (alloc or xp.empty)(sum(sizes), dtype=dtype)
+    flat = xp.empty(sum(sizes), dtype=dtype)
     views, offset = {}, 0
     for (name, a), n in zip(params.items(), sizes):
         views[name] = flat[offset:offset + n].reshape(a.shape)

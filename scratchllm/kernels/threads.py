@@ -2,10 +2,9 @@
 
 NumPy's elementwise ops and reductions use one core; only its matrix products (OpenBLAS) use them all. On
 the CPU, ``DataParallel`` (parallel/) therefore splits a batch into shards, one per core, and runs the model on
-each shard on its own core (data parallelism, as llm.c's OpenMP loops split B*T): in threads (``parallel_map``
-here), or in worker processes on Linux (parallel/processes.py; in threads the GIL hand-over at every NumPy call
-costs about a fifth of a small model's step), and ops given large arrays cut them into pieces on every thread
-(``parallel_chunks``). NumPy releases the GIL inside its loops, so threads really run side by side; meanwhile
+each shard on its own core (data parallelism, as llm.c's OpenMP loops split B*T), in threads (``parallel_map``
+here; across processes and machines, MPI ranks: parallel/mpi.py), and ops given large arrays cut them into
+pieces on every thread (``parallel_chunks``). NumPy releases the GIL inside its loops, so threads really run side by side; meanwhile
 OpenBLAS is held at one thread per call (``threadpoolctl``), so the cores are not oversubscribed.
 
 The ops use the same threads for large arrays (``parallel_chunks``): their rows (or elements) are cut

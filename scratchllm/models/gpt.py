@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..backend import free_memory, get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
-from ..kernels.flat import buffer_root, empty_flat, flat_order, flatten_params, shared_empty
+from ..kernels.flat import buffer_root, empty_flat, flat_order, flatten_params
 from ..kernels.dispatch import (attention_blocked_backward, attention_blocked_forward, cross_entropy_backward,
                                cross_entropy_forward, embedding_backward, embedding_forward,
                                flash_attention_backward, flash_attention_forward, gelu_backward, gelu_forward,
@@ -123,11 +123,9 @@ class GPT:
         else:
             self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in param_shapes(cfg).items()}
         # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is one
-        # stretch, which the optimizer updates at once (optim/, "Flat fast path"). On the host the buffer is shared
-        # memory, which batch shards in worker processes read (parallel/).
+        # stretch, which the optimizer updates at once (optim/, "Flat fast path").
         self._flat_order = flat_order(self.params)
-        alloc = shared_empty if self.backend == "numpy" else None
-        _, views = flatten_params({k: self.params[k] for k in self._flat_order}, alloc=alloc)
+        _, views = flatten_params({k: self.params[k] for k in self._flat_order})
         self.params = {k: views[k] for k in self.params}
         self.rng = np.random.default_rng([seed, 1])  # each step's dropout seed (``dropout_seed``)
         self.training = True
@@ -203,17 +201,17 @@ class GPT:
             loss, caches["loss"] = cross_entropy_forward(logits, targets, ignore_index=-1)  # ()
         return logits, loss, caches
 
-    def forward_rows(self, idx, seed=None, first_row=0, past=0, kv_cache=None, dropout=None):
+    def forward_rows(self, idx, seed=None, first_row=0, past=0, kv_cache=None):
         """Logits (B, T, V) and caches for some rows of a batch: embeddings, blocks, final LayerNorm, head.
 
-        Dropout (rate ``dropout``, default ``cfg.dropout``) acts when ``seed`` is given (``dropout_seed``). Row
+        Dropout (rate ``cfg.dropout``) acts when ``seed`` is given (``dropout_seed``). Row
         b's masks come from its own generator, ``default_rng([seed, first_row + b])``: a row's masks do not
         depend on which rows share the call, so a batch cut into shards (parallel/, ``first_row`` each shard's
         first row) draws the masks of the whole.
         """
         p, xp = self.params, self.xp
         B, T = idx.shape
-        drop = (self.cfg.dropout if dropout is None else dropout) if seed is not None else 0.0
+        drop = self.cfg.dropout if seed is not None else 0.0
         rng = [np.random.default_rng([seed, first_row + b]) for b in range(B)] if drop else None  # one per row
         caches = {}
         # embeddings: token + position, then dropout

@@ -15,31 +15,27 @@ exactly as in one pass. Dropout: ``seed`` is one draw from the model's generator
 masks from ``default_rng([seed, b])`` (``GPT.forward_rows``), so the numbers do not depend on the number of
 workers beyond the order of the float sums, and are the same bits run to run for a given number.
 
-Shard 0 runs on the caller's thread; shards 1.. run in worker processes forked from the model (Linux: no GIL
-between them, ``processes.py``) or in threads (``mode="threads"``, ``SCRATCHLLM_SHARDS=threads``, other systems).
+The shards run in threads, shard 0 on the caller's (``kernels/threads.py``): NumPy's large calls and our Numba
+kernels release the GIL, so on the nanoGPT CPU recipe two threads take the step that two forked processes took
+(35.3 against 34.2 ms, docs/parallel.md). Beyond one process, ``scratchllm train`` runs MPI ranks (``mpi.py``).
 On CuPy, and for incremental decoding (``kv_cache``), the model runs the whole batch itself. docs/parallel.md.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 
 from ..kernels.dispatch import cross_entropy_backward, cross_entropy_forward
-from ..kernels.flat import add_into, empty_flat, flat_order, flat_span, flatten_params, is_shared, shared_empty
-from ..kernels.threads import cpu_threads, parallel_chunks, parallel_map, shard_bounds
+from ..kernels.flat import add_into, empty_flat, flat_order
+from ..kernels.threads import cpu_threads, parallel_map, shard_bounds
 from .proxy import StandsInForModel
-from .processes import MODES, RemoteCache, ShardWorkers, default_mode, processes_supported
 
 
 class DataParallel(StandsInForModel):
-    """``model``'s forward and backward on ``workers`` shards of the batch at once (None: one per CPU this
-    process may use). ``mode``: ``"processes"`` or ``"threads"``, where shards 1.. run (None:
-    ``SCRATCHLLM_SHARDS``, else processes where ``fork`` exists)."""
+    """``model``'s forward and backward on ``workers`` shards of the batch at once, in threads (None: one per
+    CPU this process may use)."""
 
-    def __init__(self, model, workers=None, mode=None):
+    def __init__(self, model, workers=None):
         for name in ("forward_rows", "backward_rows", "check_inputs", "dropout_seed", "forward", "backward"):
             if not callable(getattr(model, name, None)):
                 raise TypeError(f"model must have the GPT's row interface (no {name}); got {type(model).__name__}")
@@ -47,22 +43,8 @@ class DataParallel(StandsInForModel):
             workers = cpu_threads()
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be a positive int or None; got {workers!r}")
-        mode = default_mode() if mode is None else mode
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         self.model = model
         self.workers = int(workers)
-        self.mode = mode if mode == "threads" or processes_supported() else "threads"
-        self._shared = None  # name -> the shared-memory view the worker processes read (``_shared_params``)
-        self._own_copy = False  # whether those views are a copy of ours rather than the model's own buffer
-        self._pool = None  # the worker processes, started at the first forward that needs them
-        self._lock = threading.Lock()  # one sharded exchange at a time: the sync and the workers' start too
-
-    def close(self) -> None:
-        """End the worker processes now (they also end with this object); the next forward starts new ones."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, idx, targets=None, kv_cache=None):
@@ -74,12 +56,7 @@ class DataParallel(StandsInForModel):
         idx, targets, _ = model.check_inputs(idx, targets)
         bounds = shard_bounds(B, self.workers)
         seed = model.dropout_seed()  # one per step, whatever the number of shards
-        drop = model.cfg.dropout  # sent along: a worker's copy of the model keeps the config it was forked with
-        if self.mode == "processes":
-            with self._lock:
-                outs = self._forward_in_processes(idx, bounds, seed, drop)
-        else:
-            outs = parallel_map(lambda rows: model.forward_rows(idx[rows], seed, rows.start, dropout=drop), bounds)
+        outs = parallel_map(lambda rows: model.forward_rows(idx[rows], seed, rows.start), bounds)
         logits = np.concatenate([lg for lg, _ in outs])  # (B, T, V)
         cache = {"shards": [(rows, c) for rows, (_, c) in zip(bounds, outs)]}
         loss = None
@@ -97,73 +74,20 @@ class DataParallel(StandsInForModel):
             raise ValueError("backward needs the cache of a forward called with targets (there is no loss)")
         dlogits, _ = cross_entropy_backward(np.asarray(dloss, dtype=model.dtype), cache["loss"])  # (B, T, V)
         shards = cache["shards"]
-        order = flat_order(model.params)
-        if any(isinstance(c, RemoteCache) for _, c in shards[1:]):
-            def local():  # shard 0 here, its gradients written into the result's flat buffer
-                flat, views = empty_flat({name: model.params[name] for name in order})
-                return flat, model.backward_rows(dlogits[shards[0][0]], shards[0][1], out=views)
+        like = {name: model.params[name] for name in flat_order(model.params)}
 
-            with self._lock:
-                (flat, grads), worker_flats = shards[1][1].owner.backward(
-                    [c for _, c in shards[1:]], [dlogits[rows] for rows, _ in shards[1:]], local)
-            for worker_flat in worker_flats:  # each worker's gradients: its shared flat buffer, the same layout
-                add_into(flat, worker_flat)  # one pass (the shards' sum, in shard order)
-            return {name: grads[name] for name in model.params}
-        outs = parallel_map(lambda sc: model.backward_rows(dlogits[sc[0]], sc[1]), shards)
-        _, grads = empty_flat({name: model.params[name] for name in order})
+        def shard_backward(shard):  # one shard's gradients, written into a flat buffer of its own
+            rows, shard_cache = shard
+            flat, views = empty_flat(like)
+            model.backward_rows(dlogits[rows], shard_cache, out=views)
+            return flat, views
 
-        def add(names):  # some parameters' sums over the shards; memory-bound, so on every core
-            for name in order[names]:
-                np.add(outs[0][name], outs[1][name], out=grads[name])
-                for shard_grads in outs[2:]:
-                    grads[name] += shard_grads[name]
-
-        parallel_chunks(add, len(order), sum(int(p.size) for p in model.params.values()), np)
+        outs = parallel_map(shard_backward, shards)
+        flat, grads = outs[0]
+        for shard_flat, _ in outs[1:]:
+            add_into(flat, shard_flat)  # the shards' sum in shard order, one pass over the buffer each
         return {name: grads[name] for name in model.params}
 
     def activation_bytes(self, cache) -> int:
-        """Bytes of activations that ``cache`` keeps for the backward (the model's count, summed over shards; a
-        worker process counts its own shard's)."""
-        if "shards" not in cache:
-            return self.model.activation_bytes(cache)
-        local = [c for _, c in cache["shards"] if not isinstance(c, RemoteCache)]  # one walk: shared buffers once
-        total = self.model.activation_bytes({**{k: v for k, v in cache.items() if k != "shards"}, "shards": local})
-        return total + sum(c.activation_bytes() for _, c in cache["shards"] if isinstance(c, RemoteCache))
-
-    # ---------------------------------------------------------------------------------------------
-    def _shared_params(self) -> dict:
-        """name -> a view of shared memory holding that parameter, what the worker processes read: the model's
-        own flat buffer when it is shared memory (GPT's on the host, which the optimizer updates in place),
-        else a copy of ours. Once the caller rebinds a parameter to another array, the workers read a copy of
-        ours (made then, with new workers: the arrays the model held before are the caller's, never written),
-        and every rebound parameter is copied into it before each forward."""
-        params = self.model.params
-        if self._shared is not None and not self._own_copy and any(
-                params[name] is not view for name, view in self._shared.items()):
-            self._shared = None  # rebound: from now on a copy of ours
-            self.close()  # the workers read the old buffer
-        if self._shared is None:
-            order = flat_order(params)
-            arrays = [params[name] for name in order]
-            self._own_copy = not (all(is_shared(a) for a in arrays) and flat_span(arrays) is not None)
-            if self._own_copy:
-                _, self._shared = flatten_params({name: params[name] for name in order}, alloc=shared_empty)
-            else:
-                self._shared = {name: params[name] for name in order}
-        for name, view in self._shared.items():
-            if params[name] is not view:
-                view[...] = params[name]
-        return self._shared
-
-    def _forward_in_processes(self, idx, bounds, seed, drop):
-        """``forward_rows`` of each shard: shard 0 here, shards 1.. in the worker processes (processes.py)."""
-        model = self.model
-        shared = self._shared_params()
-        if self._pool is None or self._pool.closed or self._pool.pid != os.getpid():
-            self._pool = ShardWorkers(self, model, shared)
-        requests = [(idx[rows], seed, rows.start, drop) for rows in bounds[1:]]
-        most = max(rows.stop - rows.start for rows in bounds)
-        out0, outs = self._pool.forward(
-            requests, lambda: model.forward_rows(idx[bounds[0]], seed, bounds[0].start, dropout=drop),
-            logits_bytes=most * idx.shape[1] * model.cfg.vocab_size * model.dtype.itemsize)
-        return [out0] + outs  # (logits, cache) per shard; a worker's logits are a view (forward copies them)
+        """Bytes of activations that ``cache`` keeps for the backward (the model's count, summed over shards)."""
+        return self.model.activation_bytes(cache)

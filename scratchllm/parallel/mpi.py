@@ -15,21 +15,27 @@ makes the step the single-process step on the whole batch:
                so every rank starts from the same numbers and draws the same step seeds (the optimizer then
                makes the same update everywhere)
 
-``scratchllm train`` under ``mpirun -n N`` (or ``--nproc=N``) uses it: docs/parallel.md.
+``scratchllm train`` under ``mpirun -n N`` (or ``--nproc=N``) uses it, and by default runs one rank per CPU when
+mpi4py is installed (``default_ranks``): docs/parallel.md.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
 import numpy as np
 
+from ..backend import resolve_backend
 from ..kernels.dispatch import cross_entropy_backward, cross_entropy_forward
 from ..kernels.flat import empty_flat, flat_order, flat_span
-from ..kernels.threads import shard_bounds
+from ..kernels.threads import cpu_threads, shard_bounds
+from .nccl import NcclCollectives
 from .proxy import StandsInForModel
 
 
@@ -41,7 +47,12 @@ def world():
     except ImportError:
         return None
     comm = MPI.COMM_WORLD
-    return comm if comm.Get_size() > 1 else None
+    if comm.Get_size() == 1:
+        return None
+    # Open MPI hands the ranks a pseudo-terminal for stdout, so the colorama that Numba starts for its error
+    # messages would write colour resets into a piped stdout at exit; Numba reads this when first imported.
+    os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
+    return comm
 
 
 class MPIDataParallel(StandsInForModel):
@@ -58,6 +69,8 @@ class MPIDataParallel(StandsInForModel):
         self.model, self.comm = model, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.workers, self.mode = self.size, "mpi"
+        # GPU buffers are summed and broadcast by NCCL on the device (nccl.py); host buffers by MPI
+        self.gpu = NcclCollectives(comm) if model.backend == "cupy" else None
         self.broadcast_params()
 
     def close(self) -> None:
@@ -70,7 +83,7 @@ class MPIDataParallel(StandsInForModel):
         arrays = [params[name] for name in flat_order(params)]
         span = flat_span(arrays)
         for a in ([span[0]] if span is not None else arrays):
-            self.comm.Bcast(a, root=0)
+            self.gpu.bcast(a) if self.gpu else self.comm.Bcast(a, root=0)
         rng = getattr(self.model, "rng", None)
         if rng is not None:
             rng.bit_generator.state = self.comm.bcast(rng.bit_generator.state, root=0)
@@ -91,7 +104,7 @@ class MPIDataParallel(StandsInForModel):
         if rows.stop > rows.start:
             logits, cache["model"] = model.forward_rows(idx[rows], seed, rows.start)  # (b, T, V)
         else:
-            logits = np.empty((0, idx.shape[1], model.cfg.vocab_size), dtype=model.dtype)
+            logits = model.xp.empty((0, idx.shape[1], model.cfg.vocab_size), dtype=model.dtype)
         if targets is None:
             return logits, None, cache
         t = targets[rows]
@@ -117,11 +130,14 @@ class MPIDataParallel(StandsInForModel):
         flat, views = empty_flat({name: model.params[name] for name in order})
         if "loss" in cache:
             scale = float(dloss) * cache["count"] / cache["total_count"]  # its mean's gradient, as the batch's share
-            dlogits, _ = cross_entropy_backward(np.asarray(scale, dtype=model.dtype), cache["loss"])  # (b, T, V)
+            dlogits, _ = cross_entropy_backward(model.xp.asarray(scale, dtype=model.dtype), cache["loss"])  # (b, T, V)
             model.backward_rows(dlogits, cache["model"], out=views)
         else:  # no rows, or no kept target: this rank adds zeros
             flat[...] = 0
-        self.comm.Allreduce(self.MPI.IN_PLACE, flat)  # the ranks' gradients summed, in place
+        if self.gpu:
+            self.gpu.allreduce(flat)  # the ranks' gradients summed, in place, on the GPUs
+        else:
+            self.comm.Allreduce(self.MPI.IN_PLACE, flat)  # the ranks' gradients summed, in place
         return {name: views[name] for name in model.params}
 
 
@@ -142,10 +158,21 @@ def share_cpus(comm) -> None:
     threadpool_limits(cpu_threads())
 
 
+def default_ranks(batch_size: int, backend: str) -> int:
+    """The ranks ``scratchllm train`` runs by default (``--nproc=0``): one per CPU this process may use, at most
+    one per row of the batch, when mpi4py and an mpirun are installed and the model runs on the host (``backend``
+    numpy, or auto without a GPU); else 1, one process whose ``DataParallel`` runs the batch's shards in threads."""
+    if backend == "cupy" or importlib.util.find_spec("mpi4py") is None or mpirun() is None \
+            or resolve_backend(backend) != "numpy":
+        return 1
+    return max(1, min(cpu_threads(), batch_size))
+
+
 def launch(nproc: int, argv: list) -> int:
     """``scratchllm ARGV`` as ``nproc`` MPI ranks through mpirun (Open MPI's, from the ``mpi`` extra, or the
     system's mpiexec): as root with ``--allow-run-as-root``, with ``--oversubscribe`` when there are more ranks
-    than CPUs. Returns mpirun's exit status."""
+    than CPUs. Returns mpirun's exit status. On Linux mpirun is bound to this process: if it dies (even by
+    ``kill -9``), the kernel sends mpirun SIGTERM and mpirun ends the ranks, rather than leaving them training."""
     runner = mpirun()
     if runner is None:
         raise ValueError(f"--nproc={nproc} needs mpirun or mpiexec: pip install scratchllm[mpi]")
@@ -155,7 +182,57 @@ def launch(nproc: int, argv: list) -> int:
     if nproc > (os.cpu_count() or 1) and "openmpi" in _implementation(runner):
         cmd.append("--oversubscribe")
     cmd += ["-n", str(nproc), sys.executable, "-m", "scratchllm", *argv]
-    return subprocess.call(cmd)
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE,
+                          preexec_fn=_end_with_parent if sys.platform == "linux" else None) as job:
+        _relay(job.stderr.fileno(), sys.stderr)
+        return job.wait()
+
+
+def _relay(fd: int, out) -> None:
+    """Copy mpirun's stderr to ``out`` as it comes (progress bars included), except Open MPI's boxed messages
+    (between two lines of dashes) after a rank printed a ``scratchllm: error`` line: the job's end (an abort, a
+    non-zero exit) is then told once, by that line, as in one process."""
+    out = getattr(out, "buffer", out)
+    rest, box, said = b"", None, False  # the unfinished line; the box's lines while one is read; an error said
+    begun = b""  # the part of the current line already passed on (a progress bar's)
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        rest += chunk
+        while rest:
+            line, newline, after = rest.partition(b"\n")
+            rule = not begun and line.strip(b"\r").startswith(b"-" * 20) and not line.strip(b"\r-")
+            if not newline:  # an unfinished line: out now (a progress bar), unless it may become a rule
+                if chunk and (box is not None or not (begun + line).strip(b"-")):
+                    break
+                if box is None:
+                    out.write(line)
+                    begun, rest = begun + line, b""
+                break
+            rest = after
+            if box is None and not rule:
+                out.write(line + newline)
+                said = said or b"scratchllm: error" in begun + line
+                begun = b""
+            elif box is None:
+                box = [line + newline]
+            else:
+                box.append(line + newline)
+                if rule:
+                    if not said:
+                        out.write(b"".join(box))
+                    box = None
+        out.flush()
+        if not chunk:
+            if box:
+                out.write(b"".join(box) + rest)
+            out.flush()
+            return
+
+
+def _end_with_parent() -> None:
+    """In the forked child before it becomes mpirun: ask Linux for SIGTERM when its parent (us) dies."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def mpirun():
@@ -180,10 +257,11 @@ def fail(comm, error: BaseException, everywhere: bool) -> None:
     prints it and all exit 2; else this rank prints it with its rank and MPI_Abort ends the job (the others
     would wait in a collective forever)."""
     line = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if everywhere:
+    if everywhere:  # ended without MPI_Finalize, so mpirun ends the job even if a rank did not meet the error
         if comm.Get_rank() == 0:
             print(f"scratchllm: error: {line}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+        sys.stdout.flush()
+        os._exit(2)
     print(f"scratchllm: error on rank {comm.Get_rank()} of {comm.Get_size()}: {type(error).__name__}: {line}",
           file=sys.stderr, flush=True)
     comm.Abort(1)

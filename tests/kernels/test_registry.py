@@ -215,7 +215,7 @@ def test_batch_shards_in_threads_load_the_implementations_together():
             "from scratchllm.model import GPT, GPTConfig\n"
             "m = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32), backend='numpy')\n"
             "from scratchllm.parallel import DataParallel\n"
-            "dp = DataParallel(m, workers=4, mode='threads')\n"
+            "dp = DataParallel(m, workers=4)\n"
             "idx = np.random.default_rng(0).integers(0, 65, (16, 32))\n"
             "_, loss, cache = dp.forward(idx, idx)\n"
             "assert len(cache['shards']) == 4\n"

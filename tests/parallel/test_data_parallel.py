@@ -5,21 +5,17 @@ import numpy as np
 import pytest
 
 from scratchllm.gradcheck import gradcheck
-from scratchllm.kernels.flat import flat_span, is_shared
+from scratchllm.kernels.flat import flat_span
 from scratchllm.model import ATTN_BLOCK, GPT, GPTConfig
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
 from scratchllm.parallel import DataParallel
-from scratchllm.parallel.processes import RemoteCache, processes_supported
 from tests.test_model import attention_weights_kept, batch, perturbed_model
 
-MODES = ["threads", pytest.param("processes", marks=pytest.mark.skipif(
-    not processes_supported(), reason="batch shards in processes need fork (Linux)"))]
 DROPPY = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("workers", [2, 3, 5])
-def test_shards_give_the_one_pass_numbers(workers, mode):
+def test_shards_give_the_one_pass_numbers(workers):
     """The logits, the loss and every gradient equal the model's own pass over the whole batch; a row whose
     targets are all ignored checks that the shards are weighted by their kept targets, not averaged."""
     model = perturbed_model()
@@ -27,10 +23,9 @@ def test_shards_give_the_one_pass_numbers(workers, mode):
     targets[1, :] = -1
     logits1, loss1, cache1 = model.forward(idx, targets)
     grads1 = model.backward(cache1, dloss=0.7)
-    dp = DataParallel(model, workers=workers, mode=mode)
+    dp = DataParallel(model, workers=workers)
     logits, loss, cache = dp.forward(idx, targets)
     assert len(cache["shards"]) == min(workers, 4)
-    assert isinstance(cache["shards"][1][1], RemoteCache) == (mode == "processes")
     grads = dp.backward(cache, dloss=0.7)
     np.testing.assert_allclose(logits, logits1, rtol=0, atol=1e-14)
     np.testing.assert_allclose(loss, loss1, rtol=1e-14)
@@ -41,12 +36,12 @@ def test_shards_give_the_one_pass_numbers(workers, mode):
         np.testing.assert_allclose(grads[name], grads1[name], rtol=1e-12, atol=1e-14, err_msg=name)
 
 
-def train(workers, mode, dtype, steps=4, dropout=DROPPY.dropout):
+def train(workers, dtype, steps=4, dropout=DROPPY.dropout):
     """Losses, the first step's gradients and the final parameters of a few AdamW steps at dropout 0.1 on shards
     (workers=None: the model alone)."""
     cfg = GPTConfig(**{**DROPPY.to_dict(), "dropout": dropout})
     model = GPT(cfg, seed=1, dtype=dtype, backend="numpy")
-    runner = model if workers is None else DataParallel(model, workers=workers, mode=mode)
+    runner = model if workers is None else DataParallel(model, workers=workers)
     opt = AdamW(decay_groups(model.params, 0.1), lr=1e-2)
     rng = np.random.default_rng(0)
     losses, first_grads = [], None
@@ -57,21 +52,20 @@ def train(workers, mode, dtype, steps=4, dropout=DROPPY.dropout):
         grads = runner.backward(cache)
         first_grads = first_grads or {name: g.copy() for name, g in grads.items()}
         clip_grad_norm(grads, 1.0)
-        opt.step(grads)  # in place: worker processes read the new values at the next forward
+        opt.step(grads)
         losses.append(float(loss))
     return np.array(losses), first_grads, model.state_dict()
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
-def test_dropout_does_not_depend_on_the_number_of_workers(dtype, rtol, mode):
+def test_dropout_does_not_depend_on_the_number_of_workers(dtype, rtol):
     """Each row draws its masks from its own generator (seeded by the step's seed and the row): 1, 2 and 3
     workers give the model's own losses and gradients up to the order of float sums (the parameters after
     AdamW steps too in float64; in float32 Adam's normalised step magnifies last-bit differences of tiny
     gradients)."""
-    alone_losses, alone_grads, alone = train(None, mode, dtype)
+    alone_losses, alone_grads, alone = train(None, dtype)
     for workers in (1, 2, 3):
-        losses, grads, params = train(workers, mode, dtype)
+        losses, grads, params = train(workers, dtype)
         if workers == 1:  # one shard is the model's own pass, bit for bit
             np.testing.assert_array_equal(losses, alone_losses)
         np.testing.assert_allclose(losses, alone_losses, rtol=rtol, err_msg=f"{workers} workers")
@@ -79,29 +73,27 @@ def test_dropout_does_not_depend_on_the_number_of_workers(dtype, rtol, mode):
             assert np.max(np.abs(g - alone_grads[name])) <= rtol * np.max(np.abs(alone_grads[name])), name
         for name, value in params.items() if dtype == "float64" else ():
             assert np.max(np.abs(value - alone[name])) <= rtol * np.max(np.abs(alone[name])), (workers, name)
-    no_dropout, _, _ = train(2, mode, dtype, dropout=0.0)
+    no_dropout, _, _ = train(2, dtype, dropout=0.0)
     assert not np.allclose(no_dropout, alone_losses, rtol=1e-3)  # dropout really acted
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_runs_are_the_same_bits_for_a_given_number_of_workers(mode):
-    first_losses, _, first = train(3, mode, "float32")
-    again_losses, _, again = train(3, mode, "float32")
+def test_runs_are_the_same_bits_for_a_given_number_of_workers():
+    first_losses, _, first = train(3, "float32")
+    again_losses, _, again = train(3, "float32")
     np.testing.assert_array_equal(first_losses, again_losses)
     for name in first:
         np.testing.assert_array_equal(first[name], again[name], err_msg=name)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_gradcheck_through_the_shards_with_dropout(mode):
+def test_gradcheck_through_the_shards_with_dropout():
     cfg = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.3)
     model = perturbed_model(cfg)
-    dp = DataParallel(model, workers=2, mode=mode)
+    dp = DataParallel(model, workers=2)
     idx, targets = batch(cfg, B=3)
     names = list(model.params)
 
     def forward(*arrays):
-        model.params = dict(zip(names, arrays))  # rebound, not written in place: copied to the workers
+        model.params = dict(zip(names, arrays))  # rebound, not written in place
         model.rng = np.random.default_rng(5)  # the same masks at every evaluation
         _, loss, cache = dp.forward(idx, targets)
         return loss, cache
@@ -115,52 +107,24 @@ def test_gradcheck_through_the_shards_with_dropout(mode):
     assert report.ok and report.max_rel_err <= 1e-7
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("workers, T", [(2, 16), (3, 16), (2, 150)])
-def test_activation_bytes_in_shards(workers, T, mode):
-    """The model's budget (docs/gpt_backward.md), with the positions once per shard; a worker process also
-    keeps its own copy of its shard's ids."""
+def test_activation_bytes_in_shards(workers, T):
+    """The model's budget (docs/gpt_backward.md), with the positions once per shard."""
     cfg = GPTConfig(vocab_size=65, block_size=T, n_layer=3, n_head=2, n_embd=16)
-    dp = DataParallel(GPT(cfg, backend="numpy"), workers=workers, mode=mode)
+    dp = DataParallel(GPT(cfg, backend="numpy"), workers=workers)
     B, L, C, H, V = 4, 3, 16, 2, 65
     cache = dp.forward(*batch(cfg, B=B, T=T))[2]
     floats = B * T * (L * (20 * C + 2) + 2 * C + 2 + V) + L * B * H * attention_weights_kept(T, ATTN_BLOCK)
     ints = 8 * B * T * 2 + B * T + 8 * T * workers  # idx, targets (int64), the kept mask (bool), positions
-    if mode == "processes":
-        ints += 8 * T * (B - B // workers)
     assert dp.activation_bytes(cache) == 4 * floats + ints
 
 
-@pytest.mark.skipif(not processes_supported(), reason="batch shards in processes need fork (Linux)")
-def test_the_workers_read_the_models_own_parameter_buffer():
-    """GPT's flat parameter buffer is shared memory on the host: the workers read it as it is, with no copy
-    per step. Once a parameter is rebound to another array they read a copy (new workers), and the arrays the
-    model held before (the caller's, an optimizer's) are never written."""
-    model = GPT(DROPPY, backend="numpy").eval()
-    assert all(is_shared(p) for p in model.params.values())
-    dp = DataParallel(model, workers=2, mode="processes")
-    idx, targets = np.random.default_rng(0).integers(0, DROPPY.vocab_size, (2, 4, DROPPY.block_size))
-    dp.forward(idx, targets)
-    shared, workers = dp._shared_params(), dp._pool.workers[0]
-    assert all(shared[name] is model.params[name] for name in model.params)
-    old_bias = model.params["ln_f.bias"]
-    model.params["ln_f.bias"] = np.ones(DROPPY.n_embd, np.float32)  # rebound
-    logits = dp.forward(idx, targets)[0]
-    copy = dp._shared_params()
-    assert copy["ln_f.bias"] is not model.params["ln_f.bias"] and not any(copy[n] is shared[n] for n in copy)
-    np.testing.assert_array_equal(copy["ln_f.bias"], 1.0)
-    assert not old_bias.any() and dp._pool.workers[0] is not workers  # the caller's array untouched; new workers
-    np.testing.assert_allclose(logits, model.forward(idx)[0], rtol=1e-5, atol=1e-6)  # the new bias reached every shard
-    assert not is_shared(np.zeros(3)) and not is_shared(model.params["wte.weight"].copy())
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_a_changed_dropout_rate_reaches_every_shard(mode):
-    """Worker processes were forked with the model's config: the rate travels with each request."""
+def test_a_changed_dropout_rate_reaches_every_shard():
+    """The trainer may change the model's config between steps: every shard reads the rate of the moment."""
     model = GPT(DROPPY, seed=2, dtype="float64", backend="numpy")
-    dp = DataParallel(model, workers=2, mode=mode)
+    dp = DataParallel(model, workers=2)
     idx, targets = np.random.default_rng(0).integers(0, DROPPY.vocab_size, (2, 4, DROPPY.block_size))
-    dp.forward(idx, targets)  # workers up, with dropout 0.1
+    dp.forward(idx, targets)  # with dropout 0.1
     model.cfg = GPTConfig(**{**DROPPY.to_dict(), "dropout": 0.5})
     model.rng = np.random.default_rng(3)
     got = dp.forward(idx, targets)[1]
@@ -171,7 +135,7 @@ def test_a_changed_dropout_rate_reaches_every_shard(mode):
 def test_what_the_model_runs_alone():
     """One row, incremental decoding (kv_cache) and one worker: the model's own forward, the same bits."""
     model = perturbed_model().eval()
-    dp = DataParallel(model, workers=2, mode="threads")
+    dp = DataParallel(model, workers=2)
     idx, targets = batch(B=1)
     cache = dp.forward(idx, targets)[2]
     assert "shards" not in cache and set(dp.backward(cache)) == set(model.params)
@@ -185,7 +149,6 @@ def test_what_the_model_runs_alone():
     (dict(workers=0), ValueError, "workers must be a positive int or None; got 0"),
     (dict(workers=True), ValueError, "workers must be a positive int or None; got True"),
     (dict(workers="2"), ValueError, "workers must be a positive int or None; got '2'"),
-    (dict(mode="fibers"), ValueError, "mode must be one of processes, threads; got 'fibers'"),
 ])
 def test_arguments_are_checked(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -198,7 +161,7 @@ def test_it_stands_in_for_its_model_and_caches_go_back_where_they_came_from():
     from scratchllm.generate import generate_ids
 
     model = perturbed_model()
-    dp = DataParallel(model, workers=2, mode="threads")
+    dp = DataParallel(model, workers=2)
     assert (dp.cfg, dp.dtype, dp.backend) == (model.cfg, model.dtype, model.backend)
     np.testing.assert_array_equal(generate_ids(dp, [1, 2, 3], 4, seed=0), generate_ids(model, [1, 2, 3], 4, seed=0))
     assert dp.training  # generate put it back
@@ -212,7 +175,7 @@ def test_it_stands_in_for_its_model_and_caches_go_back_where_they_came_from():
 
 
 def test_bad_ids_are_reported_before_any_shard_runs():
-    dp = DataParallel(perturbed_model(), workers=2, mode="threads")
+    dp = DataParallel(perturbed_model(), workers=2)
     idx, targets = batch(B=4)
     idx[3, 0] = 99
     with pytest.raises(ValueError, match=r"idx holds 99, outside \[0, 11\)"):
