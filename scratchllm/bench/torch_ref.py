@@ -22,6 +22,26 @@ def _sdpa_last_queries(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def _rope(theta=10000.0):
+    """Hugging Face Llama's rotary embedding (``apply_rotary_pos_emb`` with ``rotate_half``), the angles in float64."""
+    def rope(x, positions):
+        D = x.shape[-1]
+        inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+        ang = positions.to(torch.float64)[..., None] * inv_freq
+        emb = torch.cat((ang, ang), dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        if cos.ndim == 3:
+            cos, sin = cos[:, None], sin[:, None]
+        half = D // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    return rope
+
+
+def _sdpa_gqa(q, k, v):
+    """Causal SDPA with grouped keys and values (torch repeats each key/value head for its group)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
 TORCH_OPS = {
     "linear": lambda x, w, b: F.linear(x, w.T, b),  # addmm: the bias added inside the GEMM
     "embedding": lambda idx, table: F.embedding(idx, table),
@@ -40,6 +60,13 @@ TORCH_OPS = {
     "dropout": lambda x: F.dropout(x, 0.25, training=True),
     "cross_entropy": lambda logits, targets: F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                              targets.reshape(-1), ignore_index=-1),
+    "rmsnorm": lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6),
+    "rope": _rope(),
+    "rope_rows": _rope(500000.0),
+    "swiglu": lambda gate, up: F.silu(gate) * up,
+    "attention_gqa": _sdpa_gqa,
+    "attention_blocked_gqa": _sdpa_gqa,
+    "flash_attention_mqa": _sdpa_gqa,
 }
 # Random masks: torch draws its own, so these are compared on time only (same p, same shapes).
 TIMING_ONLY = {"dropout", "attention_dropout"}

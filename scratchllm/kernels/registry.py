@@ -74,6 +74,11 @@ def _numba(*arrays) -> bool:
     return cpu_kernel_for(*arrays) and arrays[0].size > 0
 
 
+def _heads(q, k) -> bool:
+    """As many key/value heads as query heads: grouped-query attention (fewer) runs the textbook."""
+    return q.shape[1] == k.shape[1]
+
+
 def _cuda(*arrays) -> bool:
     """CuPy arrays, not empty, with the fused CUDA kernels usable (a GPU that computes)."""
     return type(arrays[0]) is not np.ndarray and get_xp(*arrays) is not np and arrays[0].size > 0 and enabled()
@@ -128,30 +133,31 @@ IMPLEMENTATIONS = [
                    "one GEMM over all rows (MKL's sequential GEMM in a single-core shard), bias in place, "
                    "dw into a given array"),
     Implementation("attention", "cuda", "scratchllm.kernels.cuda.attention",
-                   lambda q, k, v, causal=True, dropout=0.0, rng=None: _cuda(q, k, v),
-                   lambda dout, cache: _cuda(cache[0], dout),
+                   lambda q, k, v, causal=True, dropout=0.0, rng=None: _cuda(q, k, v) and _heads(q, k),
+                   lambda dout, cache: _cuda(cache[0], dout) and _heads(*cache[:2]),
                    "whole arrays; scale, causal mask and softmax in one CUDA pass", needs="cuda"),
     Implementation("attention", "numpy", "scratchllm.kernels.numpy.attention",
-                   lambda q, k, v, causal=True, dropout=0.0, rng=None: _numpy(q, k, v),
-                   lambda dout, cache: _numpy(cache[0], dout),
+                   lambda q, k, v, causal=True, dropout=0.0, rng=None: _numpy(q, k, v) and _heads(q, k),
+                   lambda dout, cache: _numpy(cache[0], dout) and _heads(*cache[:2]),
                    "the (batch, head) matrices in pieces on every thread, MKL's GEMM, the scale-mask-softmax "
                    "fused per row where Numba is installed"),
     Implementation("attention_blocked", "cuda", "scratchllm.kernels.cuda.attention",
-                   lambda q, k, v, dropout=0.0, rng=None, block=64: _cuda(q, k, v),
-                   lambda dout, cache: _cuda(cache[0], dout),
+                   lambda q, k, v, dropout=0.0, rng=None, block=64: _cuda(q, k, v) and _heads(q, k),
+                   lambda dout, cache: _cuda(cache[0], dout) and _heads(*cache[:2]),
                    "each block's scale, mask and softmax in one CUDA pass", needs="cuda"),
     Implementation("attention_blocked", "numpy", "scratchllm.kernels.numpy.attention_blocked",
-                   lambda q, k, v, dropout=0.0, rng=None, block=64: _numpy(q, k, v),
-                   lambda dout, cache: _numpy(cache[0], dout),
+                   lambda q, k, v, dropout=0.0, rng=None, block=64: _numpy(q, k, v) and _heads(q, k),
+                   lambda dout, cache: _numpy(cache[0], dout) and _heads(*cache[:2]),
                    "each block as the attention's pieces; inputs read and outputs written in GPT's layouts"),
     Implementation("flash_attention", "cuda", "scratchllm.kernels.cuda.flash_attention",
-                   lambda q, k, v, causal=True, block_q=64, block_k=64: _cuda(q, k, v) and q.shape[-1] <= 128,
-                   lambda dout, cache: _cuda(cache[0], dout) and cache[0].shape[-1] <= 128,
+                   lambda q, k, v, causal=True, block_q=64, block_k=64: _cuda(q, k, v) and _heads(q, k)
+                   and q.shape[-1] <= 128,
+                   lambda dout, cache: _cuda(cache[0], dout) and _heads(*cache[:2]) and cache[0].shape[-1] <= 128,
                    "a CUDA block per tile of 64 rows, a thread per row, the other side in shared-memory tiles; "
                    "D <= 128", needs="cuda"),
     Implementation("flash_attention", "numpy", "scratchllm.kernels.numpy.flash_attention",
-                   lambda q, k, v, causal=True, block_q=64, block_k=64: _numpy(q, k, v),
-                   lambda dout, cache: _numpy(cache[0], dout),
+                   lambda q, k, v, causal=True, block_q=64, block_k=64: _numpy(q, k, v) and _heads(q, k),
+                   lambda dout, cache: _numpy(cache[0], dout) and _heads(*cache[:2]),
                    "the (batch, head) pairs dealt to the threads, tiles of >= 128 through MKL's GEMM, in place"),
     Implementation("gelu", "cuda", "scratchllm.kernels.cuda.gelu",
                    lambda x, approximate="tanh": _cuda(x), lambda dout, cache: _cuda(cache[0], dout),

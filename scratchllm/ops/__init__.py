@@ -23,7 +23,10 @@ from .flash_attention import flash_attention_backward, flash_attention_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .rope import rope_backward, rope_forward
 from .softmax import softmax_backward, softmax_forward
+from .swiglu import swiglu_backward, swiglu_forward
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,30 @@ def _attention_inputs(rng, dtype, B, H, T, D):
 def _attention_cached_inputs(rng, dtype, B, H, T, D):
     """q for the last T of T + 3 positions, k and v for all of them (what a KV cache hands attention)."""
     return (_normal(rng, (B, H, T, D), dtype),) + tuple(_normal(rng, (B, H, T + 3, D), dtype) for _ in range(2))
+
+
+def _grouped_attention_inputs(rng, dtype, B, H, Hk, T, D):
+    """q with H heads; k and v with Hk (grouped-query attention: Hk divides H)."""
+    return (_normal(rng, (B, H, T, D), dtype),) + tuple(_normal(rng, (B, Hk, T, D), dtype) for _ in range(2))
+
+
+def _rmsnorm_inputs(rng, dtype, N, C):
+    x = _normal(rng, (N, C), dtype, 2.0) + rng.standard_normal((N, 1)).astype(dtype)  # rows not centred
+    return x, (1.0 + _normal(rng, (C,), dtype, 0.3)).astype(dtype)
+
+
+def _rope_inputs(rng, dtype, B, H, T, D):
+    """Positions 7 .. 7+T-1: the rotation of tokens that continue a KV cache mid-sequence."""
+    return _normal(rng, (B, H, T, D), dtype), np.arange(7, 7 + T)
+
+
+def _rope_rows_inputs(rng, dtype, B, H, T, D):
+    """Each row its own positions (B, T), as Hugging Face's position_ids: rows starting at 0 and at 40."""
+    return _normal(rng, (B, H, T, D), dtype), np.arange(T)[None, :] + 40 * np.arange(B)[:, None]
+
+
+def _swiglu_inputs(rng, dtype, N, C):
+    return _normal(rng, (N, C), dtype, 2.0), _normal(rng, (N, C), dtype)
 
 
 def _cross_entropy_inputs(rng, dtype, B, T, V):
@@ -174,6 +201,20 @@ OPS: dict[str, Op] = _Registry({
         Op("flash_attention_kv", functools.partial(flash_attention_forward, block_q=2, block_k=3),
            flash_attention_backward, _attention_cached_inputs, dict(B=2, H=2, T=5, D=3), ("q", "k", "v"),
            "causal, the queries the last T of T+3 keys (a KV cache), tiles of 2 x 3"),
+        Op("rmsnorm", rmsnorm_forward, rmsnorm_backward, _rmsnorm_inputs, dict(N=4, C=6), ("x", "w")),
+        Op("rope", rope_forward, rope_backward, _rope_inputs, dict(B=2, H=2, T=5, D=6), ("x", "positions"),
+           "positions 7..11 (mid-sequence, as after a KV cache)"),
+        Op("rope_rows", functools.partial(rope_forward, theta=500000.0), rope_backward, _rope_rows_inputs,
+           dict(B=2, H=2, T=5, D=4), ("x", "positions"), "positions per row (B, T), theta 500000 (Llama 3)"),
+        Op("swiglu", swiglu_forward, swiglu_backward, _swiglu_inputs, dict(N=4, C=6), ("gate", "up")),
+        Op("attention_gqa", attention_forward, attention_backward, _grouped_attention_inputs,
+           dict(B=2, H=4, Hk=2, T=4, D=3), ("q", "k", "v"), "causal, grouped-query: 4 query heads, 2 key/value"),
+        Op("attention_blocked_gqa", in_8_blocks(attention_blocked_forward), attention_blocked_backward,
+           _grouped_attention_inputs, dict(B=2, H=6, Hk=2, T=5, D=3), ("q", "k", "v"),
+           "causal, in query blocks, 6 query heads sharing 2 key/value heads"),
+        Op("flash_attention_mqa", functools.partial(flash_attention_forward, block_q=2, block_k=2),
+           flash_attention_backward, _grouped_attention_inputs, dict(B=2, H=3, Hk=1, T=5, D=3), ("q", "k", "v"),
+           "causal, multi-query (one key/value head for 3 query heads), tiles of 2 x 2"),
     )
 })
 
@@ -184,5 +225,6 @@ __all__ = [
     "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",
     "attention_blocked_forward", "attention_blocked_backward",
     "cross_entropy_forward", "cross_entropy_backward", "dropout_forward", "dropout_backward",
-    "flash_attention_forward", "flash_attention_backward",
+    "flash_attention_forward", "flash_attention_backward", "rmsnorm_forward", "rmsnorm_backward",
+    "rope_forward", "rope_backward", "swiglu_forward", "swiglu_backward",
 ]

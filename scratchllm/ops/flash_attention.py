@@ -20,15 +20,16 @@ import numbers
 
 from ..backend import get_xp
 from ._checks import check_dout
-from .attention import check_qkv
+from .attention import check_qkv, repeat_kv, sum_groups
 
 
 def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
     """Scaled dot-product attention, ``softmax(q k^T / sqrt(D)) v``, one tile of scores at a time.
 
     Shapes:
-        q (B, H, T, D), k (B, H, Tk, D), v (B, H, Tk, D)  ->  out (B, H, T, D)
-        (causal: Tk >= T, the queries being the last T of the Tk positions, as in ``attention_forward``)
+        q (B, H, T, D), k (B, Hk, Tk, D), v (B, Hk, Tk, D)  ->  out (B, H, T, D)
+        (causal: Tk >= T, the queries being the last T of the Tk positions; Hk dividing H: grouped-query, k and v
+        repeated to H heads first; both as in ``attention_forward``)
 
     Math, for the query rows r of one tile and the key columns c of each key tile in turn (s = 1/sqrt(D)):
         S[r, c]  = s q_r . k_c                     (-inf where c is in r's future, causal only)
@@ -52,6 +53,8 @@ def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
     xp = get_xp(q, k, v)
     scale = 1.0 / math.sqrt(D)
     offset = Tk - T  # query i sits at position i + offset and sees keys j <= i + offset
+    G = H // k.shape[1]  # query heads per key/value head
+    kr, vr = repeat_kv(k, G), repeat_kv(v, G)  # (B, H, Tk, D) each
     out = xp.empty((B, H, T, D), dtype=q.dtype)  # (B, H, T, D)
     lse = xp.empty((B, H, T), dtype=q.dtype)  # (B, H, T)
     for i0 in range(0, T, block_q):
@@ -61,14 +64,14 @@ def flash_attention_forward(q, k, v, causal=True, block_q=64, block_k=64):
         l = xp.zeros((B, H, i1 - i0, 1), dtype=q.dtype)  # (B, H, bq, 1) running sum of exp(S - m)
         acc = xp.zeros((B, H, i1 - i0, D), dtype=q.dtype)  # (B, H, bq, D) running sum of exp(S - m) v
         for j0, j1 in key_tiles(i0, i1, Tk, block_k, causal, offset):
-            S = (qi @ k[:, :, j0:j1].swapaxes(-1, -2)) * scale  # (B, H, bq, bk)
+            S = (qi @ kr[:, :, j0:j1].swapaxes(-1, -2)) * scale  # (B, H, bq, bk)
             if causal and j1 - 1 > i0 + offset:  # the tile crosses the diagonal
                 S = xp.where(tile_mask(i0, i1, j0, j1, offset, xp), -xp.inf, S)
             m_new = xp.maximum(m, S.max(axis=-1, keepdims=True))  # (B, H, bq, 1)
             P = xp.exp(S - m_new)  # (B, H, bq, bk); masked entries exp(-inf) = 0
             rescale = xp.exp(m - m_new)  # (B, H, bq, 1); 0 on the first tile (m = -inf)
             l = rescale * l + P.sum(axis=-1, keepdims=True)
-            acc = rescale * acc + P @ v[:, :, j0:j1]  # (B, H, bq, D)
+            acc = rescale * acc + P @ vr[:, :, j0:j1]  # (B, H, bq, D)
             m = m_new
         out[:, :, i0:i1] = acc / l  # (B, H, bq, D)
         lse[:, :, i0:i1] = (m + xp.log(l))[..., 0]  # (B, H, bq)
@@ -80,9 +83,10 @@ def flash_attention_backward(dout, cache):
     """Gradients of ``flash_attention_forward``, tile by tile, the probabilities recomputed from the cache.
 
     Shapes:
-        dout (B, H, T, D)  ->  dq (B, H, T, D), dk (B, H, Tk, D), dv (B, H, Tk, D)
+        dout (B, H, T, D)  ->  dq (B, H, T, D), dk (B, Hk, Tk, D), dv (B, Hk, Tk, D)
 
-    Math, per (query tile, key tile) that the forward visited:
+    Math, per (query tile, key tile) that the forward visited (k, v repeated to H heads as there; dk, dv summed over
+    each group's G query heads at the end):
         P[r, c]   = exp(S[r, c] - lse[r])          (S recomputed as in the forward: the exact softmax)
         dv_c     += sum_r P[r, c] dout_r
         dP[r, c]  = dout_r . v_c
@@ -102,6 +106,8 @@ def flash_attention_backward(dout, cache):
     Tk = k.shape[2]
     scale = 1.0 / math.sqrt(D)
     offset = Tk - T
+    G = H // k.shape[1]
+    k, v = repeat_kv(k, G), repeat_kv(v, G)  # (B, H, Tk, D) each, as the forward used them
     Dr = (dout * out).sum(axis=-1, keepdims=True)  # (B, H, T, 1) = rowsum(dP * P)
     dq, dk, dv = xp.zeros_like(q), xp.zeros_like(k), xp.zeros_like(v)
     for i0 in range(0, T, block_q):
@@ -118,7 +124,7 @@ def flash_attention_backward(dout, cache):
             dS = P * (dP - Dr[:, :, i0:i1])  # (B, H, bq, bk)
             dq[:, :, i0:i1] += (dS @ kj) * scale  # (B, H, bq, D)
             dk[:, :, j0:j1] += (dS.swapaxes(-1, -2) @ qi) * scale  # (B, H, bk, D)
-    return dq, dk, dv
+    return dq, sum_groups(dk, G), sum_groups(dv, G)  # dk, dv (B, Hk, Tk, D)
 
 
 def key_tiles(i0, i1, Tk, block_k, causal, offset):
