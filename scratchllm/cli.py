@@ -12,6 +12,7 @@ import platform
 import sys
 
 EXIT_FAIL, EXIT_USAGE = 1, 2
+USAGE_ERRORS = (ValueError, TypeError, OSError)  # with BackendError: one line and exit 2 (bad input, a bad path)
 
 
 class UsageError(Exception):
@@ -173,7 +174,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import ConfigError, TrainingDiverged, make_config, parse_overrides, train
+    from .backend import BackendError
+    from .train import TrainingDiverged, make_config, parse_overrides, train
     from .parallel.mpi import default_ranks, fail, launch, world
 
     comm = world()
@@ -188,10 +190,10 @@ def cmd_train(args) -> int:
         if comm is None or comm.Get_rank() == 0:  # the loss is the whole batch's: every rank stops, rank 0 says so
             print(f"scratchllm train: {e}", file=sys.stderr)
         return EXIT_FAIL
-    except Exception as e:  # under MPI one rank's error ends every rank, printed once
+    except Exception as e:  # under MPI one rank's error ends every rank, printed once (as main would: exit 2)
         if comm is None:
             raise
-        fail(comm, e, everywhere=isinstance(e, ConfigError))
+        fail(comm, e, everywhere=isinstance(e, (BackendError, *USAGE_ERRORS)))
     val = f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
     if comm is None or comm.Get_rank() == 0:
         print(f"trained {summary['step']} steps in {summary['seconds']:.1f} s{val}; checkpoints in {summary['out_dir']}",
@@ -388,7 +390,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader went away (`scratchllm gradcheck | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (BackendError, ValueError, TypeError, OSError) as e:
+    except (*USAGE_ERRORS, BackendError) as e:
         if os.environ.get("SCRATCHLLM_DEBUG"):
             raise
         print(f"scratchllm: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

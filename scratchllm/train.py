@@ -150,6 +150,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--vocab_size for bpe must be >= 257 (256 bytes + end-of-text); got {cfg.vocab_size}")
     if cfg.vocab_size > 2**20:
         raise ConfigError(f"--vocab_size {cfg.vocab_size} is larger than this trainer supports (2**20)")
+    if cfg.nproc > cfg.batch_size:
+        raise ConfigError(f"--nproc ({cfg.nproc}) must be <= --batch_size ({cfg.batch_size}): each rank takes rows "
+                          "of the batch")
     if cfg.lr_decay_iters and cfg.lr_decay_iters < cfg.warmup_iters:
         raise ConfigError(f"--lr_decay_iters ({cfg.lr_decay_iters}) must be >= --warmup_iters ({cfg.warmup_iters})")
 
@@ -294,11 +297,14 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     opt = make_optimizer(cfg, model.params)
     if comm is not None:  # the batch's rows dealt to the ranks, gradients summed by Allreduce
         dp = MPIDataParallel(model, comm)
-        say(f"data parallel: {dp.size} MPI ranks, each with its rows of the batch of {cfg.batch_size}")
+        say(f"data parallel: {dp.size} MPI ranks, each with its rows of the batch of {cfg.batch_size}"
+            + (f" (--nproc={cfg.nproc} left aside: mpirun started {dp.size})" if cfg.nproc not in (0, dp.size) else "")
+            + (f"; {dp.size - cfg.batch_size} of them without a row" if dp.size > cfg.batch_size else ""))
     else:
         dp = DataParallel(model)  # the batch in shards on every CPU core (on the GPU the model takes it whole)
         if backend == "numpy":
-            say(f"data parallel: {min(dp.workers, cfg.batch_size)} shards of the batch at once, in threads")
+            n = min(dp.workers, cfg.batch_size)
+            say(f"data parallel: {n} shard{'s' * (n > 1)} of the batch at once, in threads")
     batch_rng = np.random.default_rng([cfg.seed, 2])
     best_val = math.inf
     if resume:

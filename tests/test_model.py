@@ -263,7 +263,7 @@ def test_flash_attention_in_the_model_gives_the_full_models_numbers_in_o_t_memor
     """attention="flash" against "full" (the query blocks' whole-matrix weights): the same loss and gradients in
     float64, at a T with several flash tiles and query blocks, and the activations without the T x T weights;
     "auto" takes flash when the whole matrix would take over a quarter of the free memory, and says why."""
-    import scratchllm.models.gpt as gpt
+    import scratchllm.models.base as base
 
     T = 300
     rng = np.random.default_rng(0)
@@ -283,7 +283,7 @@ def test_flash_attention_in_the_model_gives_the_full_models_numbers_in_o_t_memor
     assert model.attention_mode(T) == ("full", "attention=full")
     auto = GPT(GPTConfig(11, 8, 1, 2, 8), seed=0)
     need = auto.whole_matrix_bytes(4, 1000)
-    monkeypatch.setattr(gpt, "free_memory", lambda xp: 4 * need - 1)
+    monkeypatch.setattr(base, "free_memory", lambda xp: 4 * need - 1)
     mode, why = auto.attention_mode(1000, batch=4)
     assert mode == "flash" and "would take over 25% of the free memory" in why, why
     assert auto.attention_mode(1000, batch=1)[0] == "full"  # a quarter of the weights: they fit

@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -39,9 +40,19 @@ from .nccl import NcclCollectives
 from .proxy import StandsInForModel
 
 
+EVERYWHERE_WAIT_S = 10.0  # ``fail(everywhere=True)``: how long ranks > 0 leave rank 0 to end the job
+
+
+# Set in every rank's environment by Open MPI's mpirun (OMPI_), PMIx launchers (PMIX_), MPICH's Hydra and Slurm (PMI_)
+RANK_ENV = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK")
+
+
 def world():
     """``MPI.COMM_WORLD``, or None when mpi4py is not installed or this process was not started by mpirun with
-    more than one rank."""
+    more than one rank. A process that no launcher started does not import mpi4py at all: starting MPI there
+    (a "singleton") costs time and lets Open MPI take over signals (SIGHUP would no longer end the run)."""
+    if not any(v in os.environ for v in RANK_ENV):
+        return None
     try:
         from mpi4py import MPI
     except ImportError:
@@ -197,7 +208,7 @@ def _relay(fd: int, out) -> None:
     begun = b""  # the part of the current line already passed on (a progress bar's)
     while True:
         chunk = os.read(fd, 1 << 16)
-        rest += chunk
+        rest += chunk.replace(b"\0", b"")  # Open MPI ends its boxed notices with a NUL byte
         while rest:
             line, newline, after = rest.partition(b"\n")
             rule = not begun and line.strip(b"\r").startswith(b"-" * 20) and not line.strip(b"\r-")
@@ -257,8 +268,12 @@ def fail(comm, error: BaseException, everywhere: bool) -> None:
     prints it and all exit 2; else this rank prints it with its rank and MPI_Abort ends the job (the others
     would wait in a collective forever)."""
     line = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if everywhere:  # ended without MPI_Finalize, so mpirun ends the job even if a rank did not meet the error
-        if comm.Get_rank() == 0:
+    if everywhere:  # rank 0 says it and exits 2 (without MPI_Finalize): mpirun then ends the other ranks
+        if comm.Get_rank() != 0:  # exiting first, they could get rank 0 killed before it has said it; they wait
+            time.sleep(EVERYWHERE_WAIT_S)  # (rank 0 did not meet this error, so it will not end the job: say it)
+            print(f"scratchllm: error on rank {comm.Get_rank()} of {comm.Get_size()}: {line}", file=sys.stderr,
+                  flush=True)
+        else:
             print(f"scratchllm: error: {line}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(2)

@@ -134,7 +134,7 @@ def test_mpiruns_boxes_are_dropped_after_a_ranks_error_line_only(cut):
     progress = b"\r  0%|   | 0/3 [00:00<?, ?it/s]\r 33%|#  | 1/3\n"
     assert relayed(progress + BOX + b"tail", cut) == progress + BOX + b"tail"  # no error said: all of it
     error = b"scratchllm: error: data path /x does not exist\n"
-    assert relayed(progress + error + BOX + BOX, cut) == progress + error
+    assert relayed(progress + error + BOX + BOX + b"\0", cut) == progress + error  # Open MPI's NUL too
     assert relayed(error + RULE + b"cut short", cut) == error + RULE + b"cut short"  # an unclosed box: kept
 
 
@@ -155,3 +155,14 @@ def test_a_progress_bar_is_passed_on_before_its_line_ends():
     os.close(write)
     relay.join()
     os.close(read)
+
+
+def test_a_process_no_launcher_started_does_not_start_mpi():
+    """Without mpirun's variables world() is None and mpi4py stays unimported: an MPI "singleton" would cost
+    start-up time and take SIGHUP over (a closed terminal would no longer end the run)."""
+    code = ("import sys, signal\n"
+            "from scratchllm.parallel.mpi import world\n"
+            "print(world(), 'mpi4py.MPI' in sys.modules, signal.getsignal(signal.SIGHUP) == signal.SIG_DFL)\n")
+    env = {k: v for k, v in os.environ.items() if k not in mpi.RANK_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout.split() == ["None", "False", "True"], done.stderr

@@ -60,18 +60,26 @@ def test_a_bad_config_under_mpi_is_one_line_and_exit_2(tmp_path):
     assert "no_such_file.txt" in done.stderr
 
 
-def test_one_failing_rank_ends_the_job_with_its_error_once(tmp_path):
+@pytest.mark.parametrize("error, everywhere, said, status", [
+    ("RuntimeError('disk full')", False, "error on rank 1 of 2: RuntimeError: disk full", None),
+    ("ValueError('data path /x does not exist')", True, "error on rank 1 of 2: data path /x does not exist", 2),
+])
+def test_an_error_only_one_rank_meets_ends_the_job_with_its_line_once(tmp_path, error, everywhere, said, status):
+    """Rank 1 fails, rank 0 waits in a collective. Not everywhere: MPI_Abort ends the job. Everywhere (an error
+    every rank is expected to meet alike, say a missing data file, met here by rank 1 alone as on a machine without
+    the file): rank 1 leaves rank 0 to end the job, which it will not, then says it and exits 2."""
     script = tmp_path / "fail.py"
-    script.write_text("from scratchllm.parallel.mpi import fail, world\n"
-                      "comm = world()\n"
+    script.write_text("from scratchllm.parallel import mpi\n"
+                      "mpi.EVERYWHERE_WAIT_S = 1.0\n"
+                      "comm = mpi.world()\n"
                       "if comm.Get_rank() == 1:\n"
-                      "    fail(comm, RuntimeError('disk full'), everywhere=False)\n"
-                      "comm.Barrier()  # rank 0 would wait here forever without the abort\n")
+                      f"    mpi.fail(comm, {error}, everywhere={everywhere})\n"
+                      "comm.Barrier()  # rank 0 would wait here forever\n")
     root = ["--allow-run-as-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
     done = subprocess.run([MPIRUN, *root, "-n", "2", sys.executable, str(script)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
-    text = done.stdout + done.stderr
-    assert done.returncode != 0 and text.count("scratchllm: error on rank 1 of 2: RuntimeError: disk full") == 1
+    assert done.returncode != 0 and done.returncode == (status or done.returncode)
+    assert (done.stdout + done.stderr).count(f"scratchllm: {said}") == 1
 
 
 def test_a_rank_killed_mid_run_leaves_a_loadable_checkpoint_and_resume_goes_on(tmp_path):

@@ -48,12 +48,6 @@ def announce_first_compile() -> None:
                   f"{CACHE_DIR})", file=sys.stderr)
 
 
-def no_compile_notice() -> None:
-    """This process leaves the first-compile notice to another (a data-parallel worker: its parent, which
-    compiles the same kernels for shard 0 meanwhile, says it once)."""
-    _ANNOUNCED.append(False)
-
-
 def jit(signatures=None, **options):
     """``numba.njit`` with the kernels' ``OPTIONS`` (plus ``options``, e.g. fastmath), its machine code cached
     on disk in ``CACHE_DIR`` (Numba reads its cache setting when a function is decorated). ``signatures``:
