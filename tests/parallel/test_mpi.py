@@ -34,8 +34,8 @@ def run(path, ranks=None, *flags):
 def runs(tmp_path_factory):
     """One process on the whole batch; 2 ranks; 3 ranks; 3 ranks each started from other parameters."""
     d = tmp_path_factory.mktemp("mpi")
-    return {"single": run(d / "single.npz"), 2: run(d / "two.npz", 2), 3: run(d / "three.npz", 3),
-            "3 seeds": run(d / "three_seeds.npz", 3, "--rank-seeds")}
+    return {"single": run(d / "single.npz"), 2: run(d / "two.npz", 2), "2 again": run(d / "two_again.npz", 2),
+            3: run(d / "three.npz", 3), "3 seeds": run(d / "three_seeds.npz", 3, "--rank-seeds")}
 
 
 @pytest.mark.parametrize("ranks", [2, 3, "3 seeds"])
@@ -48,8 +48,9 @@ def test_ranks_equal_the_single_process_on_the_whole_batch(runs, ranks):
             np.testing.assert_allclose(got[name], single[name], rtol=1e-10, atol=1e-13, err_msg=name)
 
 
-def test_the_same_bits_run_to_run(runs):
-    """Two runs of 3 ranks (one started from other parameters, then broadcast): bit for bit the same."""
-    a, b = runs[3], runs["3 seeds"]
+@pytest.mark.parametrize("first, second", [(2, "2 again"), (3, "3 seeds")])
+def test_the_same_bits_run_to_run(runs, first, second):
+    """Two runs of 2 ranks, and of 3 (one started from other parameters, then broadcast): bit for bit the same."""
+    a, b = runs[first], runs[second]
     for name in a.files:
         assert np.array_equal(a[name], b[name]), name

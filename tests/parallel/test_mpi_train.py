@@ -37,20 +37,29 @@ def losses(tmp_path, out):
 
 
 def test_the_default_ranks_and_two_give_the_single_process_run_and_resume_alike(tmp_path):
-    """The first run takes the default (one rank per CPU, at most the batch's 4 rows); its resume asks for 2."""
-    single, ranks = train(tmp_path, "one", "--max_iters=10", "--nproc=1"), train(tmp_path, "two", "--max_iters=10")
+    """20 steps in float64 with dropout: the default (one rank per CPU, at most the batch's 4 rows) against one
+    process, every logged loss within 1e-12; then both resume to 25 steps, the ranks' run with --nproc=2."""
+    single, ranks = train(tmp_path, "one", "--max_iters=20", "--nproc=1"), train(tmp_path, "two", "--max_iters=20")
     assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
     n = default_ranks(4, "numpy")
     assert (f"data parallel: {n} MPI ranks" if n > 1 else "in threads") in ranks.stderr
-    assert "in threads" in single.stderr and ranks.stderr.count("step 10: train loss") == 1
+    assert "in threads" in single.stderr and ranks.stderr.count("step 20: train loss") == 1
     for (s1, k1, a), (s2, k2, b) in zip(losses(tmp_path, "one"), losses(tmp_path, "two"), strict=True):
         assert (s1, k1) == (s2, k2) and b == pytest.approx(a, rel=1e-12), (s1, k1)
     assert single.stdout == ranks.stdout and single.stdout.startswith("def ")  # no colour codes from the ranks
-    single, ranks = (train(tmp_path, out, "--max_iters=15", "--resume", extra) for out, extra in
+    single, ranks = (train(tmp_path, out, "--max_iters=25", "--resume", extra) for out, extra in
                      (("one", "--nproc=1"), ("two", "--nproc=2")))
     assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
     for (_, _, a), (_, _, b) in zip(losses(tmp_path, "one"), losses(tmp_path, "two"), strict=True):
         assert b == pytest.approx(a, rel=1e-12)
+
+
+def test_float32_ranks_agree_within_1e_5(tmp_path):
+    single = train(tmp_path, "one", "--max_iters=20", "--nproc=1", "--dtype=float32", "--sample_tokens=0")
+    ranks = train(tmp_path, "two", "--max_iters=20", "--nproc=2", "--dtype=float32", "--sample_tokens=0")
+    assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
+    for (s1, k1, a), (s2, k2, b) in zip(losses(tmp_path, "one"), losses(tmp_path, "two"), strict=True):
+        assert (s1, k1) == (s2, k2) and b == pytest.approx(a, rel=1e-5), (s1, k1)
 
 
 def test_a_bad_config_under_mpi_is_one_line_and_exit_2(tmp_path):
