@@ -54,7 +54,7 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
         raise ValueError(f"top_k must be >= 1; got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
-    block = model.cfg.block_size
+    block = model.context
     context = list(ids)[-block:]
     if not context:
         raise ValueError("the prompt must hold at least one token")

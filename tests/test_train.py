@@ -82,7 +82,7 @@ def test_loss_plot_is_written_when_matplotlib_is_installed(tmp_path, corpus):
     assert summary["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("extra", [[], ["--dropout=0.2", "--optimizer=adam"]])
+@pytest.mark.parametrize("extra", [[], ["--dropout=0.2", "--optimizer=adam"], ["--arch=llama", "--n_kv_head=1"]])
 def test_resume_is_bit_identical(tmp_path, corpus, extra):
     straight, _ = config(tmp_path / "a", corpus, "--max_iters=20", "--eval_interval=5", *extra)
     train(straight)

@@ -2,8 +2,9 @@
 
 A checkpoint directory holds::
 
-    model.safetensors       the parameters (names and shapes of Hugging Face GPT-2, without 'transformer.')
-    config.json             {"format": "scratchllm", "version": 1, "model": GPTConfig fields, "dtype": ..., "train": {...}}
+    model.safetensors       the parameters (GPT: Hugging Face GPT-2's names without 'transformer.'; Llama: LlamaForCausalLM's)
+    config.json             {"format": "scratchllm", "version": 1, "arch": "gpt" | "llama", "model": its config's
+                            fields, "dtype": ..., "train": {...}}   (no "arch": gpt, as before it was written)
     tokenizer.json          the tokenizer (scratchllm.tokenizer)
     optimizer.safetensors   the optimizer's state arrays            (training checkpoints only)
     trainer.json            step, RNG states, the optimizer's JSON part, best val loss   (training checkpoints only)
@@ -22,6 +23,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
+from ..models import ARCHS
 
 FORMAT, VERSION = "scratchllm", 1
 MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
@@ -91,9 +94,10 @@ def save_checkpoint(ckpt_dir, model, tokenizer, optimizer=None, trainer_state=No
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _save_tensors(tmp / MODEL_FILE, model.state_dict(), {"format": FORMAT})
-    config = {"format": FORMAT, "version": VERSION, "model": model.cfg.to_dict(), "dtype": model.dtype.name,
-              "train": train_config or {}}
+    _save_tensors(tmp / MODEL_FILE, {k: to_numpy(v) for k, v in model.params.items()}, {"format": FORMAT})
+    arch = next(name for name, cls in ARCHS.items() if isinstance(model, cls))
+    config = {"format": FORMAT, "version": VERSION, "arch": arch, "model": model.cfg.to_dict(),
+              "dtype": model.dtype.name, "train": train_config or {}}
     _fsync_write(tmp / CONFIG_FILE, json.dumps(config, indent=2).encode())
     tokenizer.save(tmp / TOKENIZER_FILE)
     if optimizer is not None:
@@ -152,20 +156,23 @@ def load_checkpoint(path, backend="auto", dtype=None, with_optimizer=False):
     ``state_dict`` layout of ``scratchllm.optim``) and ``trainer`` (trainer.json). Every problem (missing
     file, truncated or corrupt safetensors, wrong names, shapes or dtypes) raises ``CheckpointError``.
     """
-    from ..models.gpt import GPT, GPTConfig, param_shapes
     from ..text.tokenizer import load_tokenizer
 
     path = resolve_checkpoint(path)
     config = _load_json(path / CONFIG_FILE)
     if config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{path / CONFIG_FILE} is not a scratchllm checkpoint config")
+    arch = config.get("arch", "gpt")
+    if arch not in ARCHS:
+        raise CheckpointError(f"{path / CONFIG_FILE}: unknown arch {arch!r} (known: {', '.join(ARCHS)})")
     try:
-        cfg = GPTConfig(**config["model"])
+        cfg = ARCHS[arch].config_type(**config["model"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: bad model config ({e})") from None
     saved_dtype = config.get("dtype", "float32")
     tensors = _load_tensors(path / MODEL_FILE)
-    expected = param_shapes(cfg)
+    model = ARCHS[arch](cfg, dtype=dtype or saved_dtype, backend=backend, init=False)
+    expected = {name: tuple(p.shape) for name, p in model.params.items()}
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{path / MODEL_FILE} does not match its config: missing {missing[:3]}, "
@@ -184,7 +191,6 @@ def load_checkpoint(path, backend="auto", dtype=None, with_optimizer=False):
         raise CheckpointError(f"{path / TOKENIZER_FILE}: {str(e).splitlines()[0]}") from None
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
-    model = GPT(cfg, dtype=dtype or saved_dtype, backend=backend, init=False)
     model.load_state_dict(tensors)
     info = {"config": config, "path": path}
     if with_optimizer:

@@ -5,5 +5,7 @@ alias of ``scratchllm.models.gpt``."""
 from .gpt import GPT, GPTConfig, init_params, param_shapes
 from .llama import Llama, LlamaConfig, llama_init_params, llama_param_shapes
 
-__all__ = ["GPT", "GPTConfig", "init_params", "param_shapes", "Llama", "LlamaConfig", "llama_init_params",
+ARCHS = {"gpt": GPT, "llama": Llama}  # a checkpoint's and the trainer's "arch" -> the model class
+
+__all__ = ["ARCHS", "GPT", "GPTConfig", "init_params", "param_shapes", "Llama", "LlamaConfig", "llama_init_params",
            "llama_param_shapes"]
