@@ -204,14 +204,14 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from .io.checkpoint import load_checkpoint
     from .generate import generate_text
-    from .io.hf import is_hf_dir, load_pretrained
+    from .io.pretrained import is_hf_dir, load_pretrained
 
     if args.hf:  # prompts are read as Hugging Face's GPT-2 tokenizer reads them: <|endoftext|> is special
         model, tokenizer = load_pretrained(_hf_dir(args.hf, "generate --hf"), backend=args.backend)
         special = "all" if getattr(tokenizer, "eot_id", None) is not None else None
     else:
         if is_hf_dir(args.ckpt):
-            raise UsageError(f"scratchllm generate: {args.ckpt} is a Hugging Face GPT-2 directory: use --hf")
+            raise UsageError(f"scratchllm generate: {args.ckpt} is a Hugging Face directory: use --hf")
         (model, tokenizer, _), special = load_checkpoint(args.ckpt, backend=args.backend), None
     prompt = args.prompt.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     tokenizer.encode(prompt)  # a prompt the tokenizer cannot encode fails here, before anything is printed
@@ -231,15 +231,15 @@ def _hf_dir(path, what):
             resolve_checkpoint(path)
             hint = ": it is a scratchllm checkpoint, use --ckpt"
         except ValueError:
-            hint = " (config.json with model_type 'gpt2' and model.safetensors)"
-        raise UsageError(f"scratchllm {what}: {path} is not a Hugging Face GPT-2 directory{hint}")
+            hint = " (config.json with model_type 'gpt2' or 'llama', and model.safetensors)"
+        raise UsageError(f"scratchllm {what}: {path} is not a Hugging Face directory{hint}")
     return path
 
 
 def cmd_convert(args) -> int:
     from .io.checkpoint import load_checkpoint, save_checkpoint
     from .io.gpt2_files import load_tokenizer_dir
-    from .io.hf import load_hf_gpt2, save_hf_gpt2
+    from .io.pretrained import load_hf_model, save_hf_model
     from .text.tokenizer import ByteBPETokenizer
 
     if bool(args.from_hf) == bool(args.ckpt):
@@ -247,8 +247,8 @@ def cmd_convert(args) -> int:
     if args.from_hf:
         if not args.out or args.to_hf:
             raise UsageError("scratchllm convert: --from_hf needs --out=CKPT_DIR (and no --to_hf)")
-        model = load_hf_gpt2(_hf_dir(args.from_hf, "convert --from_hf"), dtype=args.dtype or "float32",
-                             backend="numpy")
+        model = load_hf_model(_hf_dir(args.from_hf, "convert --from_hf"), dtype=args.dtype or "float32",
+                              backend="numpy")
         try:
             tokenizer = load_tokenizer_dir(args.tokenizer or args.from_hf)
         except FileNotFoundError as e:
@@ -264,10 +264,9 @@ def cmd_convert(args) -> int:
         raise UsageError("scratchllm convert: --ckpt needs --to_hf=OUT_DIR (and no --out or --tokenizer)")
     model, tokenizer, _ = load_checkpoint(args.ckpt, backend="numpy", dtype=args.dtype)
     bpe = isinstance(tokenizer, ByteBPETokenizer)
-    path = save_hf_gpt2(model, args.to_hf, tokenizer if bpe else None)
-    note = "with vocab.json + merges.txt" if bpe else \
-        f"without tokenizer files ({type(tokenizer).__name__} has no Hugging Face GPT-2 form)"
-    print(f"wrote Hugging Face GPT-2 directory {path} {note}", file=sys.stderr)
+    path = save_hf_model(model, args.to_hf, tokenizer if bpe else None)
+    note = "with vocab.json + merges.txt" if bpe else f"without tokenizer files ({type(tokenizer).__name__})"
+    print(f"wrote Hugging Face {type(model).__name__} directory {path} {note}", file=sys.stderr)
     return 0
 
 
@@ -311,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text from a checkpoint or a Hugging Face GPT-2 directory")
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
-    src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 directory (save_pretrained's, with tokenizer)")
+    src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory (save_pretrained's, with tokenizer)")
     gen.add_argument("--prompt", default="")
     gen.add_argument("--max_new_tokens", type=int, default=200)
     gen.add_argument("--temperature", type=float, default=0.8)
@@ -321,13 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
     gen.set_defaults(func=cmd_generate)
 
-    c = sub.add_parser("convert", help="Hugging Face GPT-2 directory <-> scratchllm checkpoint",
+    c = sub.add_parser("convert", help="Hugging Face GPT-2/Llama directory <-> scratchllm checkpoint",
                        description="--from_hf=DIR --out=CKPT_DIR, or --ckpt=DIR --to_hf=OUT_DIR.")
-    c.add_argument("--from_hf", metavar="DIR", help="a Hugging Face GPT-2 directory to read")
+    c.add_argument("--from_hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory to read")
     c.add_argument("--out", metavar="CKPT_DIR", help="the scratchllm checkpoint directory to write")
     c.add_argument("--tokenizer", metavar="PATH", help="with --from_hf: the tokenizer, when DIR holds none")
     c.add_argument("--ckpt", metavar="DIR", help="a scratchllm checkpoint (or run directory) to read")
-    c.add_argument("--to_hf", metavar="OUT_DIR", help="the Hugging Face GPT-2 directory to write")
+    c.add_argument("--to_hf", metavar="OUT_DIR", help="the Hugging Face directory to write (GPT-2 or Llama, as the checkpoint)")
     c.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="dtype of the written weights (default: float32 from HF, the checkpoint's own)")
     c.set_defaults(func=cmd_convert)

@@ -55,7 +55,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .io.metrics import plot_metrics, truncate_metrics
     from .text.data import get_batch, load_text, prepare_tokens
     from .generate import generate_text
-    from .io.hf import load_pretrained
+    from .io.pretrained import load_pretrained
     from .models import ARCHS
     from .optim import clip_grad_norm, get_lr
     from .parallel import DataParallel

@@ -333,10 +333,10 @@ def test_cli_convert_of_a_char_checkpoint_writes_no_tokenizer_files(tmp_path, ca
     (["convert", "--from_hf={hf}"], "needs --out"),
     (["convert", "--ckpt={hf}", "--out=Z"], "needs --to_hf"),
     (["convert", "--from_hf={bare}", "--out={tmp}/o"], "holds no tokenizer.*--tokenizer=PATH"),
-    (["convert", "--from_hf={tmp}", "--out={tmp}/o"], "not a Hugging Face GPT-2 directory"),
+    (["convert", "--from_hf={tmp}", "--out={tmp}/o"], "not a Hugging Face directory"),
     (["generate"], "one of the arguments --ckpt --hf is required"),
     (["generate", "--ckpt={hf}", "--hf={hf}"], "not allowed with"),
-    (["generate", "--hf=/no/such/dir"], "not a Hugging Face GPT-2 directory"),
+    (["generate", "--hf=/no/such/dir"], "not a Hugging Face directory"),
     (["train", "--init_from={hf}", "--n_layer=5", "--out_dir={tmp}/o"], "conflicts with --init_from"),
 ])
 def test_bad_arguments_exit_2_with_one_line(hf_dir, tmp_path, capsys, args, match):

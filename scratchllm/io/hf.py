@@ -230,24 +230,33 @@ def save_hf_gpt2(model, path, tokenizer=None) -> Path:
     ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json``. Each file is written to a temporary name and
     renamed into place. No torch needed.
     """
-    from .gpt2_files import write_gpt2_files
-    from ..text.tokenizer import ENDOFTEXT, ByteBPETokenizer
+    from ..text.tokenizer import ByteBPETokenizer
 
     if tokenizer is not None and not isinstance(tokenizer, ByteBPETokenizer):
         raise ValueError(f"only a byte-level BPE tokenizer has a Hugging Face GPT-2 form; "
                          f"got {type(tokenizer).__name__}")
     if tokenizer is not None and tokenizer.vocab_size > model.cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.cfg.vocab_size}")
+    tensors = {PREFIX + k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    return write_hf_dir(path, tensors, hf_config(model, tokenizer), tokenizer, model.cfg.block_size)
+
+
+def write_hf_dir(path, tensors: dict, config: dict, tokenizer=None, max_length=None) -> Path:
+    """A Hugging Face model directory: ``model.safetensors`` (metadata ``{"format": "pt"}``), ``config.json``, and
+    with a byte-level BPE tokenizer its ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json``. Each file is
+    written to a temporary name and renamed into place."""
     from safetensors.numpy import save
+
+    from .gpt2_files import write_gpt2_files
+    from ..text.tokenizer import ENDOFTEXT
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {PREFIX + k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
     files = {MODEL_FILE: save(tensors, metadata={"format": "pt"}),
-             CONFIG_FILE: (json.dumps(hf_config(model, tokenizer), indent=2) + "\n").encode()}
+             CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode()}
     if tokenizer is not None:
         tok_config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT,
-                      "unk_token": ENDOFTEXT, "add_prefix_space": False, "model_max_length": model.cfg.block_size}
+                      "unk_token": ENDOFTEXT, "add_prefix_space": False, "model_max_length": max_length}
         files["tokenizer_config.json"] = (json.dumps(tok_config, indent=2) + "\n").encode()
         write_gpt2_files(tokenizer, path)
     for name, data in files.items():
@@ -255,27 +264,3 @@ def save_hf_gpt2(model, path, tokenizer=None) -> Path:
         _fsync_write(tmp, data)
         os.replace(tmp, path / name)
     return path
-
-
-def load_pretrained(path, dtype=None, backend="auto"):
-    """``(model, tokenizer)`` from a Hugging Face GPT-2 directory or a scratchllm checkpoint (or run directory).
-
-    ``dtype`` None: float32 for Hugging Face weights, the saved dtype for a checkpoint.
-    """
-    from .checkpoint import load_checkpoint
-
-    path = Path(path)
-    if is_hf_dir(path):
-        model = load_hf_gpt2(path, dtype=dtype or "float32", backend=backend)
-        try:
-            tokenizer = load_hf_tokenizer(path)
-        except FileNotFoundError as e:
-            raise HFError(str(e)) from None
-        except ValueError as e:
-            raise HFError(str(e).splitlines()[0]) from None
-        if tokenizer.vocab_size > model.cfg.vocab_size:
-            raise HFError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                          f"{model.cfg.vocab_size}")
-        return model, tokenizer
-    model, tokenizer, _ = load_checkpoint(path, backend=backend, dtype=dtype)
-    return model, tokenizer

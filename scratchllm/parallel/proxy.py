@@ -5,10 +5,12 @@ from __future__ import annotations
 
 
 class StandsInForModel:
-    """``self.model``'s params, cfg, dtype, backend, xp and training; ``train()`` / ``eval()`` switch the model."""
+    """``self.model``'s params, cfg, context, dtype, backend, xp and training; ``train()`` / ``eval()`` switch the
+    model."""
 
     params = property(lambda self: self.model.params)
     cfg = property(lambda self: self.model.cfg)
+    context = property(lambda self: self.model.context)
     dtype = property(lambda self: self.model.dtype)
     backend = property(lambda self: self.model.backend)
     xp = property(lambda self: self.model.xp)
