@@ -135,6 +135,28 @@ def test_a_gpt_training_step_on_cupy_equals_numpy(cupy, monkeypatch, kernels_on)
         assert not kernels_ran
 
 
+def test_a_llama_step_on_cupy_equals_numpy(cupy):
+    """Llama's ops on CuPy arrays (rmsnorm, rope, swiglu and grouped attention in xp; the cross-entropy and linear
+    kernels), its KV cache too: the NumPy model's numbers."""
+    from scratchllm.models import Llama, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=37, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=16)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 37, (2, 3, 12))
+    models = {b: Llama(cfg, seed=3, dtype="float64", backend=b) for b in ("numpy", "cupy")}
+    out = {}
+    for b, m in models.items():
+        logits, loss, cache = m.forward(idx, targets)
+        kv = {}
+        m.forward(idx[:, :8], kv_cache=kv)
+        out[b] = (float(loss), m.backward(cache), m.forward(idx[:, 8:9], kv_cache=kv)[0])
+    assert out["cupy"][0] == pytest.approx(out["numpy"][0], rel=1e-12)
+    for k, g in out["numpy"][1].items():
+        np.testing.assert_allclose(out["cupy"][1][k].get(), g, rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(out["cupy"][2].get(), out["numpy"][2], rtol=1e-10, atol=1e-12)
+
+
 def test_scratchllm_train_backend_cupy_runs_end_to_end_on_the_standin(tmp_path):
     """``scratchllm train --backend=cupy`` as a user starts it, the stand-in installed before the CLI runs."""
     boot = ("import sys, pytest; from tests.cuda_emu import standin; mp = pytest.MonkeyPatch(); standin.install(mp); "

@@ -155,3 +155,20 @@ def test_defaults_are_transformers_and_the_ids_are_checked():
     model = ours(T=8)
     with pytest.raises(ValueError, match="idx has T=9 positions .* but max_position_embeddings is 8"):
         model.forward(np.zeros((1, 9), np.int64))
+
+
+@pytest.mark.gpu
+def test_a_llama_step_on_the_gpu_equals_numpy():
+    from scratchllm.backend import to_numpy
+
+    models = {b: Llama(LlamaConfig(vocab_size=37, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32),
+                       seed=1, dtype="float64", backend=b) for b in ("numpy", "cupy")}
+    idx, targets = batch(T=20)
+    runs = {}
+    for b, model in models.items():
+        _, loss, cache = model.forward(idx, targets)
+        runs[b] = float(loss), {k: to_numpy(g) for k, g in model.backward(cache).items()}
+    assert runs["cupy"][0] == pytest.approx(runs["numpy"][0], rel=1e-12)
+    for name, g in runs["numpy"][1].items():
+        np.testing.assert_allclose(runs["cupy"][1][name], g, rtol=1e-9, atol=1e-12, err_msg=name)
