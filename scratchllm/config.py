@@ -70,8 +70,8 @@ PRESETS = {
     # tiny's size and schedule as a Llama: 4 query heads sharing 2 key/value heads, the MLP 352 wide
     "llama-tiny": dict(arch="llama", n_kv_head=2),
 }
-CHOICES = dict(arch=("gpt", "llama"), tokenizer=("char", "bpe"), optimizer=("adamw", "adam", "adagrad", "sgd"), attention=("auto", "full", "flash"),
-               backend=("auto", "numpy", "cupy"), dtype=("float32", "float64"), preset=tuple(PRESETS))
+CHOICES = dict(arch=("gpt", "llama"), tokenizer=("char", "bpe"), optimizer=("adamw", "adam", "adagrad", "sgd"),
+               attention=("auto", "full", "flash"), backend=("auto", "numpy", "cupy"), dtype=("float32", "float64"), preset=tuple(PRESETS))
 MODEL_KEYS = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "tokenizer", "n_kv_head", "n_inner",
               "rope_theta", "tie_embeddings")
 LLAMA_ONLY = ("n_kv_head", "n_inner", "rope_theta", "tie_embeddings")

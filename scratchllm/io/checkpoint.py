@@ -2,7 +2,8 @@
 
 A checkpoint directory holds::
 
-    model.safetensors       the parameters (GPT: Hugging Face GPT-2's names without 'transformer.'; Llama: LlamaForCausalLM's)
+    model.safetensors       the parameters (GPT: Hugging Face GPT-2's names without 'transformer.'; Llama:
+                            LlamaForCausalLM's, a tied head once)
     config.json             {"format": "scratchllm", "version": 1, "arch": "gpt" | "llama", "model": its config's
                             fields, "dtype": ..., "train": {...}}   (no "arch": gpt, as before it was written)
     tokenizer.json          the tokenizer (scratchllm.tokenizer)

@@ -19,8 +19,8 @@ DTYPES = ("float32", "float64")
 # Causal attention runs in query blocks of this many rows (attention_blocked): it skips most of the masked upper
 # triangle, with attention_forward's numbers. 64 measured fastest at T = 256 on one core, 10 % over 128.
 ATTN_BLOCK = 64
-# GPTConfig.attention = "auto" takes flash attention (O(T) memory) when the whole-matrix weights of a forward would
-# take more than this share of the free memory. Not for speed: on the CPU the whole-matrix path (fused Numba
+# A config's attention = "auto" (GPTConfig's, LlamaConfig's) takes flash attention (O(T) memory) when the
+# whole-matrix weights of a forward would take more than this share of the free memory. Not for speed: on the CPU the whole-matrix path (fused Numba
 # softmax) measured faster, one thread (as in a batch shard), B1 H4 D64 float32 forward + backward: 26 against 38 ms
 # at T1024, 490-550 against 600-660 at T4096. Flash asks for tiles of FLASH_BLOCK queries x FLASH_BLOCK keys.
 FLASH_MEMORY_SHARE = 0.25

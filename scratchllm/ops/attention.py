@@ -3,9 +3,9 @@
 The textbook: the whole T x Tk score matrix, the way the formula reads, and the backward as the forward in
 reverse. Grouped-query attention (Llama, Mistral): k and v may have fewer heads Hk than q's H (Hk divides H);
 the G = H / Hk query heads of a group share one key/value head (``repeat_kv``), so in the backward that head's
-gradient is the SUM of its G query heads' (``sum_groups``). Faster ways to compute the same numbers (the (batch, head) matrices in pieces on every thread with
-MKL's GEMM and a fused scale-mask-softmax, or one CUDA pass) are registered implementations in
-``scratchllm/kernels/``; ``attention_blocked.py`` is the same attention computed in query blocks.
+gradient is the SUM of its G query heads' (``sum_groups``). Faster ways to compute the same numbers (the (batch,
+head) matrices in pieces on every thread with MKL's GEMM and a fused scale-mask-softmax, or one CUDA pass) are
+registered implementations in ``scratchllm/kernels/``; ``attention_blocked.py`` is the same attention computed in query blocks.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Llama has no table of learned positions. Instead, before attention, q and k are turned pair by pair of coordinates
 through angles proportional to the position (Su et al., "RoFormer", 2021): the score q_s . k_t then depends on the
-positions only through s - t, since rotations compose (R(s)^T R(t) = R(t - s)). The pairs are Hugging Face's
+positions only through t - s, since rotations compose (R(s)^T R(t) = R(t - s)). The pairs are Hugging Face's
 "rotate_half" layout: coordinate i goes with coordinate i + D/2. The backward is the inverse rotation, since a
 rotation's transpose is its inverse. The textbook: the forward and backward as their Math reads.
 """

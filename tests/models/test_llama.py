@@ -9,13 +9,14 @@ from scratchllm.gradcheck import gradcheck
 from scratchllm.models import Llama, LlamaConfig
 from scratchllm.parallel import DataParallel
 
-CASES = {"gqa untied": dict(Hk=2, tie=False), "mqa tied": dict(Hk=1, tie=True), "mha untied": dict(Hk=4, tie=False)}
+CASES = {"gqa untied": dict(Hk=2, tie=False), "mqa tied": dict(Hk=1, tie=True), "mha untied": dict(Hk=4, tie=False),
+         "gqa tied eps 1e-5": dict(Hk=2, tie=True, eps=1e-5)}  # Llama 2/3's and SmolLM's rms_norm_eps
 
 
-def ours(Hk=2, tie=False, V=37, C=16, I=24, L=2, H=4, T=32, theta=500.0, attention="auto", seed=0):
+def ours(Hk=2, tie=False, V=37, C=16, I=24, L=2, H=4, T=32, theta=500.0, attention="auto", seed=0, eps=1e-6):
     cfg = LlamaConfig(vocab_size=V, hidden_size=C, intermediate_size=I, num_hidden_layers=L, num_attention_heads=H,
                       num_key_value_heads=Hk, max_position_embeddings=T, tie_word_embeddings=tie, rope_theta=theta,
-                      attention=attention)
+                      attention=attention, rms_norm_eps=eps)
     return Llama(cfg, seed=seed, dtype="float64", backend="numpy")
 
 
@@ -59,6 +60,22 @@ def test_our_state_dict_loads_into_transformers_strictly(tie):
         idx, _ = batch()
         np.testing.assert_allclose(model.forward(idx)[0], oracle(torch.tensor(idx)).logits.detach().numpy(),
                                    rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_backward_rows_without_an_out_buffer_gives_the_same_gradients(tie):
+    """The data-parallel runners pass ``out``; without it the (out, in) gradients must still come back as W's."""
+    model = perturbed(tie=tie, I=20)  # non-square projections: a forgotten transpose changes the shape
+    idx, targets = batch()
+    _, _, cache = model.forward(idx, targets)
+    grads = model.backward(cache)
+    from scratchllm.kernels.dispatch import cross_entropy_backward
+
+    dlogits, _ = cross_entropy_backward(np.asarray(1.0), cache["loss"])
+    plain = model.backward_rows(dlogits, cache)
+    assert set(plain) == set(grads)
+    for name, g in grads.items():
+        np.testing.assert_array_equal(plain[name], g, err_msg=name)
 
 
 def test_a_tied_head_that_differs_is_refused():
