@@ -237,7 +237,7 @@ def _hf_dir(path, what):
 
 
 def cmd_convert(args) -> int:
-    from .io.checkpoint import load_checkpoint, save_checkpoint
+    from .io.checkpoint import check_output_dir, load_checkpoint, save_checkpoint
     from .io.gpt2_files import load_tokenizer_dir
     from .io.pretrained import load_hf_model, save_hf_model
     from .text.tokenizer import ByteBPETokenizer
@@ -247,21 +247,20 @@ def cmd_convert(args) -> int:
     if args.from_hf:
         if not args.out or args.to_hf:
             raise UsageError("scratchllm convert: --from_hf needs --out=CKPT_DIR (and no --to_hf)")
-        model = load_hf_model(_hf_dir(args.from_hf, "convert --from_hf"), dtype=args.dtype or "float32",
-                              backend="numpy")
+        check_output_dir(args.out, "--out", source=_hf_dir(args.from_hf, "convert --from_hf"), checkpoint_ok=True)
+        model = load_hf_model(args.from_hf, dtype=args.dtype or "float32", backend="numpy")
         try:
             tokenizer = load_tokenizer_dir(args.tokenizer or args.from_hf)
         except FileNotFoundError as e:
             raise UsageError(f"scratchllm convert: {e}; name one with --tokenizer=PATH") from None
         if tokenizer.vocab_size > model.cfg.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                             f"{model.cfg.vocab_size}")
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.cfg.vocab_size}")
         path = save_checkpoint(args.out, model, tokenizer)
-        print(f"wrote scratchllm checkpoint {path} ({model.num_params():,} parameters, {tokenizer!r})",
-              file=sys.stderr)
+        print(f"wrote scratchllm checkpoint {path} ({model.num_params():,} parameters, {tokenizer!r})", file=sys.stderr)
         return 0
     if not args.to_hf or args.out or args.tokenizer:
         raise UsageError("scratchllm convert: --ckpt needs --to_hf=OUT_DIR (and no --out or --tokenizer)")
+    check_output_dir(args.to_hf, "--to_hf", source=args.ckpt)
     model, tokenizer, _ = load_checkpoint(args.ckpt, backend="numpy", dtype=args.dtype)
     bpe = isinstance(tokenizer, ByteBPETokenizer)
     path = save_hf_model(model, args.to_hf, tokenizer if bpe else None)
@@ -303,11 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "inputs: `scratchllm info` lists them), not the textbook in scratchllm/ops/")
     g.set_defaults(func=cmd_gradcheck)
 
-    t = sub.add_parser("train", help="train a GPT (default: the tiny preset on the Python standard library)",
+    t = sub.add_parser("train", help="train a GPT or a Llama (default: the tiny GPT on the Python standard library)",
                        description="Config keys as --key=value (nanoGPT's names), --preset=tiny|cpu, --resume.")
     t.set_defaults(func=cmd_train, overrides=[])
 
-    gen = sub.add_parser("generate", help="generate text from a checkpoint or a Hugging Face GPT-2 directory")
+    gen = sub.add_parser("generate", help="generate text from a checkpoint or a Hugging Face GPT-2 or Llama directory")
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
     src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory (save_pretrained's, with tokenizer)")

@@ -148,7 +148,7 @@ def validate(cfg: TrainConfig) -> None:
                               f"= {cfg.n_embd // cfg.n_head}")
         if not cfg.rope_theta > 0:
             raise ConfigError(f"--rope_theta must be > 0; got {cfg.rope_theta}")
-    else:
+    elif not cfg.init_from:  # with --init_from the model says what it is (adopt_init checks the keys against it)
         changed = [k for k in LLAMA_ONLY if getattr(cfg, k) != getattr(TrainConfig, k)]
         if changed:
             raise ConfigError(f"--{changed[0]} is a Llama key: add --arch=llama")

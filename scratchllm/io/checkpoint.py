@@ -118,6 +118,26 @@ def save_checkpoint(ckpt_dir, model, tokenizer, optimizer=None, trainer_state=No
     return ckpt_dir
 
 
+def check_output_dir(path, flag: str, source=None, checkpoint_ok: bool = False) -> Path:
+    """``path`` as a directory to write a model into: new, or empty, or (``checkpoint_ok``) a scratchllm checkpoint
+    to replace; never ``source`` or a directory holding it. Anything else (a run's out_dir, a Hugging Face directory
+    whose old tokenizer files would stay beside the new weights, a file, the user's own folder) is refused with a
+    ValueError naming ``flag``, before anything is written."""
+    path = Path(path)
+    target = path.resolve()
+    if source is not None:
+        src = Path(source).resolve()
+        if target == src or target in src.parents or src in target.parents:
+            raise ValueError(f"{flag}={path} would overwrite the model it converts ({source}): choose a new path")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return path
+    is_checkpoint = (path / CONFIG_FILE).is_file() and _load_json(path / CONFIG_FILE, ValueError).get("format") == FORMAT
+    if checkpoint_ok and is_checkpoint and not any(path.glob("ckpt_*")):
+        return path
+    raise ValueError(f"{flag}={path} exists and is not an empty directory" + (" or a scratchllm checkpoint" if
+                     checkpoint_ok else "") + ": choose a new path (nothing was written)")
+
+
 def save_training_checkpoint(out_dir, step, keep=2, **kwargs) -> Path:
     """``out_dir/ckpt_<step>`` written atomically, then ``out_dir/latest`` pointed at it, then old ones pruned."""
     out_dir = Path(out_dir)

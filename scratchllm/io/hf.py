@@ -73,7 +73,7 @@ def read_hf_config(path):
     if raw.get("format") == FORMAT:
         raise HFError(f"{path} is a scratchllm checkpoint, not a Hugging Face directory")
     if raw.get("model_type", "gpt2") != "gpt2":
-        raise HFError(f"{where}: model_type {raw['model_type']!r} is not supported (only 'gpt2')")
+        raise HFError(f"{where}: model_type {raw['model_type']!r} is not supported (only 'gpt2' and 'llama')")
     hf = {**HF_DEFAULTS, **raw}
     n_embd = hf["n_embd"]
     checks = [

@@ -39,7 +39,8 @@ def read_llama_config(raw: dict, where):
     rope_type = next((t for t in types if t != "default"), "default")
     heads = hf["num_attention_heads"]
     checks = [
-        (hf["hidden_act"] != "silu", f"hidden_act {hf['hidden_act']!r} (Llama's MLP is SwiGLU: 'silu')"),
+        (hf["hidden_act"] not in ("silu", "swish"), f"hidden_act {hf['hidden_act']!r} (Llama's MLP is SwiGLU: "
+                                                     "'silu')"),
         (rope_type != "default", f"rope scaling {rope_type!r} (only plain rotary embeddings)"),
         (hf["attention_bias"] is not False, "attention_bias=true (no biases in the projections here)"),
         (hf["mlp_bias"] is not False, "mlp_bias=true (no biases in the MLP here)"),

@@ -3,6 +3,7 @@
 transformers with equal logits (float64, 1e-12); the configs that compute something else are refused, one line."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -121,6 +122,29 @@ def test_fine_tuning_starts_from_a_transformers_llama(llama_dir, tmp_path):
     model, _, info = load_checkpoint(tmp_path / "run", backend="numpy")
     assert isinstance(model, Llama) and info["config"]["train"]["arch"] == "llama" and summary["step"] == 3
     assert info["config"]["train"]["n_kv_head"] == 2 and model.cfg.max_position_embeddings == 64
-    with pytest.raises(ConfigError, match="--n_head=2 conflicts with --init_from"):
-        bad, _ = parse_overrides([f"--init_from={directory}", f"--data={data}", "--n_head=2", "--max_iters=1"])
-        train(make_config(bad), overrides=bad)
+    for key in ("--n_head=2", "--n_kv_head=4"):  # a Llama key needs no --arch=llama: the model is one
+        with pytest.raises(ConfigError, match=f"{key} conflicts with --init_from"):
+            bad, _ = parse_overrides([f"--init_from={directory}", f"--data={data}", key, "--max_iters=1"])
+            train(make_config(bad), overrides=bad)
+
+
+def test_convert_writes_only_into_a_new_or_empty_directory(llama_dir, tmp_path, capsys):
+    directory, _ = llama_dir
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("important")
+    old_hf = tmp_path / "old_hf"
+    shutil.copytree(directory, old_hf)
+    for args, match in [
+        ([f"--from_hf={directory}", f"--out={mine}"], "--out=.* exists and is not an empty directory"),
+        ([f"--from_hf={directory}", f"--out={directory}"], "would overwrite the model it converts"),
+        ([f"--from_hf={directory}", f"--out={directory / 'sub'}"], "would overwrite the model it converts"),
+    ]:
+        assert cli.main(["convert", *args]) == 2
+        assert re.search(match, capsys.readouterr().err)
+    assert (mine / "notes.txt").read_text() == "important" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert cli.main(["convert", f"--from_hf={directory}", f"--out={tmp_path / 'ckpt'}"]) == 0
+    assert cli.main(["convert", f"--from_hf={directory}", f"--out={tmp_path / 'ckpt'}"]) == 0  # a checkpoint: replaced
+    assert cli.main(["convert", f"--ckpt={tmp_path / 'ckpt'}", f"--to_hf={old_hf}"]) == 2  # stale tokenizer files
+    assert "--to_hf=" in capsys.readouterr().err.splitlines()[-1]
+    assert sorted(p.name for p in old_hf.iterdir()) == sorted(p.name for p in directory.iterdir())
