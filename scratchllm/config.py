@@ -48,6 +48,8 @@ class TrainConfig:
     eval_interval: int = 300
     eval_iters: int = 20
     log_interval: int = 10
+    stats: bool = False  # per-parameter update ratios and per-layer activation statistics in metrics.jsonl
+    stats_interval: int = 0  # every this many steps (0: eval_interval); docs/inspect.md
     sample_tokens: int = 300
     sample_prompt: str = "def "
     progress: bool = True
@@ -103,6 +105,8 @@ def parse_overrides(args) -> tuple[dict, bool]:
         if arg == "--resume":
             resume = True
             continue
+        if arg.startswith("--") and types.get(fields.get(arg[2:])) is bool:  # a bare --stats: true
+            arg += "=true"
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"arguments are --key=value (or --resume); got {arg!r}")
         key, raw = arg[2:].split("=", 1)
@@ -131,7 +135,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1; got {getattr(cfg, key)}")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "vocab_size", "sample_tokens", "nproc", "n_kv_head",
-                "n_inner"):
+                "n_inner", "stats_interval"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"--{key} must be >= 0; got {getattr(cfg, key)}")
     if cfg.n_embd % cfg.n_head:

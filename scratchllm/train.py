@@ -52,7 +52,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     ``init_from`` they are checked against the loaded model (``adopt_init``).
     """
     from .io.checkpoint import load_checkpoint, resolve_checkpoint, save_training_checkpoint
-    from .io.metrics import plot_metrics, truncate_metrics
+    from .inspect.stats import shard_caches, training_stats
+    from .io.metrics import plot_metrics, plot_stats, truncate_metrics
     from .text.data import get_batch, load_text, prepare_tokens
     from .generate import generate_text
     from .io.pretrained import load_pretrained
@@ -179,11 +180,19 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
                 else cfg.learning_rate
             opt.lr = lr
             x, y = get_batch(train_tokens, cfg.batch_size, cfg.block_size, batch_rng)
+            stats_now = cfg.stats and step % (cfg.stats_interval or cfg.eval_interval) == 0
+            model.trace = {} if stats_now else None  # the forward records each layer's activations into it
             _, loss, cache = dp.forward(xp.asarray(x), xp.asarray(y))
             grads = dp.backward(cache)
+            raw = {k: g.copy() for k, g in grads.items()} if stats_now else None  # the gradients before clipping
             if cfg.grad_clip > 0:
                 clip_grad_norm(grads, cfg.grad_clip)
+            before = {k: p.copy() for k, p in model.params.items()} if stats_now else None
             opt.step(grads)
+            if stats_now:  # the step's actual size against the weights, and the activations (inspect/stats.py)
+                stats = training_stats(model, before, raw, shard_caches(cache), model.trace)
+                metrics.write(json.dumps({"step": step, "stats": stats}) + "\n")
+                model.trace = raw = before = None
             tokens_since += x.size
             if step % cfg.log_interval == 0:  # the only place the loss is read back (a host sync on GPU)
                 loss_value = float(to_numpy(loss))
@@ -207,6 +216,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     summary = {"step": step, "seconds": seconds, "out_dir": str(out_dir), **last}
     if lead and plot_metrics(metrics_path, out_dir / "loss.png"):
         summary["plot"] = str(out_dir / "loss.png")
+    if lead and cfg.stats and plot_stats(metrics_path, out_dir / "stats.png"):
+        summary["stats_plot"] = str(out_dir / "stats.png")
     if cfg.sample_tokens and lead:
         _log(f"--- sample ({cfg.sample_tokens} tokens after {cfg.sample_prompt!r}) ---")
         print(cfg.sample_prompt, end="", flush=True)

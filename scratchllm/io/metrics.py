@@ -46,3 +46,44 @@ def plot_metrics(metrics_path: Path, png: Path) -> bool:
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return True
+
+
+def plot_stats(metrics_path: Path, png: Path) -> bool:
+    """``stats.png`` from the ``"stats"`` rows of ``train --stats``: each parameter's update-to-data ratio over the
+    steps on a log scale, with the customary 1e-3 guide, and each layer's gradient norm (its parameters' together).
+    False (nothing written) without matplotlib or without stats rows."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if "stats" in r]
+    if not rows:
+        return False
+    params = [k for k, v in rows[0]["stats"].items() if "update_ratio" in v]
+    steps = [r["step"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name in params:
+        ratios = [r["stats"][name]["update_ratio"] for r in rows]  # None where the parameter was all zeros
+        left.plot(steps, [float("nan") if v is None else v for v in ratios], lw=1,
+                  label=name if len(params) <= 12 else None)
+    left.axhline(1e-3, color="k", ls="--", lw=1, label="1e-3")
+    left.set(yscale="log", xlabel="step", ylabel="|lr * update| / |param|", title="update-to-data ratio per parameter")
+    layers = {}  # layer name -> the sum of its parameters' squared gradient norms, per row
+    for name in params:
+        parts = name.split(".")
+        layer = next((f"layer {p}" for p in parts if p.isdigit()), "embeddings and head")
+        layers.setdefault(layer, []).append(name)
+    for layer, names in layers.items():
+        right.plot(steps, [sum(r["stats"][n]["grad_norm"] ** 2 for n in names) ** 0.5 for r in rows], label=layer)
+    right.set(yscale="log", xlabel="step", ylabel="gradient norm", title="gradient norm per layer")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True

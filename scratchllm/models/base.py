@@ -61,6 +61,7 @@ class CausalLM:
         self.params = {k: views[k] for k in self.params}
         self.rng = np.random.default_rng([seed, 1])  # each step's dropout seed (``dropout_seed``)
         self.training = True
+        self.trace = None  # a dict: forwards record each layer's activations into it (``record``; inspect/)
 
     def train(self, mode: bool = True):
         self.training = bool(mode)
@@ -163,6 +164,19 @@ class CausalLM:
         _, grads = empty_flat({name: self.params[name] for name in self._flat_order})  # one buffer like the params
         grads = self.backward_rows(dlogits, cache, out=grads)
         return {name: grads[name] for name in self.params}  # the params' order
+
+    def record(self, layer: int, name: str, a) -> None:
+        """With ``self.trace`` a dict, keep ``a`` (an activation of ``layer``) under ``(layer, name)``, one entry per
+        forward (a batch's shards each add theirs): ``train --stats`` reads the residual stream, the attention
+        output and the MLP pre-activation so. Nothing is kept when ``trace`` is None (always, but at those steps)."""
+        if self.trace is not None:
+            self.trace.setdefault((layer, name), []).append(a)
+
+    def input_gradient(self, dlogits, caches):
+        """The gradient, for these dlogits (B, T, V), with respect to what the first block reads at each position:
+        the token embedding (plus GPT's position embedding), (B, T, C). The walk of ``backward_rows`` without the
+        embedding tables' scatter-add, which would merge positions holding the same token (inspect's saliency)."""
+        return self._backward_to_embeddings(dlogits, caches, {}, {})
 
     @staticmethod
     def _into(grads, out):

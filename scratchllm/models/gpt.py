@@ -145,15 +145,19 @@ class GPT(CausalLM):
             y, c["attn"] = attention_blocked_forward(q, k, v, dropout=drop, rng=rng, block=ATTN_BLOCK)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C) heads side by side
         y, c["attn.c_proj"] = linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
+        self.record(i, "attn_out", y)
         y, c["attn.drop"] = dropout_forward(y, drop, rng)  # (B, T, C)
         x = x + y  # (B, T, C) residual
         # MLP sub-block: x = x + drop(proj(gelu(fc(ln_2(x)))))
         m, c["ln_2"] = layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"])  # (B, T, C)
         f, c["c_fc"] = linear_forward(m, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])  # (B, T, 4C)
+        self.record(i, "mlp_pre", f)
         g, c["gelu"] = gelu_forward(f, approximate="tanh")  # (B, T, 4C)
         z, c["mlp.c_proj"] = linear_forward(g, p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"])
         z, c["mlp.drop"] = dropout_forward(z, drop, rng)  # (B, T, C)
-        return x + z, c  # (B, T, C) residual
+        x = x + z  # (B, T, C) residual
+        self.record(i, "resid", x)
+        return x, c
 
     def backward_rows(self, dlogits, caches, out=None) -> dict:
         """``forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V).
@@ -162,15 +166,21 @@ class GPT(CausalLM):
         and is returned; the linear layers write their weight gradients (nearly all the numbers) straight into
         it, the rest are copied in at the end. None: a dict of new arrays."""
         grads, into = {}, out or {}
-        dxf, dwte_head, _ = linear_backward(dlogits, caches["lm_head"])  # (B, T, C), (C, V)
+        demb = self._backward_to_embeddings(dlogits, caches, grads, into)  # (B, T, C)
+        _, dwte_tok = embedding_backward(demb, caches["wte"])  # (V, C)
+        _, grads["wpe.weight"] = embedding_backward(demb.sum(axis=0, keepdims=True), caches["wpe"])  # (block_size, C)
+        grads["wte.weight"] = dwte_tok + grads.pop("head").T  # (V, C): the tied weight's two uses ADD
+        return self._into(grads, out)
+
+    def _backward_to_embeddings(self, dlogits, caches, grads, into):
+        """The walk from dlogits down to the embeddings' sum ``tok + pos`` (B, T, C), whose gradient it returns;
+        the gradients on the way go into ``grads`` (the head's, of ``wte.T``, as "head")."""
+        dxf, grads["head"], _ = linear_backward(dlogits, caches["lm_head"])  # (B, T, C), (C, V)
         dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm_backward(dxf, caches["ln_f"])  # (B, T, C)
         for i in reversed(range(self.cfg.n_layer)):
             dx = self._block_backward(i, dx, caches[i], grads, into)  # (B, T, C)
         (demb,) = dropout_backward(dx, caches["drop"])  # (B, T, C)
-        _, dwte_tok = embedding_backward(demb, caches["wte"])  # (V, C)
-        _, grads["wpe.weight"] = embedding_backward(demb.sum(axis=0, keepdims=True), caches["wpe"])  # (block_size, C)
-        grads["wte.weight"] = dwte_tok + dwte_head.T  # (V, C): the tied weight's two uses ADD
-        return self._into(grads, out)
+        return demb
 
     def _block_backward(self, i, dx, c, grads, into):
         """Block i in reverse: the residual passes dx straight through and adds each branch's dx. The weight

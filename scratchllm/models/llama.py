@@ -151,31 +151,42 @@ class Llama(CausalLM):
             y, c["attn"] = attention_blocked_forward(q, k, v, block=ATTN_BLOCK)  # (B, H, T, D) grouped heads
         y = y.transpose(0, 2, 1, 3).reshape(B, T, H * D)  # (B, T, H*D) heads side by side
         y, c["o_proj"] = linear_forward(y, p[h + "self_attn.o_proj.weight"].T)  # (B, T, C)
+        self.record(i, "attn_out", y)
         x = x + y  # (B, T, C) residual
         # MLP sub-block: x = x + down_proj(silu(gate_proj(m)) * up_proj(m))
         m, c["post_attention_layernorm"] = rmsnorm_forward(x, p[h + "post_attention_layernorm.weight"],
                                                            cfg.rms_norm_eps)  # (B, T, C)
         g, c["gate_proj"] = linear_forward(m, p[h + "mlp.gate_proj.weight"].T)  # (B, T, I)
         u, c["up_proj"] = linear_forward(m, p[h + "mlp.up_proj.weight"].T)  # (B, T, I)
+        self.record(i, "mlp_pre", g)
         s, c["swiglu"] = swiglu_forward(g, u)  # (B, T, I)
         z, c["down_proj"] = linear_forward(s, p[h + "mlp.down_proj.weight"].T)  # (B, T, C)
-        return x + z, c  # (B, T, C) residual
+        x = x + z  # (B, T, C) residual
+        self.record(i, "resid", x)
+        return x, c
 
     def backward_rows(self, dlogits, caches, out=None) -> dict:
         """``forward_rows`` in reverse: every parameter's gradient from these rows' dlogits (B, T, V). ``out``: the
         params-shaped arrays (views of a flat buffer) to write the gradients into, as GPT's."""
         grads, into = {}, out or {}
         head = "model.embed_tokens.weight" if self.cfg.tie_word_embeddings else "lm_head.weight"
-        dxf, dhead, _ = linear_backward(dlogits, caches["lm_head"])  # (B, T, C), (C, V) = d(W_head.T)
-        dx, grads["model.norm.weight"] = rmsnorm_backward(dxf, caches["norm"])  # (B, T, C)
-        for i in reversed(range(self.cfg.num_hidden_layers)):
-            dx = self._layer_backward(i, dx, caches[i], grads, into)  # (B, T, C)
+        dx = self._backward_to_embeddings(dlogits, caches, grads, into)  # (B, T, C)
+        dhead = grads.pop("head")  # (C, V) = d(W_head.T)
         _, dembed = embedding_backward(dx, caches["embed_tokens"])  # (V, C)
         if self.cfg.tie_word_embeddings:
             grads[head] = dembed + dhead.T  # (V, C): the tied weight's two uses ADD
         else:
             grads["model.embed_tokens.weight"], grads[head] = dembed, dhead.T
         return self._into(grads, out)
+
+    def _backward_to_embeddings(self, dlogits, caches, grads, into):
+        """The walk from dlogits down to the token embeddings (B, T, C), whose gradient it returns; the gradients
+        on the way go into ``grads`` (the head's, of ``W_head.T``, as "head")."""
+        dxf, grads["head"], _ = linear_backward(dlogits, caches["lm_head"])  # (B, T, C), (C, V)
+        dx, grads["model.norm.weight"] = rmsnorm_backward(dxf, caches["norm"])  # (B, T, C)
+        for i in reversed(range(self.cfg.num_hidden_layers)):
+            dx = self._layer_backward(i, dx, caches[i], grads, into)  # (B, T, C)
+        return dx
 
     def _linear_backward(self, dy, cache, name, grads, into):
         """A projection ``y = x @ W.T`` in reverse: dx returned, dW (out, in) = the (in, out) gradient of W.T,
