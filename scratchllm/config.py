@@ -168,6 +168,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--vocab_size for bpe must be >= 257 (256 bytes + end-of-text); got {cfg.vocab_size}")
     if cfg.vocab_size > 2**20:
         raise ConfigError(f"--vocab_size {cfg.vocab_size} is larger than this trainer supports (2**20)")
+    if cfg.stats_interval and not cfg.stats:
+        raise ConfigError(f"--stats_interval={cfg.stats_interval} has no effect without --stats: add --stats")
     if cfg.nproc > cfg.batch_size:
         raise ConfigError(f"--nproc ({cfg.nproc}) must be <= --batch_size ({cfg.batch_size}): each rank takes rows "
                           "of the batch")

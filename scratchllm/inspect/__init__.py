@@ -19,10 +19,18 @@ from ..backend import to_numpy
 from .stats import training_stats  # noqa: F401
 
 
+def _sequence(ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) < 1:
+        raise ValueError(f"ids must be one sequence of token ids, an integer array of shape (T,); got "
+                         f"{ids.dtype} of shape {ids.shape}")
+    return ids.astype(np.int64)
+
+
 def _forward(model, ids):
     """Logits (T, V) and caches of one sequence, in eval mode, with the whole-matrix attention (its weights are
     what the maps show; flash attention keeps none)."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+    ids = _sequence(ids).reshape(1, -1)
     training, cfg = model.training, model.cfg
     model.eval()
     model.cfg = dataclasses.replace(cfg, attention="full")
@@ -57,7 +65,7 @@ def _log_softmax(logits):
 
 def next_token_losses(model, ids) -> np.ndarray:
     """(T - 1,): the cross-entropy of each next token, ``-log p(ids[t + 1] | ids[:t + 1])``, in nats."""
-    ids = np.asarray(ids, dtype=np.int64)
+    ids = _sequence(ids)
     logits, _ = _forward(model, ids)
     logp = _log_softmax(to_numpy(logits)[0].astype(np.float64))  # (T, V)
     return -logp[np.arange(len(ids) - 1), ids[1:]]
@@ -71,7 +79,7 @@ def saliency(model, ids, target=None) -> dict:
     Returns ``{"target", "logprob", "gradient" (T, C), "saliency" (T,)}``, saliency the gradient's L2 norm per
     position. The backward starts from ``d log p_target / d logits = onehot(target) - softmax(logits)`` there.
     """
-    ids = np.asarray(ids, dtype=np.int64)
+    ids = _sequence(ids)
     logits, caches = _forward(model, ids)
     last = to_numpy(logits)[0, -1].astype(np.float64)  # (V,)
     logp = _log_softmax(last)

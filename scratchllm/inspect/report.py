@@ -14,8 +14,9 @@ import numpy as np
 from . import attention_maps, next_token_losses, saliency
 
 
-def _labels(tokenizer, ids) -> list:
-    return [tokenizer.decode([int(i)]).replace("\n", "\\n").replace("\t", "\\t") or "''" for i in ids]
+def _label(token: str) -> str:
+    """A token as an axis label: newline and tab shown escaped, an empty piece as ''."""
+    return token.replace("\n", "\\n").replace("\t", "\\t") or "''"
 
 
 def write_report(model, tokenizer, prompt: str, out_dir, target=None) -> list:
@@ -33,8 +34,10 @@ def write_report(model, tokenizer, prompt: str, out_dir, target=None) -> list:
             raise ValueError(f"--target must be one token; {target!r} encodes to {len(encoded)}")
         target_id = encoded[0]
     maps, losses, sal = attention_maps(model, ids), next_token_losses(model, ids), saliency(model, ids, target_id)
-    tokens = _labels(tokenizer, ids)
+    tokens = [tokenizer.decode([int(i)]) for i in ids]  # as they are: "".join gives the prompt back
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out={out_dir} is a file; name a directory")
     out.mkdir(parents=True, exist_ok=True)
     report = {"prompt": prompt, "tokens": tokens, "ids": ids.tolist(),
               "next_token_loss": losses.tolist(),  # position t: -log p(token t+1 | tokens 0..t)
@@ -50,7 +53,7 @@ def write_report(model, tokenizer, prompt: str, out_dir, target=None) -> list:
         import matplotlib.pyplot as plt
     except ImportError:
         return paths
-    L, H = len(maps), maps[0].shape[0]
+    L, H, labels = len(maps), maps[0].shape[0], [_label(t) for t in tokens]
     fig, axes = plt.subplots(L, H, figsize=(2.2 * H + 1, 2.2 * L + 1), squeeze=False)
     for layer, m in enumerate(maps):
         for head in range(H):
@@ -58,8 +61,8 @@ def write_report(model, tokenizer, prompt: str, out_dir, target=None) -> list:
             ax.imshow(m[head], cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"layer {layer} head {head}", fontsize=8)
             ticks = range(len(tokens)) if len(tokens) <= 32 else []
-            ax.set_xticks(list(ticks), [tokens[i] for i in ticks], rotation=90, fontsize=6)
-            ax.set_yticks(list(ticks), [tokens[i] for i in ticks], fontsize=6)
+            ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
+            ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
     fig.tight_layout()
     paths.append(out / "attention.png")
     fig.savefig(paths[-1], dpi=110)
@@ -67,13 +70,14 @@ def write_report(model, tokenizer, prompt: str, out_dir, target=None) -> list:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(tokens)), 3.6))
     s = sal["saliency"] / max(float(sal["saliency"].max()), 1e-30)
     top.imshow(s[None, :], cmap="Reds", vmin=0, vmax=1, aspect="auto")
-    top.set_xticks(range(len(tokens)), tokens, fontsize=7)
+    top.set_xticks(range(len(tokens)), labels, fontsize=7)
     top.set_yticks([])
     top.set_title(f"saliency for the next token {tokenizer.decode([sal['target']])!r} "
                   f"(log p = {sal['logprob']:.2f})", fontsize=9)
-    bottom.bar(np.arange(len(losses)) + 0.5, losses, width=0.8)
+    bottom.bar(np.arange(1, len(tokens)), losses, width=0.8)  # under the token it predicts
     bottom.set_xlim(-0.5, len(tokens) - 0.5)
-    bottom.set_ylabel("next-token loss", fontsize=8)
+    bottom.set_xticks(range(len(tokens)), labels, fontsize=7)
+    bottom.set_ylabel("loss of this token", fontsize=8)
     fig.tight_layout()
     paths.append(out / "saliency.png")
     fig.savefig(paths[-1], dpi=110)

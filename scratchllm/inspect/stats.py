@@ -35,15 +35,35 @@ def parameter_stats(params: dict, before: dict, grads: dict) -> dict:
 
 
 def attention_entropy(attn_cache) -> list:
-    """Mean entropy, in nats, of each head's attention rows, from an ``attention_blocked`` cache: (H,) as a list."""
-    q, _, _, blocks, _ = attn_cache
-    total, rows = np.zeros(q.shape[1]), 0
-    for _, i1, _, p_cache, _ in blocks:
-        p = to_numpy(p_cache[0]).astype(np.float64)  # (B, H, rows, keys)
+    """Mean entropy, in nats, of each head's attention rows, from an ``attention_blocked`` cache (its blocks'
+    probabilities) or a ``flash_attention`` one (the probabilities recomputed from q, k and the log-sum-exps,
+    64 query rows at a time): (H,) as a list."""
+    total, rows = 0.0, 0
+    for p in _probabilities(attn_cache):
+        p = p.astype(np.float64)  # (B, H, rows, keys)
         ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=-1)  # (B, H, rows): 0 log 0 = 0
-        total += ent.sum(axis=(0, 2))
+        total = total + ent.sum(axis=(0, 2))
         rows += ent.shape[0] * ent.shape[2]
     return (total / max(rows, 1)).tolist()
+
+
+def _probabilities(cache):
+    """The attention probabilities of a cache, a block of query rows at a time: (B, H, rows, keys) each."""
+    if len(cache) == 5:  # attention_blocked: (q, k, v, blocks, scale)
+        for _, _, _, p_cache, _ in cache[3]:
+            yield to_numpy(p_cache[0])
+        return
+    q, k, _, _, lse, causal = (to_numpy(a) if hasattr(a, "shape") else a for a in cache[:6])  # flash_attention
+    from ..ops.attention import repeat_kv
+
+    k = repeat_kv(k, q.shape[1] // k.shape[1])  # (B, H, Tk, D)
+    T, Tk, scale = q.shape[2], k.shape[2], 1.0 / np.sqrt(q.shape[3])
+    for i0 in range(0, T, 64):
+        i1 = min(i0 + 64, T)
+        S = (q[:, :, i0:i1] @ k.swapaxes(-1, -2)) * scale  # (B, H, rows, Tk)
+        if causal:
+            S = np.where(np.arange(Tk)[None, :] > np.arange(i0, i1)[:, None] + (Tk - T), -np.inf, S)
+        yield np.exp(S - lse[:, :, i0:i1, None])
 
 
 def _moments(arrays) -> dict:
@@ -58,10 +78,10 @@ def layer_stats(model, caches: list, trace: dict) -> dict:
     for i in range(model.n_layer):
         pre = trace[(i, "mlp_pre")]
         tails = sum(int((np.abs(to_numpy(a)) > 3).sum()) for a in pre) / sum(int(a.size) for a in pre)
-        heads = [attention_entropy(c[i]["attn"]) for c in caches if "attn" in c[i]]
+        heads = [attention_entropy(c[i].get("attn") or c[i]["flash"]) for c in caches]
         out[f"layer {i}"] = {"residual": _moments(trace[(i, "resid")]), "attn_out": _moments(trace[(i, "attn_out")]),
                              "mlp_pre": _moments(pre), "mlp_pre_tail_fraction": tails,
-                             "attn_entropy": np.mean(heads, axis=0).tolist() if heads else None}
+                             "attn_entropy": np.mean(heads, axis=0).tolist()}
     return out
 
 

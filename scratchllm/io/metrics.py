@@ -66,12 +66,18 @@ def plot_stats(metrics_path: Path, png: Path) -> bool:
     params = [k for k, v in rows[0]["stats"].items() if "update_ratio" in v]
     steps = [r["step"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name in params:
+    colors, labelled = {"norm gains, LayerNorm biases": "tab:green", "embeddings": "tab:purple", "attention": "tab:blue", "MLP": "tab:orange",
+                        "head": "tab:red"}, set()
+    for name in params:  # one colour per kind of parameter, one legend entry per kind
+        kind = ("norm gains, LayerNorm biases" if "ln" in name or "norm" in name else "embeddings" if "wte" in name or "wpe" in name or
+                "embed" in name else "attention" if "attn" in name else "MLP" if "mlp" in name else "head")
         ratios = [r["stats"][name]["update_ratio"] for r in rows]  # None where the parameter was all zeros
-        left.plot(steps, [float("nan") if v is None else v for v in ratios], lw=1,
-                  label=name if len(params) <= 12 else None)
+        left.plot(steps, [float("nan") if v is None else v for v in ratios], lw=1, color=colors[kind], alpha=0.6,
+                  label=None if kind in labelled else kind)
+        labelled.add(kind)
     left.axhline(1e-3, color="k", ls="--", lw=1, label="1e-3")
-    left.set(yscale="log", xlabel="step", ylabel="|lr * update| / |param|", title="update-to-data ratio per parameter")
+    left.set(yscale="log", xlabel="step", ylabel="|p_after - p_before| / |p_before|",
+             title="update-to-data ratio per parameter")
     layers = {}  # layer name -> the sum of its parameters' squared gradient norms, per row
     for name in params:
         parts = name.split(".")

@@ -105,6 +105,16 @@ def test_training_stats_measure_a_real_step(kind):
     assert final is None and m.forward(idx, targets) and m.trace is None
 
 
+def test_the_entropy_is_the_same_from_a_flash_cache_and_ids_must_be_one_sequence():
+    from scratchllm.ops import attention_blocked_forward, flash_attention_forward
+
+    q, k, v = (np.random.default_rng(s).standard_normal((2, 4 if s == 0 else 2, 70, 4)) for s in range(3))
+    whole = attention_entropy(attention_blocked_forward(q, k, v, block=16)[1])
+    np.testing.assert_allclose(attention_entropy(flash_attention_forward(q, k, v)[1]), whole, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"ids must be one sequence of token ids.*shape \(2, 5\)"):
+        attention_maps(model("gpt"), IDS.reshape(2, 5))
+
+
 def test_entropy_of_uniform_rows_is_log_of_the_keys_seen():
     p = np.tril(np.ones((3, 3)))
     p /= p.sum(axis=-1, keepdims=True)
@@ -128,6 +138,10 @@ def test_train_stats_writes_the_rows_and_the_plot(tmp_path):
                                     "--eval_interval=3", "--eval_iters=1", "--sample_tokens=0", "--progress=false",
                                     "--stats", "--stats_interval=2"])
     assert overrides["stats"] is True  # a bare --stats
+    from scratchllm.train import ConfigError
+
+    with pytest.raises(ConfigError, match="--stats_interval=5 has no effect without --stats"):
+        make_config({"stats_interval": 5})
     summary = train(make_config(overrides))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     stats = [r for r in rows if "stats" in r]
