@@ -29,18 +29,20 @@ def batch(cfg=TINY, B=2, T=5, seed=2, ignore=True):
     return idx, targets
 
 
-def model_gradcheck(model, idx, targets, mode, dropout_seed=None):
-    names = list(model.params)
+def model_gradcheck(model, idx, targets, mode, dropout_seed=None, runner=None):
+    """Every parameter of ``model`` at once (rebound, not written in place), through ``runner`` (a DataParallel;
+    default the model itself)."""
+    names, runner = list(model.params), runner or model
 
     def forward(*arrays):
         model.params = dict(zip(names, arrays))
         if dropout_seed is not None:
             model.rng = np.random.default_rng(dropout_seed)  # the same masks at every evaluation
-        _, loss, cache = model.forward(idx, targets)
+        _, loss, cache = runner.forward(idx, targets)
         return loss, cache
 
     def backward(dloss, cache):
-        grads = model.backward(cache, dloss=dloss)
+        grads = runner.backward(cache, dloss=dloss)
         return tuple(grads[n] for n in names)
 
     return gradcheck(forward, backward, [model.params[n] for n in names], names=names, mode=mode, rtol=1e-7)

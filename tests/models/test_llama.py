@@ -5,9 +5,9 @@ dicts cross unchanged both ways; a whole-model gradcheck; the KV cache; flash at
 import numpy as np
 import pytest
 
-from scratchllm.gradcheck import gradcheck
 from scratchllm.models import Llama, LlamaConfig
 from scratchllm.parallel import DataParallel
+from tests.test_model import model_gradcheck
 
 CASES = {"gqa untied": dict(Hk=2, tie=False), "mqa tied": dict(Hk=1, tie=True), "mha untied": dict(Hk=4, tie=False),
          "gqa tied eps 1e-5": dict(Hk=2, tie=True, eps=1e-5)}  # Llama 2/3's and SmolLM's rms_norm_eps
@@ -97,20 +97,7 @@ def perturbed(**kw):
 @pytest.mark.parametrize("case", CASES)
 def test_whole_model_gradcheck(case):
     model = perturbed(**CASES[case], L=2, C=8, I=12, H=4, T=8)
-    idx, targets = batch(B=2, T=6)
-    names = list(model.params)
-
-    def forward(*arrays):
-        model.params = dict(zip(names, arrays))
-        _, loss, cache = model.forward(idx, targets)
-        return loss, cache
-
-    def backward(dloss, cache):
-        grads = model.backward(cache, dloss=dloss)
-        return tuple(grads[n] for n in names)
-
-    report = gradcheck(forward, backward, [model.params[n] for n in names], names=names, mode="directional",
-                       rtol=1e-7)
+    report = model_gradcheck(model, *batch(B=2, T=6), mode="directional")
     assert report.ok and report.max_rel_err <= 1e-7
 
 

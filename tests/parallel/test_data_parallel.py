@@ -4,12 +4,11 @@ the number of workers, dropout included; the same bits run to run for a given nu
 import numpy as np
 import pytest
 
-from scratchllm.gradcheck import gradcheck
 from scratchllm.kernels.flat import flat_span
 from scratchllm.model import ATTN_BLOCK, GPT, GPTConfig
 from scratchllm.optim import AdamW, clip_grad_norm, decay_groups
 from scratchllm.parallel import DataParallel
-from tests.test_model import attention_weights_kept, batch, perturbed_model
+from tests.test_model import attention_weights_kept, batch, model_gradcheck, perturbed_model
 
 DROPPY = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 
@@ -88,22 +87,8 @@ def test_runs_are_the_same_bits_for_a_given_number_of_workers():
 def test_gradcheck_through_the_shards_with_dropout():
     cfg = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, dropout=0.3)
     model = perturbed_model(cfg)
-    dp = DataParallel(model, workers=2)
-    idx, targets = batch(cfg, B=3)
-    names = list(model.params)
-
-    def forward(*arrays):
-        model.params = dict(zip(names, arrays))  # rebound, not written in place
-        model.rng = np.random.default_rng(5)  # the same masks at every evaluation
-        _, loss, cache = dp.forward(idx, targets)
-        return loss, cache
-
-    def backward(dloss, cache):
-        grads = dp.backward(cache, dloss=dloss)
-        return tuple(grads[n] for n in names)
-
-    report = gradcheck(forward, backward, [model.params[n] for n in names], names=names, mode="directional",
-                       rtol=1e-7)
+    report = model_gradcheck(model, *batch(cfg, B=3), mode="directional", dropout_seed=5,
+                             runner=DataParallel(model, workers=2))
     assert report.ok and report.max_rel_err <= 1e-7
 
 
