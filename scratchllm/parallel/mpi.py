@@ -79,13 +79,10 @@ class MPIDataParallel(StandsInForModel):
         comm = MPI.COMM_WORLD if comm is None else comm
         self.model, self.comm = model, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.workers, self.mode = self.size, "mpi"
+        self.workers = self.size  # DataParallel's name for the count
         # GPU buffers are summed and broadcast by NCCL on the device (nccl.py); host buffers by MPI
         self.gpu = NcclCollectives(comm) if model.backend == "cupy" else None
         self.broadcast_params()
-
-    def close(self) -> None:
-        """Nothing to end: the ranks are the job's processes."""
 
     def broadcast_params(self) -> None:
         """Rank 0's parameters to every rank (one Bcast of the flat buffer, or one per parameter), and its dropout
