@@ -11,7 +11,8 @@ import os
 import platform
 import sys
 
-from .cli_models import EXIT_FAIL, EXIT_USAGE, USAGE_ERRORS, UsageError, cmd_convert, cmd_generate, cmd_inspect
+from .cli_models import (EXIT_FAIL, EXIT_USAGE, USAGE_ERRORS, UsageError, cmd_chat, cmd_convert, cmd_generate,
+                         cmd_inspect)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -256,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="dtype of the written weights (default: float32 from HF, the checkpoint's own)")
     c.set_defaults(func=cmd_convert)
+
+    ch = sub.add_parser("chat", help="talk to a model fine-tuned on prompt/response pairs (--format=pairs); reads "
+                                     "a pipe line by line when stdin is not a terminal")
+    src = ch.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
+    src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory")
+    ch.add_argument("--max_new_tokens", type=int, default=200)
+    ch.add_argument("--temperature", type=float, default=0.8)
+    ch.add_argument("--top_k", type=int, default=0, help="0: no top-k cut")
+    ch.add_argument("--top_p", type=float, default=1.0)
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    ch.set_defaults(func=cmd_chat)
 
     ins = sub.add_parser("inspect", help="attention maps, next-token losses and saliency of a prompt (PNG + JSON)")
     src = ins.add_mutually_exclusive_group(required=True)

@@ -81,6 +81,25 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from . import chat
+    from .io.pretrained import load_pretrained
+
+    source = _hf_dir(args.hf, "chat --hf") if args.hf else args.ckpt
+    model, tokenizer = load_pretrained(source, backend=args.backend)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat with the model: a line is your turn; /exit or Ctrl-D ends", file=sys.stderr)
+
+    def write(text):
+        print(text, end="", flush=True)
+
+    return chat.run(model, tokenizer, iter(sys.stdin), write,
+                    ask=(lambda: print("you> ", end="", file=sys.stderr, flush=True)) if interactive else None,
+                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                    top_p=args.top_p, seed=args.seed)
+
+
 def cmd_inspect(args) -> int:
     from .inspect.report import write_report
     from .io.pretrained import load_pretrained

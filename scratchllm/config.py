@@ -15,6 +15,7 @@ class TrainConfig:
     # data and tokenizer
     data: str = "stdlib"  # "stdlib" (the Python standard library's source), a text file or a directory
     data_cap_bytes: int = 3_000_000  # how much of the default corpus to read
+    format: str = "text"  # text | pairs (a JSONL of prompt/response pairs: the loss on the responses only)
     out_dir: str = "out"
     tokenizer: str = "char"  # char | bpe
     vocab_size: int = 0  # 0: the char alphabet's size, or 1024 for bpe
@@ -72,7 +73,7 @@ PRESETS = {
     # tiny's size and schedule as a Llama: 4 query heads sharing 2 key/value heads, the MLP 352 wide
     "llama-tiny": dict(arch="llama", n_kv_head=2),
 }
-CHOICES = dict(arch=("gpt", "llama"), tokenizer=("char", "bpe"), optimizer=("adamw", "adam", "adagrad", "sgd"),
+CHOICES = dict(format=("text", "pairs"), arch=("gpt", "llama"), tokenizer=("char", "bpe"), optimizer=("adamw", "adam", "adagrad", "sgd"),
                attention=("auto", "full", "flash"), backend=("auto", "numpy", "cupy"), dtype=("float32", "float64"), preset=tuple(PRESETS))
 MODEL_KEYS = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "tokenizer", "n_kv_head", "n_inner",
               "rope_theta", "tie_embeddings")

@@ -38,8 +38,10 @@ def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_
     return np.minimum((probs.cumsum(axis=-1) < u).sum(axis=-1), V - 1)  # inverse CDF
 
 
-def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, seed=0, on_token=None):
-    """Continue the token list ``ids`` by ``max_new_tokens`` tokens; returns the new ids.
+def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, seed=0, on_token=None,
+                 stop=()):
+    """Continue the token list ``ids`` by ``max_new_tokens`` tokens, or until a token in ``stop`` is drawn (it is
+    not returned); returns the new ids.
 
     The prompt is cropped to its last ``block_size`` tokens. Each step feeds only the newest token and
     reuses every layer's cached keys and values; when the context would exceed ``block_size`` the window
@@ -67,6 +69,8 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
         new = []
         for _ in range(max_new_tokens):
             token = int(sample_next(logits, rng, temperature, top_k, top_p)[0])
+            if token in stop:  # an end token (chat): the reply is over
+                break
             new.append(token)
             context.append(token)
             if on_token is not None:
@@ -85,7 +89,7 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
 
 
 def generate_text(model, tokenizer, prompt, max_new_tokens=200, temperature=1.0, top_k=None, top_p=1.0, seed=0,
-                  stream=None, allowed_special=None) -> str:
+                  stream=None, allowed_special=None, ids=None, stop=()) -> str:
     """Generate text after ``prompt``; ``stream(text_piece)`` receives the new text as it is produced.
 
     An empty prompt starts from the tokenizer's end-of-text token when it has one (else its first token).
@@ -94,7 +98,8 @@ def generate_text(model, tokenizer, prompt, max_new_tokens=200, temperature=1.0,
     Hugging Face's GPT-2 tokenizer does.
     """
     kwargs = {} if allowed_special is None else {"allowed_special": allowed_special}
-    ids = tokenizer.encode(prompt, **kwargs) if prompt else []
+    if ids is None:  # ``ids``: the prompt already encoded (chat's cropped conversation)
+        ids = tokenizer.encode(prompt, **kwargs) if prompt else []
     if not ids:
         eot = getattr(tokenizer, "eot_id", None)
         ids = [eot if eot is not None else 0]
@@ -108,7 +113,7 @@ def generate_text(model, tokenizer, prompt, max_new_tokens=200, temperature=1.0,
                 stream(text[len(shown[0]):])
                 shown[0] = text
 
-    generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, seed, on_token)
+    generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, seed, on_token, stop)
     text = tokenizer.decode(new_ids)
     if stream is not None and text != shown[0]:
         stream(text[len(shown[0]):] if text.startswith(shown[0]) else text)

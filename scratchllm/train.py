@@ -28,17 +28,25 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def estimate_loss(model, splits: dict, cfg: TrainConfig, step: int) -> dict:
+def batch_of(tokens, mask, cfg: TrainConfig, rng):
+    """A batch of random windows (``get_batch``), or with pairs (``mask``) the response-only targets."""
+    from .text.data import get_batch
+    from .text.pairs import masked_batch
+
+    if mask is None:
+        return get_batch(tokens, cfg.batch_size, cfg.block_size, rng)
+    return masked_batch(tokens, mask, cfg.batch_size, cfg.block_size, rng)
+
+
+def estimate_loss(model, splits: dict, cfg: TrainConfig, step: int, masks: dict | None = None) -> dict:
     """Mean loss over ``eval_iters`` batches per split, in eval mode, with batches from an RNG of its own
     (seeded by seed and step) so evaluating never disturbs the training stream. ``model``: a model or its
-    ``DataParallel``."""
-    from .text.data import get_batch
-
+    ``DataParallel``. With ``masks`` (pairs) the loss is the responses' alone."""
     model.eval()
     out = {}
     for k, (name, tokens) in enumerate(splits.items()):
         rng = np.random.default_rng([cfg.seed, step, k, 7])
-        losses = [float(model.forward(*get_batch(tokens, cfg.batch_size, cfg.block_size, rng))[1])
+        losses = [float(model.forward(*batch_of(tokens, (masks or {}).get(name), cfg, rng))[1])
                   for _ in range(cfg.eval_iters)]
         out[name] = float(np.mean(losses))
     model.train()
@@ -54,7 +62,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .io.checkpoint import load_checkpoint, resolve_checkpoint, save_training_checkpoint
     from .inspect.stats import shard_caches, training_stats
     from .io.metrics import plot_metrics, plot_stats, truncate_metrics
-    from .text.data import get_batch, load_text, prepare_tokens
+    from .text.data import load_text, prepare_tokens
+    from .text.pairs import END_CHAR, encode_pairs, read_pairs, render
     from .generate import generate_text
     from .io.pretrained import load_pretrained
     from .models import ARCHS
@@ -95,14 +104,29 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         cfg = adopt_init(cfg, model, tokenizer, overrides)
         say(f"initialised from {cfg.init_from}")
     try:  # every rank reads the same data, so under MPI every rank meets the same error (printed once)
-        text, description = load_text(cfg.data, cfg.data_cap_bytes)
+        if cfg.format == "pairs":  # prompt/response pairs: the template's text, the loss on responses only
+            examples = read_pairs(cfg.data)
+            text = "".join(t for ex in examples for t, _ in render(ex, END_CHAR))
+            description = f"{len(examples)} prompt/response pairs in {cfg.data}"
+        else:
+            text, description = load_text(cfg.data, cfg.data_cap_bytes)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
     if fresh:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size or (None if cfg.tokenizer == "char" else 1024))
     if not lead:
         comm.Barrier()  # rank 0 writes the token files first; the other ranks then map the same files
-    train_tokens, val_tokens = prepare_tokens(text, tokenizer, out_dir / "data")
+    masks = None
+    if cfg.format == "pairs":  # the last tenth of the examples for validation; encoded in memory on every rank
+        cut = max(1, len(examples) // 10)
+        try:
+            (train_tokens, train_mask), (val_tokens, val_mask) = (encode_pairs(part, tokenizer) for part in
+                                                                  (examples[:-cut] or examples, examples[-cut:]))
+        except ValueError as e:  # a character the tokenizer of --init_from does not have
+            raise ConfigError(f"{cfg.data}: {str(e).splitlines()[0]}") from None
+        masks = {"train": train_mask, "val": val_mask}
+    else:
+        train_tokens, val_tokens = prepare_tokens(text, tokenizer, out_dir / "data")
     if lead and comm is not None:
         comm.Barrier()
     for name, toks in (("train", train_tokens), ("val", val_tokens)):
@@ -162,7 +186,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     try:
         while True:
             if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and step != resumed_at:
-                losses = estimate_loss(dp, {"train": train_tokens, "val": val_tokens}, cfg, step)
+                losses = estimate_loss(dp, {"train": train_tokens, "val": val_tokens}, cfg, step, masks)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise TrainingDiverged(f"evaluation loss is {losses} at step {step}")
                 best_val = min(best_val, losses["val"])
@@ -179,7 +203,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
             lr = get_lr(step, cfg.learning_rate, cfg.warmup_iters, decay_iters, cfg.min_lr) if cfg.decay_lr \
                 else cfg.learning_rate
             opt.lr = lr
-            x, y = get_batch(train_tokens, cfg.batch_size, cfg.block_size, batch_rng)
+            x, y = batch_of(train_tokens, masks and masks["train"], cfg, batch_rng)
             stats_now = cfg.stats and step % (cfg.stats_interval or cfg.eval_interval) == 0
             model.trace = {} if stats_now else None  # the forward records each layer's activations into it
             _, loss, cache = dp.forward(xp.asarray(x), xp.asarray(y))

@@ -1,0 +1,62 @@
+"""``scratchllm chat``: a conversation with a model fine-tuned on prompt/response pairs, in their template.
+
+The conversation so far is rendered through the pairs template (``text/pairs.py``) and ends with the assistant's
+header; the reply is generated after it, streamed, until the end token (the tokenizer's end-of-text, or
+``END_CHAR``) or ``max_new_tokens``. When the conversation no longer fits the context with room for the reply, the
+oldest turns are dropped first (the newest user turn always stays; if it alone is too long, its last tokens).
+"""
+
+from __future__ import annotations
+
+from .generate import generate_text
+from .text.pairs import END_CHAR, end_text, render
+
+ASSISTANT = "### Assistant:\n"
+
+
+def conversation_ids(tokenizer, history, context: int, room: int) -> list:
+    """The token ids of ``history`` (``(role, content)`` turns, the last one the user's) and the assistant's header,
+    cropped from the oldest turns to at most ``context - room`` tokens."""
+    end, budget = end_text(tokenizer), max(1, context - room)
+    special = {"allowed_special": "all"} if getattr(tokenizer, "eot_id", None) is not None else {}
+    for first in range(len(history)):
+        text = "".join(t for t, _ in render(history[first:], end)) + ASSISTANT
+        ids = tokenizer.encode(text, **special)
+        if len(ids) <= budget or first == len(history) - 1:
+            return ids[-budget:]
+    return []
+
+
+def reply(model, tokenizer, history, max_new_tokens=200, temperature=0.8, top_k=None, top_p=1.0, seed=0,
+          stream=None) -> str:
+    """The assistant's next turn after ``history``, streamed to ``stream`` as it comes; the end token stops it."""
+    ids = conversation_ids(tokenizer, history, model.context, min(max_new_tokens, model.context // 2))
+    eot = getattr(tokenizer, "eot_id", None)
+    stop = {eot} if eot is not None else set(tokenizer.encode(END_CHAR)) if _has(tokenizer, END_CHAR) else set()
+    return generate_text(model, tokenizer, "", max_new_tokens, temperature, top_k, top_p, seed, stream=stream,
+                         ids=ids, stop=stop)
+
+
+def _has(tokenizer, text) -> bool:
+    try:
+        tokenizer.encode(text)
+    except ValueError:  # a character tokenizer without it (a model never fine-tuned on pairs)
+        return False
+    return True
+
+
+def run(model, tokenizer, lines, write, ask=None, **sampling) -> int:
+    """The conversation loop: each line from ``lines`` is a user turn, each reply is written with ``write``;
+    ``ask`` (interactive) shows a prompt before each line. Ends at the end of ``lines`` (EOF) or on "/exit"."""
+    history = []
+    while True:
+        if ask:
+            ask()
+        line = next(lines, None)
+        if line is None or line.strip() == "/exit":
+            return 0
+        history.append(("user", line.rstrip("\n")))
+        text = reply(model, tokenizer, history, stream=write, **sampling)
+        write("\n")
+        history.append(("assistant", text))
+        sampling["seed"] = sampling.get("seed", 0) + 1  # another draw for the next reply

@@ -1,0 +1,106 @@
+"""Prompt/response pairs as training data, the loss on the responses only.
+
+A pairs file holds one JSON object per line: ``{"prompt": ..., "response": ...}``, or ``{"messages": [{"role":
+"system" | "user" | "assistant", "content": ...}, ...]}``. Every example is rendered through one template,
+
+    ### System:\\n{content}\\n          (a system turn, if any)
+    ### User:\\n{content}\\n            (the prompt)
+    ### Assistant:\\n{content}<end>    (the response; <end>: the tokenizer's end-of-text token, or END_CHAR)
+
+and the examples are packed one after another into a single token stream, with a parallel boolean mask that is
+True on the tokens a target may be: the assistant's content and its end token. Training takes windows of the
+stream as usual (``masked_batch``), and a target whose token is not a response token becomes -1, which the
+cross-entropy ignores: a masked position contributes nothing to the loss or to any gradient (tests/test_pairs.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+END_CHAR = "\x04"  # the end of a response for a character tokenizer (ASCII "end of transmission")
+ROLES = ("system", "user", "assistant")
+
+
+def read_pairs(path) -> list:
+    """Each example of a pairs file as a list of ``(role, content)`` turns. A malformed line raises ValueError
+    naming the file, its line number and what is missing or wrong."""
+    path = Path(path)
+    examples = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'response', or 'messages'")
+        if "messages" in obj:
+            turns = obj["messages"]
+            if not isinstance(turns, list) or not turns:
+                raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+            for t in turns:
+                if not isinstance(t, dict) or t.get("role") not in ROLES or not isinstance(t.get("content"), str):
+                    raise ValueError(f"{where}: each message needs 'role' (one of {', '.join(ROLES)}) and a string "
+                                     f"'content'; got {json.dumps(t)[:80]}")
+            if not any(t["role"] == "assistant" for t in turns):
+                raise ValueError(f"{where}: 'messages' has no assistant turn (nothing to learn)")
+            examples.append([(t["role"], t["content"]) for t in turns])
+            continue
+        for key in ("prompt", "response"):
+            if not isinstance(obj.get(key), str):
+                raise ValueError(f"{where}: missing key {key!r}" if key not in obj else
+                                 f"{where}: {key!r} must be a string")
+        examples.append([("user", obj["prompt"]), ("assistant", obj["response"])])
+    if not examples:
+        raise ValueError(f"{path} holds no examples")
+    return examples
+
+
+def render(turns, end: str) -> list:
+    """The template's text of one example as ``(text, is_response)`` segments (module docstring); ``end`` closes
+    each assistant turn and counts as response (so the model learns to stop)."""
+    segments = []
+    for role, content in turns:
+        segments.append((f"### {role.capitalize()}:\n", False))
+        segments.append((content + end, True) if role == "assistant" else (content + "\n", False))
+        if role == "assistant":
+            segments.append(("\n", False))
+    return segments
+
+
+def end_text(tokenizer) -> str:
+    """What closes a response for ``tokenizer``: its end-of-text token's text, or END_CHAR."""
+    eot = getattr(tokenizer, "eot_id", None)
+    return tokenizer.decode([eot]) if eot is not None else END_CHAR
+
+
+def encode_pairs(examples, tokenizer) -> tuple:
+    """``(tokens, mask)``: every example rendered and encoded, packed one after another (int32 and bool arrays of
+    one length); ``mask[i]`` is True when token i is response text (or its end token)."""
+    end = end_text(tokenizer)
+    special = "all" if getattr(tokenizer, "eot_id", None) is not None else None
+    tokens, mask = [], []
+    for turns in examples:
+        for text, is_response in render(turns, end):
+            ids = tokenizer.encode(text, allowed_special=special) if special else tokenizer.encode(text)
+            tokens.extend(ids)
+            mask.extend([is_response] * len(ids))
+    return np.asarray(tokens, dtype=np.int32), np.asarray(mask, dtype=bool)
+
+
+def masked_batch(tokens, mask, batch_size: int, block_size: int, rng: np.random.Generator):
+    """``get_batch``'s random windows of the packed stream, with ``y = -1`` wherever the target token is not a
+    response token: ``x = tokens[i : i+T]``, ``y = tokens[i+1 : i+T+1]`` masked by ``mask[i+1 : i+T+1]``."""
+    n = len(tokens) - block_size
+    if n < 1:
+        raise ValueError(f"the token array has {len(tokens)} tokens; it needs more than block_size={block_size}")
+    ix = rng.integers(0, n, size=batch_size)  # (B,)
+    offsets = ix[:, None] + np.arange(block_size + 1)[None, :]  # (B, T+1)
+    window = np.asarray(tokens[offsets.ravel()], dtype=np.int64).reshape(batch_size, block_size + 1)
+    keep = np.asarray(mask[offsets[:, 1:].ravel()], dtype=bool).reshape(batch_size, block_size)
+    return window[:, :-1], np.where(keep, window[:, 1:], -1)
