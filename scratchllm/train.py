@@ -28,25 +28,18 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def batch_of(tokens, mask, cfg: TrainConfig, rng):
-    """A batch of random windows (``get_batch``), or with pairs (``mask``) the response-only targets."""
-    from .text.data import get_batch
-    from .text.pairs import masked_batch
-
-    if mask is None:
-        return get_batch(tokens, cfg.batch_size, cfg.block_size, rng)
-    return masked_batch(tokens, mask, cfg.batch_size, cfg.block_size, rng)
-
-
 def estimate_loss(model, splits: dict, cfg: TrainConfig, step: int, masks: dict | None = None) -> dict:
     """Mean loss over ``eval_iters`` batches per split, in eval mode, with batches from an RNG of its own
     (seeded by seed and step) so evaluating never disturbs the training stream. ``model``: a model or its
     ``DataParallel``. With ``masks`` (pairs) the loss is the responses' alone."""
+    from .text.data import get_batch
+
     model.eval()
     out = {}
     for k, (name, tokens) in enumerate(splits.items()):
         rng = np.random.default_rng([cfg.seed, step, k, 7])
-        losses = [float(model.forward(*batch_of(tokens, (masks or {}).get(name), cfg, rng))[1])
+        losses = [float(model.forward(*get_batch(tokens, cfg.batch_size, cfg.block_size, rng,
+                                                 (masks or {}).get(name)))[1])
                   for _ in range(cfg.eval_iters)]
         out[name] = float(np.mean(losses))
     model.train()
@@ -62,7 +55,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .io.checkpoint import load_checkpoint, resolve_checkpoint, save_training_checkpoint
     from .inspect.stats import shard_caches, training_stats
     from .io.metrics import plot_metrics, plot_stats, truncate_metrics
-    from .text.data import load_text, prepare_tokens
+    from .text.data import get_batch, load_text, prepare_tokens
     from .text.pairs import END_CHAR, encode_pairs, read_pairs, render
     from .generate import generate_text
     from .io.pretrained import load_pretrained
@@ -203,7 +196,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
             lr = get_lr(step, cfg.learning_rate, cfg.warmup_iters, decay_iters, cfg.min_lr) if cfg.decay_lr \
                 else cfg.learning_rate
             opt.lr = lr
-            x, y = batch_of(train_tokens, masks and masks["train"], cfg, batch_rng)
+            x, y = get_batch(train_tokens, cfg.batch_size, cfg.block_size, batch_rng, masks and masks["train"])
             stats_now = cfg.stats and step % (cfg.stats_interval or cfg.eval_interval) == 0
             model.trace = {} if stats_now else None  # the forward records each layer's activations into it
             _, loss, cache = dp.forward(xp.asarray(x), xp.asarray(y))

@@ -8,7 +8,8 @@ import pytest
 
 from scratchllm.models import GPT, GPTConfig
 from scratchllm.ops import cross_entropy_backward, cross_entropy_forward
-from scratchllm.text.pairs import END_CHAR, encode_pairs, masked_batch, read_pairs, render
+from scratchllm.text.data import get_batch
+from scratchllm.text.pairs import END_CHAR, encode_pairs, read_pairs, render
 from scratchllm.tokenizer import ByteBPETokenizer, CharTokenizer
 
 
@@ -60,7 +61,7 @@ def test_masked_positions_contribute_nothing():
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 11, 200).astype(np.int32)
     mask = rng.random(200) < 0.4
-    x, y = masked_batch(tokens, mask, 3, 12, np.random.default_rng(1))
+    x, y = get_batch(tokens, 3, 12, np.random.default_rng(1), mask)
     assert (y == -1).any() and (y != -1).any()
     model = GPT(GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=8), seed=0, dtype="float64",
                 backend="numpy")
@@ -82,10 +83,10 @@ def test_masked_positions_contribute_nothing():
     assert float(model.forward(x2, y)[1]) != float(loss)  # the prompt still conditions the response
 
 
-def test_masked_batch_masks_by_the_target_token():
+def test_get_batch_masks_by_the_target_token():
     tokens = np.arange(10, dtype=np.int32)
     mask = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1, 1], dtype=bool)
-    x, y = masked_batch(tokens, mask, 4, 5, np.random.default_rng(0))
+    x, y = get_batch(tokens, 4, 5, np.random.default_rng(0), mask)
     for xr, yr in zip(x, y):
         i = xr[0]
         np.testing.assert_array_equal(xr, np.arange(i, i + 5))

@@ -98,10 +98,11 @@ def prepare_tokens(text: str, tokenizer, cache_dir, val_fraction: float = 0.1) -
     return np.load(train_path, mmap_mode="r"), np.load(val_path, mmap_mode="r")
 
 
-def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator):
+def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator, mask=None):
     """Random windows: ``x = tokens[i : i+T]``, ``y = tokens[i+1 : i+T+1]`` for B offsets i from ``rng``.
 
-    Returns int64 arrays (B, T) on the host.
+    Returns int64 arrays (B, T) on the host. ``mask`` (bool, as long as ``tokens``; prompt/response pairs,
+    ``pairs.py``): a target whose token is not a response token (``mask`` False there) becomes -1, ignored.
     """
     n = len(tokens) - block_size
     if n < 1:
@@ -109,4 +110,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.rand
     ix = rng.integers(0, n, size=batch_size)  # (B,)
     offsets = ix[:, None] + np.arange(block_size + 1)[None, :]  # (B, T+1)
     window = np.asarray(tokens[offsets.ravel()], dtype=np.int64).reshape(batch_size, block_size + 1)
-    return window[:, :-1], window[:, 1:]
+    if mask is None:
+        return window[:, :-1], window[:, 1:]
+    keep = np.asarray(mask[offsets[:, 1:].ravel()], dtype=bool).reshape(batch_size, block_size)
+    return window[:, :-1], np.where(keep, window[:, 1:], -1)

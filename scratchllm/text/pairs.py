@@ -9,7 +9,7 @@ A pairs file holds one JSON object per line: ``{"prompt": ..., "response": ...}`
 
 and the examples are packed one after another into a single token stream, with a parallel boolean mask that is
 True on the tokens a target may be: the assistant's content and its end token. Training takes windows of the
-stream as usual (``masked_batch``), and a target whose token is not a response token becomes -1, which the
+stream as usual (``data.get_batch`` with the mask), and a target whose token is not a response token becomes -1, which the
 cross-entropy ignores: a masked position contributes nothing to the loss or to any gradient (tests/test_pairs.py).
 """
 
@@ -91,16 +91,3 @@ def encode_pairs(examples, tokenizer) -> tuple:
             tokens.extend(ids)
             mask.extend([is_response] * len(ids))
     return np.asarray(tokens, dtype=np.int32), np.asarray(mask, dtype=bool)
-
-
-def masked_batch(tokens, mask, batch_size: int, block_size: int, rng: np.random.Generator):
-    """``get_batch``'s random windows of the packed stream, with ``y = -1`` wherever the target token is not a
-    response token: ``x = tokens[i : i+T]``, ``y = tokens[i+1 : i+T+1]`` masked by ``mask[i+1 : i+T+1]``."""
-    n = len(tokens) - block_size
-    if n < 1:
-        raise ValueError(f"the token array has {len(tokens)} tokens; it needs more than block_size={block_size}")
-    ix = rng.integers(0, n, size=batch_size)  # (B,)
-    offsets = ix[:, None] + np.arange(block_size + 1)[None, :]  # (B, T+1)
-    window = np.asarray(tokens[offsets.ravel()], dtype=np.int64).reshape(batch_size, block_size + 1)
-    keep = np.asarray(mask[offsets[:, 1:].ravel()], dtype=bool).reshape(batch_size, block_size)
-    return window[:, :-1], np.where(keep, window[:, 1:], -1)
