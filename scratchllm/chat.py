@@ -8,6 +8,8 @@ oldest turns are dropped first (the newest user turn always stays; if it alone i
 
 from __future__ import annotations
 
+import sys
+
 from .generate import generate_text
 from .text.pairs import END_CHAR, end_text, render
 
@@ -48,15 +50,27 @@ def _has(tokenizer, text) -> bool:
 def run(model, tokenizer, lines, write, ask=None, **sampling) -> int:
     """The conversation loop: each line from ``lines`` is a user turn, each reply is written with ``write``;
     ``ask`` (interactive) shows a prompt before each line. Ends at the end of ``lines`` (EOF) or on "/exit"."""
+    eot = getattr(tokenizer, "eot_id", None)
+    if eot is None and not _has(tokenizer, END_CHAR):
+        raise ValueError("this checkpoint's tokenizer has no end token (\\x04): chat talks to a model fine-tuned "
+                         "with --format=pairs")
     history = []
     while True:
         if ask:
             ask()
         line = next(lines, None)
         if line is None or line.strip() == "/exit":
+            if line is None and ask:
+                write("\n")
             return 0
-        history.append(("user", line.rstrip("\n")))
-        text = reply(model, tokenizer, history, stream=write, **sampling)
+        history.append(("user", line.rstrip("\r\n")))
+        try:
+            text = reply(model, tokenizer, history, stream=write, **sampling)
+        except ValueError as e:  # a character the tokenizer does not know: this turn is skipped, the chat goes on
+            history.pop()
+            print(f"scratchllm chat: {str(e).split(' at position')[0]} in that line; say it another way",
+                  file=sys.stderr, flush=True)
+            continue
         write("\n")
         history.append(("assistant", text))
         sampling["seed"] = sampling.get("seed", 0) + 1  # another draw for the next reply

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .backend import to_numpy
@@ -50,10 +52,10 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0; got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1; got {top_k}")
+        raise ValueError(f"top_k must be >= 1 (0 on the command line: no cut); got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
     block = model.context

@@ -28,6 +28,14 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _encodes(tokenizer, text) -> bool:
+    try:
+        tokenizer.encode(text)
+    except ValueError:
+        return False
+    return True
+
+
 def estimate_loss(model, splits: dict, cfg: TrainConfig, step: int, masks: dict | None = None) -> dict:
     """Mean loss over ``eval_iters`` batches per split, in eval mode, with batches from an RNG of its own
     (seeded by seed and step) so evaluating never disturbs the training stream. ``model``: a model or its
@@ -235,7 +243,11 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         summary["plot"] = str(out_dir / "loss.png")
     if lead and cfg.stats and plot_stats(metrics_path, out_dir / "stats.png"):
         summary["stats_plot"] = str(out_dir / "stats.png")
-    if cfg.sample_tokens and lead:
+    if cfg.sample_tokens and lead and cfg.format == "pairs":  # its samples are replies in the template
+        _log(f"no free-running sample for a pairs run: talk to it, scratchllm chat --ckpt={out_dir}")
+    elif cfg.sample_tokens and lead and not _encodes(tokenizer, cfg.sample_prompt):
+        _log(f"no sample: --sample_prompt={cfg.sample_prompt!r} has characters this tokenizer does not know")
+    elif cfg.sample_tokens and lead:
         _log(f"--- sample ({cfg.sample_tokens} tokens after {cfg.sample_prompt!r}) ---")
         print(cfg.sample_prompt, end="", flush=True)
         generate_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, temperature=0.8, top_k=200,

@@ -164,3 +164,31 @@ def test_chat_crops_the_oldest_turns_and_stops_at_the_end_token(tmp_path):
     replies = done.stdout.split("\n")
     assert len(replies) == 3 and replies[2] == "" and END_CHAR not in done.stdout  # two replies, then EOF
     assert all(len(r) <= 12 for r in replies[:2])
+
+
+def test_what_a_users_try_found(tmp_path, capsys):
+    """Non-UTF-8 lines and the reserved end character are named by line; chat skips a line with an unknown
+    character and goes on, refuses a checkpoint without an end token up front; non-finite temperatures refused."""
+    from scratchllm.chat import run
+    from scratchllm.generate import generate_ids
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
+    with pytest.raises(ValueError, match="latin.jsonl line 2: not valid UTF-8"):
+        read_pairs(latin)
+    with pytest.raises(ValueError, match="line 1: holds the reserved end character"):
+        read_pairs(write(tmp_path, [{"prompt": "x", "response": "X\u0004"}]))
+    with pytest.raises(ValueError, match="is a directory"):
+        read_pairs(tmp_path)
+    tok = CharTokenizer.train("### User:\nAssistant" + "abc" + END_CHAR + "\n")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=8), seed=0)
+    out = []
+    assert run(model, tok, iter(["abc\n", "xyz\r\n", "cab\r\n"]), out.append, max_new_tokens=3) == 0
+    assert len([piece for piece in out if piece == "\n"]) == 2  # two replies: the unknown line was skipped
+    assert "'x' (U+0078) in that line" in capsys.readouterr().err
+    plain = CharTokenizer.train("### User:\nAssistant abc\n")
+    with pytest.raises(ValueError, match="has no end token"):
+        run(model, plain, iter(["abc"]), out.append)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            generate_ids(model, [1, 2], 2, temperature=bad)

@@ -28,11 +28,17 @@ def read_pairs(path) -> list:
     """Each example of a pairs file as a list of ``(role, content)`` turns. A malformed line raises ValueError
     naming the file, its line number and what is missing or wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; --format=pairs reads one JSONL file")
     examples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        where = f"{path} line {n}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: not valid UTF-8") from None
         if not line.strip():
             continue
-        where = f"{path} line {n}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -49,16 +55,22 @@ def read_pairs(path) -> list:
                                      f"'content'; got {json.dumps(t)[:80]}")
             if not any(t["role"] == "assistant" for t in turns):
                 raise ValueError(f"{where}: 'messages' has no assistant turn (nothing to learn)")
-            examples.append([(t["role"], t["content"]) for t in turns])
+            examples.append(_checked([(t["role"], t["content"]) for t in turns], where))
             continue
         for key in ("prompt", "response"):
             if not isinstance(obj.get(key), str):
                 raise ValueError(f"{where}: missing key {key!r}" if key not in obj else
                                  f"{where}: {key!r} must be a string")
-        examples.append([("user", obj["prompt"]), ("assistant", obj["response"])])
+        examples.append(_checked([("user", obj["prompt"]), ("assistant", obj["response"])], where))
     if not examples:
         raise ValueError(f"{path} holds no examples")
     return examples
+
+
+def _checked(turns, where) -> list:
+    if any(END_CHAR in content for _, content in turns):
+        raise ValueError(f"{where}: holds the reserved end character \\x04 (in the template it ends a response)")
+    return turns
 
 
 def render(turns, end: str) -> list:
