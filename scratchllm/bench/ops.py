@@ -138,8 +138,7 @@ COSTS = {
     "cross_entropy": lambda s, B, T, V: ((4 * B * T * V + 3 * B * T, s * B * T * V + 8 * B * T),
                                          (2 * B * T * V, 2 * s * B * T * V + 8 * B * T)),
     "rmsnorm": lambda s, N, C: ((4 * N * C, s * (2 * N * C + C)), (8 * N * C, s * (3 * N * C + 2 * C))),
-    # rope: x * cos + rotate_half(x) * sin on (B, H, T, D), cos and sin (T, D) read once (the angles uncounted)
-    "rope": lambda s, B, H, T, D: ((4 * B * H * T * D, s * (2 * B * H * T * D + 2 * T * D)),) * 2,
+    "rope": lambda s, B, H, T, D: ((4 * B * H * T * D, s * (2 * B * H * T * D + 2 * T * D)),) * 2,  # cos, sin once
     "rope_rows": lambda s, B, H, T, D: ((4 * B * H * T * D, s * (2 * B * H * T * D + 2 * B * T * D)),) * 2,
     # swiglu: sigmoid by tanh (counted 4), silu, the product; backward reads dout, gate, up, sig, silu
     "swiglu": lambda s, N, C: ((6 * N * C, 3 * s * N * C), (7 * N * C, 7 * s * N * C)),
