@@ -234,17 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Config keys as --key=value (nanoGPT's names), --preset=tiny|cpu, --resume.")
     t.set_defaults(func=cmd_train, overrides=[])
 
+    def model_source(p):  # the model to read: one of --ckpt and --hf
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
+        src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory (save_pretrained's, "
+                                                     "with tokenizer)")
+
+    def sampling(p):  # generate's and chat's
+        p.add_argument("--max_new_tokens", type=int, default=200)
+        p.add_argument("--temperature", type=float, default=0.8)
+        p.add_argument("--top_k", type=int, default=0, help="0: no top-k cut")
+        p.add_argument("--top_p", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+
     gen = sub.add_parser("generate", help="generate text from a checkpoint or a Hugging Face GPT-2 or Llama directory")
-    src = gen.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
-    src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory (save_pretrained's, with tokenizer)")
+    model_source(gen)
     gen.add_argument("--prompt", default="")
-    gen.add_argument("--max_new_tokens", type=int, default=200)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top_k", type=int, default=0, help="0: no top-k cut")
-    gen.add_argument("--top_p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    sampling(gen)
     gen.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("convert", help="Hugging Face GPT-2/Llama directory <-> scratchllm checkpoint",
@@ -260,21 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("chat", help="talk to a model fine-tuned on prompt/response pairs (--format=pairs); reads "
                                      "a pipe line by line when stdin is not a terminal")
-    src = ch.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
-    src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory")
-    ch.add_argument("--max_new_tokens", type=int, default=200)
-    ch.add_argument("--temperature", type=float, default=0.8)
-    ch.add_argument("--top_k", type=int, default=0, help="0: no top-k cut")
-    ch.add_argument("--top_p", type=float, default=1.0)
-    ch.add_argument("--seed", type=int, default=0)
-    ch.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    model_source(ch)
+    sampling(ch)
     ch.set_defaults(func=cmd_chat)
 
     ins = sub.add_parser("inspect", help="attention maps, next-token losses and saliency of a prompt (PNG + JSON)")
-    src = ins.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="a training run's out_dir or a checkpoint directory")
-    src.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 or Llama directory")
+    model_source(ins)
     ins.add_argument("--prompt", required=True, help="the text to inspect (at least two tokens)")
     ins.add_argument("--out", default="inspect", help="the directory to write attention.png, saliency.png and "
                                                      "inspect.json into (default: ./inspect)")
