@@ -30,13 +30,20 @@ def conversation_ids(tokenizer, history, context: int, room: int) -> list:
 
 
 def reply(model, tokenizer, history, max_new_tokens=200, temperature=0.8, top_k=None, top_p=1.0, seed=0,
-          stream=None) -> str:
-    """The assistant's next turn after ``history``, streamed to ``stream`` as it comes; the end token stops it."""
-    ids = conversation_ids(tokenizer, history, model.context, min(max_new_tokens, model.context // 2))
-    eot = getattr(tokenizer, "eot_id", None)
-    stop = {eot} if eot is not None else set(tokenizer.encode(END_CHAR)) if _has(tokenizer, END_CHAR) else set()
+          stream=None, room=None) -> str:
+    """The assistant's next turn after ``history``, streamed to ``stream`` as it comes; the end token stops it.
+    ``room``: the tokens of the context left free for the reply (default: ``max_new_tokens``, at most half the
+    context); the rest holds the conversation, and past it the window slides (``generate_ids``)."""
+    room = min(max_new_tokens, model.context // 2) if room is None else room
+    ids = conversation_ids(tokenizer, history, model.context, room)
     return generate_text(model, tokenizer, "", max_new_tokens, temperature, top_k, top_p, seed, stream=stream,
-                         ids=ids, stop=stop)
+                         ids=ids, stop=stop_ids(tokenizer))
+
+
+def stop_ids(tokenizer) -> set:
+    """The ids that end a reply: the end-of-text token, or END_CHAR's (none for a tokenizer without either)."""
+    eot = getattr(tokenizer, "eot_id", None)
+    return {eot} if eot is not None else set(tokenizer.encode(END_CHAR)) if _has(tokenizer, END_CHAR) else set()
 
 
 def _has(tokenizer, text) -> bool:

@@ -197,6 +197,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from .text.docstrings import write_docstring_pairs
+
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out) or not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"scratchllm data: --out must be a file path in an existing directory; got {args.out}")
+    if args.max_source_chars < 1:
+        raise UsageError(f"scratchllm data: --max_source_chars must be >= 1; got {args.max_source_chars}")
+    n = write_docstring_pairs(args.out, args.max_source_chars)
+    print(f"wrote {n['pairs']} pairs from {n['modules']} modules to {n['out']}: {n['pairs'] - n['val']} train, "
+          f"{n['val']} val from {n['val_modules']} modules the default corpus does not read", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .gradcheck import MODES, gradcheck
 
@@ -270,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_source(ch)
     sampling(ch)
     ch.set_defaults(func=cmd_chat)
+
+    from .text.docstrings import MAX_SOURCE_CHARS
+    dt = sub.add_parser("data", help="write a fine-tuning dataset: docstrings, (function source, first docstring "
+                                     "line) pairs from the Python standard library (docs/finetune.md)")
+    dt.add_argument("task", choices=("docstrings",))
+    dt.add_argument("--out", required=True, help="the JSONL file to write (for train --format=pairs)")
+    dt.add_argument("--max_source_chars", type=int, default=MAX_SOURCE_CHARS,
+                    help="leave out functions longer than this (default: %(default)s)")
+    dt.set_defaults(func=cmd_data)
 
     ins = sub.add_parser("inspect", help="attention maps, next-token losses and saliency of a prompt (PNG + JSON)")
     model_source(ins)

@@ -64,7 +64,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .inspect.stats import shard_caches, training_stats
     from .io.metrics import plot_metrics, plot_stats, truncate_metrics
     from .text.data import get_batch, load_text, prepare_tokens
-    from .text.pairs import END_CHAR, encode_pairs, read_pairs, render
+    from .text.pairs import END_CHAR, encode_pairs, render, split_examples
     from .generate import generate_text
     from .io.pretrained import load_pretrained
     from .models import ARCHS
@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .parallel import DataParallel
     from .parallel.mpi import MPIDataParallel, share_cpus, world
     from .parallel.nccl import use_gpu_of_rank
-    from .text.tokenizer import train_tokenizer
+    from .text.tokenizer import CharTokenizer, train_tokenizer
 
     comm = world()  # the MPI ranks, when mpirun started more than one
     lead = comm is None or comm.Get_rank() == 0  # rank 0 alone logs and writes metrics, checkpoints, samples
@@ -106,24 +106,30 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         say(f"initialised from {cfg.init_from}")
     try:  # every rank reads the same data, so under MPI every rank meets the same error (printed once)
         if cfg.format == "pairs":  # prompt/response pairs: the template's text, the loss on responses only
-            examples = read_pairs(cfg.data)
-            text = "".join(t for ex in examples for t, _ in render(ex, END_CHAR))
-            description = f"{len(examples)} prompt/response pairs in {cfg.data}"
+            train_examples, val_examples, how = split_examples(cfg.data)
+            text = "".join(t for ex in train_examples + val_examples for t, _ in render(ex, END_CHAR))
+            description = f"{len(train_examples)} + {len(val_examples)} prompt/response pairs in {cfg.data} ({how})"
         else:
             text, description = load_text(cfg.data, cfg.data_cap_bytes)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    grown = tokenizer.extended(text) if not fresh and not resume and isinstance(tokenizer, CharTokenizer) else None
+    if grown is not None and grown is not tokenizer:  # characters the --init_from model lacks, e.g. \x04 for pairs
+        old, tokenizer = tokenizer.vocab_size, grown
+        model.resize_token_embeddings(tokenizer.vocab_size)
+        cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
+        say(f"vocabulary extended from {old} to {tokenizer.vocab_size} characters for {cfg.data}: "
+            f"{''.join(tokenizer.chars[old:])!r}, each a new row at the mean of the embeddings")
     if fresh:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size or (None if cfg.tokenizer == "char" else 1024))
     if not lead:
         comm.Barrier()  # rank 0 writes the token files first; the other ranks then map the same files
     masks = None
-    if cfg.format == "pairs":  # the last tenth of the examples for validation; encoded in memory on every rank
-        cut = max(1, len(examples) // 10)
+    if cfg.format == "pairs":  # encoded in memory on every rank
         try:
             (train_tokens, train_mask), (val_tokens, val_mask) = (encode_pairs(part, tokenizer) for part in
-                                                                  (examples[:-cut] or examples, examples[-cut:]))
-        except ValueError as e:  # a character the tokenizer of --init_from does not have
+                                                                  (train_examples, val_examples))
+        except ValueError as e:  # a text the tokenizer cannot encode
             raise ConfigError(f"{cfg.data}: {str(e).splitlines()[0]}") from None
         masks = {"train": train_mask, "val": val_mask}
     else:

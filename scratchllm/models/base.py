@@ -9,6 +9,8 @@ model's file holds only its own math; the runners of ``parallel/`` call the same
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..backend import free_memory, get_xp, resolve_backend, to_numpy, tune_host_allocator, xp_for
@@ -36,6 +38,7 @@ class CausalLM:
     config_type = None  # the config dataclass the model takes
     context_field = "block_size"  # the config field that bounds positions (past + T)
     layers_field, heads_field = "n_layer", "n_head"  # the config fields of the layer and query-head counts
+    vocab_params = ()  # the names of the parameters with a row per token (the embedding; an untied head)
 
     def __init__(self, cfg, seed: int = 0, dtype: str = "float32", backend: str = "auto", init: bool = True):
         """``init=False`` skips the random initialisation (parameters start at zero), for callers that load
@@ -51,17 +54,37 @@ class CausalLM:
         if self.backend == "numpy":
             tune_host_allocator()  # large temporaries are reused instead of mmapped afresh every step
         if init:
-            self.params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()}
+            self._set_params(self.init_params(seed))
         else:
-            self.params = {k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in self.param_shapes().items()}
-        # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is one
-        # stretch, which the optimizer updates at once (optim/, "Flat fast path").
-        self._flat_order = flat_order(self.params)
-        _, views = flatten_params({k: self.params[k] for k in self._flat_order})
-        self.params = {k: views[k] for k in self.params}
+            self._set_params({k: self.xp.zeros(shape, dtype=self.dtype) for k, shape in self.param_shapes().items()})
         self.rng = np.random.default_rng([seed, 1])  # each step's dropout seed (``dropout_seed``)
         self.training = True
         self.trace = None  # a dict: forwards record each layer's activations into it (``record``; inspect/)
+
+    def _set_params(self, arrays: dict) -> None:
+        """Make ``arrays`` the parameters, in the model's dtype and on its backend."""
+        params = {k: self.xp.asarray(v, dtype=self.dtype) for k, v in arrays.items()}
+        # The params live in ONE flat buffer, >= 2-D weights first, and so do the grads: each decay group is one
+        # stretch, which the optimizer updates at once (optim/, "Flat fast path").
+        self._flat_order = flat_order(params)
+        _, views = flatten_params({k: params[k] for k in self._flat_order})
+        self.params = {k: views[k] for k in params}
+
+    def resize_token_embeddings(self, new_num_tokens: int) -> None:
+        """Give the model ``new_num_tokens`` tokens (transformers' name), in place: the rows of ``vocab_params``
+        past the new size are dropped, and each new row is the mean of the old rows, so a new token starts with the
+        average embedding and, through the head, the average logit, neither favoured nor ruled out (Hewitt, "Initializing
+        New Word Embeddings for Pretrained Language Models", 2021). The parameters get a new buffer: build the
+        optimizer after this."""
+        if isinstance(new_num_tokens, bool) or not isinstance(new_num_tokens, (int, np.integer)) or new_num_tokens < 1:
+            raise ValueError(f"new_num_tokens must be an int >= 1; got {new_num_tokens!r}")
+        n, arrays = int(new_num_tokens), {k: to_numpy(v) for k, v in self.params.items()}
+        for k in self.vocab_params:
+            old = arrays[k]
+            new_rows = np.repeat(old.mean(axis=0, dtype=np.float64, keepdims=True), max(0, n - len(old)), axis=0)
+            arrays[k] = np.concatenate([old[:n], new_rows.astype(old.dtype)])
+        self.cfg = dataclasses.replace(self.cfg, vocab_size=n)
+        self._set_params(arrays)
 
     def train(self, mode: bool = True):
         self.training = bool(mode)

@@ -93,6 +93,7 @@ class GPT(CausalLM):
     ``CausalLM``'s (base.py); the walk is here."""
 
     config_type = GPTConfig
+    vocab_params = ("wte.weight",)  # the token embedding, also the head (tied)
     context_field = "block_size"
 
     def param_shapes(self) -> dict:

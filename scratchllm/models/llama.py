@@ -107,6 +107,11 @@ class Llama(CausalLM):
     def init_params(self, seed: int = 0) -> dict:
         return llama_init_params(self.cfg, seed)
 
+    @property
+    def vocab_params(self) -> tuple:
+        """The embedding, and the head when it is not tied."""
+        return ("model.embed_tokens.weight",) + (() if self.cfg.tie_word_embeddings else ("lm_head.weight",))
+
     def head_weight(self):
         """The output head, (V, C): ``lm_head.weight``, or the embedding when tied."""
         return self.params["model.embed_tokens.weight" if self.cfg.tie_word_embeddings else "lm_head.weight"]

@@ -1,7 +1,8 @@
 """Prompt/response pairs as training data, the loss on the responses only.
 
 A pairs file holds one JSON object per line: ``{"prompt": ..., "response": ...}``, or ``{"messages": [{"role":
-"system" | "user" | "assistant", "content": ...}, ...]}``. Every example is rendered through one template,
+"system" | "user" | "assistant", "content": ...}, ...]}``, and optionally ``"split": "train" | "val"``
+(``split_examples``). Every example is rendered through one template,
 
     ### System:\\n{content}\\n          (a system turn, if any)
     ### User:\\n{content}\\n            (the prompt)
@@ -27,6 +28,29 @@ ROLES = ("system", "user", "assistant")
 def read_pairs(path) -> list:
     """Each example of a pairs file as a list of ``(role, content)`` turns. A malformed line raises ValueError
     naming the file, its line number and what is missing or wrong."""
+    return [turns for turns, _ in _read(path)]
+
+
+def split_examples(path) -> tuple:
+    """``(train, val, how)``: the examples of a pairs file in two lists of turns, and a phrase saying how they were
+    split. When a line has ``"split": "train" | "val"``, every line's split says where it goes (``scratchllm data
+    docstrings`` writes them, split by module); otherwise the last tenth of the examples is the validation split."""
+    examples = _read(path)
+    if all(split is None for _, split in examples):
+        cut = max(1, len(examples) // 10)
+        turns = [t for t, _ in examples]
+        return turns[:-cut] or turns, turns[-cut:], "the last tenth for validation"
+    train = [t for t, split in examples if split == "train"]
+    val = [t for t, split in examples if split == "val"]
+    if not train or not val or len(train) + len(val) < len(examples):
+        raise ValueError(f"{path}: when a line has \"split\", every line needs one, and both \"train\" and "
+                         f"\"val\" need examples; got {len(train)} train, {len(val)} val, "
+                         f"{len(examples) - len(train) - len(val)} without")
+    return train, val, "split as its lines say"
+
+
+def _read(path) -> list:
+    """``[(turns, split or None), ...]`` (``read_pairs``)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory; --format=pairs reads one JSONL file")
@@ -55,16 +79,23 @@ def read_pairs(path) -> list:
                                      f"'content'; got {json.dumps(t)[:80]}")
             if not any(t["role"] == "assistant" for t in turns):
                 raise ValueError(f"{where}: 'messages' has no assistant turn (nothing to learn)")
-            examples.append(_checked([(t["role"], t["content"]) for t in turns], where))
+            examples.append((_checked([(t["role"], t["content"]) for t in turns], where), _split(obj, where)))
             continue
         for key in ("prompt", "response"):
             if not isinstance(obj.get(key), str):
                 raise ValueError(f"{where}: missing key {key!r}" if key not in obj else
                                  f"{where}: {key!r} must be a string")
-        examples.append(_checked([("user", obj["prompt"]), ("assistant", obj["response"])], where))
+        examples.append((_checked([("user", obj["prompt"]), ("assistant", obj["response"])], where), _split(obj, where)))
     if not examples:
         raise ValueError(f"{path} holds no examples")
     return examples
+
+
+def _split(obj, where):
+    split = obj.get("split")
+    if split not in (None, "train", "val"):
+        raise ValueError(f"{where}: 'split' must be \"train\" or \"val\"; got {json.dumps(split)[:40]}")
+    return split
 
 
 def _checked(turns, where) -> list:

@@ -133,6 +133,13 @@ class CharTokenizer:
             raise ValueError(f"character {c!r} (U+{ord(c):04X}) at position {text.index(c)} is not in the "
                              f"vocabulary of this {self.vocab_size}-character tokenizer") from None
 
+    def extended(self, text: str) -> "CharTokenizer":
+        """This vocabulary with the characters of ``text`` it lacks appended in sorted order (every old character
+        keeps its id), or ``self`` when it lacks none; pair it with ``model.resize_token_embeddings``."""
+        _check_text(text)
+        new = sorted(set(text) - self._stoi.keys())
+        return CharTokenizer(self.chars + new) if new else self
+
     def decode(self, ids) -> str:
         chars = self.chars
         return "".join([chars[i] for i in _check_ids(ids, self.vocab_size)])
