@@ -5,8 +5,8 @@ Pre-trains the ``cpu`` preset on the default corpus (or reuses ``--pretrained``)
 the loss on response tokens before and after (``evaluate.response_loss``), ROUGE-L of greedy replies against the
 real first lines, two baselines, sample docstrings, and every wall time.
 
-    python benchmarks/docstrings_task.py [--work runs/docstrings] [--pretrained DIR] [--iters 1500]
-                                         [--markdown benchmarks/results/docstrings.md]
+    python benchmarks/docstrings_task.py [--work runs/docstrings] [--pretrained DIR] [--finetuned DIR]
+                                         [--iters 3000] [--limit N] [--markdown benchmarks/results/docstrings.md]
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ from collections import Counter
 from pathlib import Path
 
 from scratchllm.evaluate import replies, response_loss, rouge_l
+from scratchllm.io.checkpoint import resolve_checkpoint
 from scratchllm.io.pretrained import load_pretrained
 from scratchllm.text.pairs import END_CHAR, encode_pairs, render, split_examples
 
 
 def scratchllm(*args) -> float:
-    """Run ``scratchllm ARGS`` as a user would (its default data parallelism); the wall time in seconds."""
+    """Run ``scratchllm ARGS`` as a user would (its default data parallelism); the wall time in seconds. A failure
+    ends the script with one line (the command's own error is above it)."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "scratchllm", *args], check=True)
+    if subprocess.run([sys.executable, "-m", "scratchllm", *args]).returncode:
+        sys.exit(f"docstrings_task.py: `scratchllm {' '.join(args[:2])} ...` failed: its error is above")
     return time.perf_counter() - t
 
 
@@ -58,7 +61,8 @@ def measure(model, tokenizer, train, val, prompts, refs, max_new_tokens):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/docstrings", help="where the pairs, the runs and results.json go")
-    ap.add_argument("--pretrained", help="a cpu-preset run to start from (default: pre-train one in WORK/pre)")
+    ap.add_argument("--pretrained", help="a run or Hugging Face directory to start from (default: pre-train the "
+                                         "cpu preset in WORK/pre)")
     ap.add_argument("--finetuned", help="a fine-tuned run to evaluate (default: fine-tune one in WORK/ft)")
     ap.add_argument("--block_size", type=int, default=64, help="the pre-training window (the cpu preset's: 64)")
     ap.add_argument("--iters", type=int, default=3000, help="fine-tuning steps")
@@ -69,6 +73,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="reply to only this many held-out functions (0: all)")
     ap.add_argument("--markdown", help="write the report here")
     a = ap.parse_args()
+    for name in ("pretrained", "finetuned"):
+        if getattr(a, name) and not Path(getattr(a, name)).is_dir():
+            ap.error(f"--{name}={getattr(a, name)} is not a directory")
+    if a.limit < 0 or a.iters < 1 or a.max_new_tokens < 1 or a.block_size < 1:
+        ap.error("--limit must be >= 0, --iters, --max_new_tokens and --block_size >= 1")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     times = {}
@@ -76,14 +85,17 @@ def main() -> None:
     times["data"] = scratchllm("data", "docstrings", f"--out={pairs}", f"--max_source_chars={a.max_source_chars}")
     pre = Path(a.pretrained) if a.pretrained else work / "pre"
     if not a.pretrained:
-        times["pretrain"] = scratchllm("train", "--preset=cpu", f"--block_size={a.block_size}", f"--out_dir={pre}",
-                                       "--progress=false", *a.extra.split())
+        times["pre-training (the cpu preset)"] = scratchllm(
+            "train", "--preset=cpu", f"--block_size={a.block_size}", f"--out_dir={pre}", "--progress=false",
+            *a.extra.split())
     ft = Path(a.finetuned) if a.finetuned else work / "ft"
     if not a.finetuned:
-        times["finetune"] = scratchllm("train", f"--init_from={pre}", f"--data={pairs}", "--format=pairs",
-                                       f"--out_dir={ft}", f"--max_iters={a.iters}", f"--lr_decay_iters={a.iters}",
-                                       f"--learning_rate={a.lr}", f"--min_lr={a.lr / 10}", f"--warmup_iters={min(100, a.iters // 10)}",
-                                       f"--eval_interval={max(1, a.iters // 6)}", "--progress=false", *a.extra.split())
+        times["fine-tuning"] = scratchllm(
+            "train", f"--init_from={pre}", f"--data={pairs}", "--format=pairs", f"--out_dir={ft}",
+            f"--max_iters={a.iters}", f"--lr_decay_iters={a.iters}", f"--learning_rate={a.lr}", f"--min_lr={a.lr / 10}",
+            f"--warmup_iters={min(100, a.iters // 10)}", f"--eval_interval={max(1, a.iters // 6)}", "--progress=false",
+            *a.extra.split())
+    run = json.loads((resolve_checkpoint(ft) / "config.json").read_text())["train"]  # what was actually run
     train, val, _ = split_examples(pairs)
     rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()]
     val_rows = [r for r in rows if r["split"] == "val"]
@@ -91,16 +103,18 @@ def main() -> None:
     prompts, refs = [r["prompt"] for r in held], [r["response"] for r in held]
     before = measure(*load_pretrained(str(pre)), train, val, prompts, refs, a.max_new_tokens)
     model, tokenizer = load_pretrained(str(ft))
-    after_context = model.context
+    unit = "char" if hasattr(tokenizer, "extended") else "token"
     after = measure(model, tokenizer, train, val, prompts, refs, a.max_new_tokens)
     common = Counter(r["response"] for r in rows if r["split"] == "train").most_common(1)[0][0]
     baselines = {"the function's name as words": rouge_l([name_words(r["function"]) for r in held], refs),
                  f"always {common!r} (the most common train line)": rouge_l([common] * len(refs), refs)}
     picks = list({i * len(held) // 8: held[i * len(held) // 8] for i in range(8)}.values())
-    result = {"pairs": len(rows), "val": len(val), "replied": len(held), "val_modules": len({r["module"] for r in val_rows}),
+    result = {"pairs": len(rows), "val": len(val), "replied": len(held),
+              "val_modules": len({r["module"] for r in val_rows}), "pretrained": "the cpu preset" if not a.pretrained
+              else str(pre), "unit": unit, "context": model.context, "iters": run["max_iters"],
+              "lr": run["learning_rate"], "batch_size": run["batch_size"], "python": platform.python_version(),
               "before": {k: v for k, v in before.items() if k != "replies"},
-              "after": {k: v for k, v in after.items() if k != "replies"}, "baselines": baselines,
-              "times_s": times, "python": platform.python_version(), "iters": a.iters, "context": after_context, "lr": a.lr,
+              "after": {k: v for k, v in after.items() if k != "replies"}, "baselines": baselines, "times_s": times,
               "samples": [{"function": f"{p['module']}.{p['function']}", "real": p["response"],
                            "before": before["replies"][held.index(p)], "after": after["replies"][held.index(p)]}
                           for p in picks]}
@@ -112,19 +126,20 @@ def main() -> None:
 
 
 def report(r: dict) -> str:
-    b, f, t = r["before"], r["after"], r["times_s"]
+    b, f, t, u = r["before"], r["after"], r["times_s"], r["unit"]
     lines = [f"# The docstring task (Python {r['python']}'s standard library)", "",
              f"{r['pairs']} pairs; held out: {r['val']} functions of {r['val_modules']} modules the pre-training "
-             f"corpus does not read (ROUGE-L over {r['replied']} of them). The model's context: {r['context']} characters. "
-             f"Fine-tuned {r['iters']} steps at lr {r['lr']:g}.", "",
-             "| model | response val loss (nats/char) | ROUGE-L F1 (greedy) |", "|---|---|---|",
-             f"| `cpu` preset, pre-trained only | {b['loss']:.3f} | {b['rouge_l']:.3f} |",
+             f"corpus does not read (ROUGE-L over {r['replied']} of them). Started from {r['pretrained']}, a context "
+             f"of {r['context']} {u}s; fine-tuned {r['iters']} steps at lr {r['lr']:g}, batch {r['batch_size']}.",
+             "", f"| model | response val loss (nats/{u}) | ROUGE-L F1 (greedy) |", "|---|---|---|",
+             f"| pre-trained only ({r['pretrained']}) | {b['loss']:.3f} | {b['rouge_l']:.3f} |",
              f"| fine-tuned on the pairs | {f['loss']:.3f} | {f['rouge_l']:.3f} |"]
     lines += [f"| baseline: {name} | | {v:.3f} |" for name, v in r["baselines"].items()]
     lines += ["", "| step | wall time |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} s |" for k, v in t.items()]
-    lines += [f"| evaluation (loss, {r['replied']} greedy replies), after | {f['loss_s']:.1f} s + {f['reply_s']:.1f} s |",
-              "", "| held-out function | real first line | fine-tuned model's |", "|---|---|---|"]
+    lines += [f"| evaluation of the {w} model: the response loss, {r['replied']} greedy replies | "
+              f"{m['loss_s']:.1f} s + {m['reply_s']:.1f} s |" for w, m in (("pre-trained", b), ("fine-tuned", f))]
+    lines += ["", "| held-out function | real first line | fine-tuned model's |", "|---|---|---|"]
     lines += [f"| `{s['function']}` | {s['real']} | {s['after']} |".replace("\n", " ") for s in r["samples"]]
     return "\n".join(lines) + "\n"
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import sys
 
 from .generate import generate_text
-from .text.pairs import END_CHAR, end_text, render
+from .text.pairs import END_CHAR, encode_turns
 
 ASSISTANT = "### Assistant:\n"
 
 
 def conversation_ids(tokenizer, history, context: int, room: int) -> list:
     """The token ids of ``history`` (``(role, content)`` turns, the last one the user's) and the assistant's header,
-    cropped from the oldest turns to at most ``context - room`` tokens."""
-    end, budget = end_text(tokenizer), max(1, context - room)
-    special = {"allowed_special": "all"} if getattr(tokenizer, "eot_id", None) is not None else {}
+    cropped from the oldest turns to at most ``context - room`` tokens. Turns are encoded as in training
+    (``pairs.encode_turns``): a typed ``<|endoftext|>`` is text."""
+    budget = max(1, context - room)
+    header = tokenizer.encode(ASSISTANT)
     for first in range(len(history)):
-        text = "".join(t for t, _ in render(history[first:], end)) + ASSISTANT
-        ids = tokenizer.encode(text, **special)
+        ids = encode_turns(history[first:], tokenizer)[0] + header
         if len(ids) <= budget or first == len(history) - 1:
             return ids[-budget:]
     return []

@@ -192,7 +192,9 @@ def cmd_train(args) -> int:
         fail(comm, e, everywhere=isinstance(e, (BackendError, *USAGE_ERRORS)))
     val = f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
     if comm is None or comm.Get_rank() == 0:
-        print(f"trained {summary['step']} steps in {summary['seconds']:.1f} s{val}; checkpoints in {summary['out_dir']}",
+        ran = summary["steps_run"]
+        upto = f" (to step {summary['step']})" if ran != summary["step"] else ""
+        print(f"trained {ran} steps{upto} in {summary['seconds']:.1f} s{val}; checkpoints in {summary['out_dir']}",
               file=sys.stderr)
     return 0
 

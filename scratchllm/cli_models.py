@@ -15,9 +15,10 @@ class UsageError(Exception):
 
 def cmd_generate(args) -> int:
     from .io.checkpoint import load_checkpoint
-    from .generate import generate_text
+    from .generate import check_sampling, generate_text
     from .io.pretrained import is_hf_dir, load_pretrained
 
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k or None, args.top_p)  # before anything prints
     if args.hf:  # prompts are read as Hugging Face's GPT-2 tokenizer reads them: <|endoftext|> is special
         model, tokenizer = load_pretrained(_hf_dir(args.hf, "generate --hf"), backend=args.backend)
         special = "all" if getattr(tokenizer, "eot_id", None) is not None else None
@@ -83,8 +84,10 @@ def cmd_convert(args) -> int:
 
 def cmd_chat(args) -> int:
     from . import chat
+    from .generate import check_sampling
     from .io.pretrained import load_pretrained
 
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k or None, args.top_p)  # not once per line
     source = _hf_dir(args.hf, "chat --hf") if args.hf else args.ckpt
     model, tokenizer = load_pretrained(source, backend=args.backend)
     interactive = sys.stdin.isatty()

@@ -139,6 +139,8 @@ def validate(cfg: TrainConfig) -> None:
                 "n_inner", "stats_interval"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"--{key} must be >= 0; got {getattr(cfg, key)}")
+    if cfg.format == "pairs" and cfg.data == "stdlib":
+        raise ConfigError("--format=pairs needs --data=FILE.jsonl (prompt/response pairs; docs/finetune.md)")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
     if not 0.0 <= cfg.dropout < 1.0:

@@ -40,6 +40,18 @@ def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_
     return np.minimum((probs.cumsum(axis=-1) < u).sum(axis=-1), V - 1)  # inverse CDF
 
 
+def check_sampling(max_new_tokens, temperature=1.0, top_k=None, top_p=1.0) -> None:
+    """ValueError naming the first bad sampling argument (``generate_ids``'s, and the CLI's before it starts)."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0; got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (0 on the command line: no cut); got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
+
+
 def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, seed=0, on_token=None,
                  stop=()):
     """Continue the token list ``ids`` by ``max_new_tokens`` tokens, or until a token in ``stop`` is drawn (it is
@@ -50,14 +62,7 @@ def generate_ids(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=
     slides: the cache is dropped and the last ``block_size`` tokens are recomputed (learned absolute
     positions cannot be shifted inside a cache). ``on_token(id)`` is called after each token (streaming).
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0; got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (0 on the command line: no cut); got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     block = model.context
     context = list(ids)[-block:]
     if not context:

@@ -64,7 +64,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .inspect.stats import shard_caches, training_stats
     from .io.metrics import plot_metrics, plot_stats, truncate_metrics
     from .text.data import get_batch, load_text, prepare_tokens
-    from .text.pairs import END_CHAR, encode_pairs, render, split_examples
+    from .text.pairs import END_CHAR, encode_pairs, render, split_examples, unencodable
     from .generate import generate_text
     from .io.pretrained import load_pretrained
     from .models import ARCHS
@@ -96,14 +96,14 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         validate(cfg)
         trainer = info["trainer"]
         step = int(trainer["step"])
-        say(f"resuming from {info['path']} at step {step}")
+        origin = f"resuming from {info['path']} at step {step}"
     else:
         step, trainer = 0, None
     fresh = not resume and not cfg.init_from  # a new model and tokenizer
     if not resume and cfg.init_from:
         model, tokenizer = load_pretrained(cfg.init_from, dtype=cfg.dtype, backend=backend)
         cfg = adopt_init(cfg, model, tokenizer, overrides)
-        say(f"initialised from {cfg.init_from}")
+        origin = f"initialised from {cfg.init_from}"
     try:  # every rank reads the same data, so under MPI every rank meets the same error (printed once)
         if cfg.format == "pairs":  # prompt/response pairs: the template's text, the loss on responses only
             train_examples, val_examples, how = split_examples(cfg.data)
@@ -118,8 +118,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         old, tokenizer = tokenizer.vocab_size, grown
         model.resize_token_embeddings(tokenizer.vocab_size)
         cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
-        say(f"vocabulary extended from {old} to {tokenizer.vocab_size} characters for {cfg.data}: "
-            f"{''.join(tokenizer.chars[old:])!r}, each a new row at the mean of the embeddings")
+        origin += (f"; vocabulary extended from {old} to {tokenizer.vocab_size} characters for {cfg.data}: "
+                   f"{''.join(tokenizer.chars[old:])!r}, each a new row at the mean of the embeddings")
     if fresh:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size or (None if cfg.tokenizer == "char" else 1024))
     if not lead:
@@ -129,13 +129,17 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
         try:
             (train_tokens, train_mask), (val_tokens, val_mask) = (encode_pairs(part, tokenizer) for part in
                                                                   (train_examples, val_examples))
-        except ValueError as e:  # a text the tokenizer cannot encode
-            raise ConfigError(f"{cfg.data}: {str(e).splitlines()[0]}") from None
+        except ValueError as e:  # a character a resumed run's vocabulary lacks: name its line
+            where = unencodable(cfg.data, tokenizer) or f"{cfg.data}: {str(e).splitlines()[0]}"
+            raise ConfigError(where + ("; --resume keeps the checkpoint's vocabulary (a new run with --init_from "
+                                       "extends it)" if resume else "")) from None
         masks = {"train": train_mask, "val": val_mask}
     else:
         train_tokens, val_tokens = prepare_tokens(text, tokenizer, out_dir / "data")
     if lead and comm is not None:
         comm.Barrier()
+    if not fresh:
+        say(origin)  # after the data is read and encoded: an error there is the only line
     for name, toks in (("train", train_tokens), ("val", val_tokens)):
         if len(toks) <= cfg.block_size + 1:
             raise ConfigError(f"the {name} split of {description} has only {len(toks)} tokens; "
@@ -188,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     metrics = open(metrics_path if lead else os.devnull, "a", encoding="utf-8")
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not (cfg.progress and lead), dynamic_ncols=True,
                file=sys.stderr)
-    t_start, t_log, tokens_since, last = time.perf_counter(), time.perf_counter(), 0, {}
+    t_start, t_log, tokens_since, last, first_step = time.perf_counter(), time.perf_counter(), 0, {}, step
     resumed_at = step if resume else None
     try:
         while True:
@@ -244,7 +248,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     bar.close()
     metrics.close()
     seconds = time.perf_counter() - t_start
-    summary = {"step": step, "seconds": seconds, "out_dir": str(out_dir), **last}
+    summary = {"step": step, "steps_run": step - first_step, "seconds": seconds, "out_dir": str(out_dir), **last}
     if lead and plot_metrics(metrics_path, out_dir / "loss.png"):
         summary["plot"] = str(out_dir / "loss.png")
     if lead and cfg.stats and plot_stats(metrics_path, out_dir / "stats.png"):

@@ -69,12 +69,19 @@ def test_the_split_key_decides_the_split_and_is_checked(tmp_path):
     train, val, how = split_examples(write(tmp_path / "b.jsonl", [{k: v for k, v in r.items() if k != "split"}
                                                                   for r in rows]))
     assert [t[0][1] for t in val] == ["p7"] and len(train) == 7 and "last tenth" in how
-    with pytest.raises(ValueError, match="every line needs one"):
+    with pytest.raises(ValueError, match="c.jsonl line 4: missing key 'split' \\(other lines have one\\)"):
         split_examples(write(tmp_path / "c.jsonl", rows[:3] + [{"prompt": "x", "response": "y"}]))
-    with pytest.raises(ValueError, match="both .*1 train, 0 val"):
+    with pytest.raises(ValueError, match="both splits need examples; its lines say 1 train, 0 val"):
         split_examples(write(tmp_path / "d.jsonl", rows[1:2]))
-    with pytest.raises(ValueError, match="line 1: 'split' must be"):
-        split_examples(write(tmp_path / "e.jsonl", [{**rows[0], "split": "test"}]))
+    for bad in ("test", None):
+        with pytest.raises(ValueError, match="line 1: 'split' must be"):
+            split_examples(write(tmp_path / "e.jsonl", [{**rows[0], "split": bad}]))
+    with pytest.raises(ValueError, match="holds one example; it needs two or more"):
+        split_examples(write(tmp_path / "f.jsonl", [{"prompt": "x", "response": "y"}]))
+    with pytest.raises(ValueError, match="line 1: has both 'messages' and 'prompt'"):
+        split_examples(write(tmp_path / "g.jsonl", [{"prompt": "x", "response": "y", "messages": []}]))
+    with pytest.raises(ValueError, match="no such file"):
+        split_examples(tmp_path / "missing.jsonl")
 
 
 SOURCE = textwrap.dedent('''
@@ -108,6 +115,11 @@ SOURCE = textwrap.dedent('''
                 """Nested: part of get's source."""
                 return 1
             return inner()
+
+        def page(self):
+            """A string at column 0 inside."""
+            return f"""<html>
+    <body>{self}</body>"""
 ''')
 
 
@@ -116,39 +128,39 @@ def test_function_pairs_strip_the_docstring_and_keep_the_code():
 
     pairs = function_pairs(SOURCE)
     assert [(n, first) for n, _, first in pairs] == [("plain", "Add two numbers."), ("decorated", "Square it."),
-                                                     ("Box.get", "Return the content.")]
+                                                     ("Box.get", "Return the content."),
+                                                     ("Box.page", "A string at column 0 inside.")]
     code = dict((n, c) for n, c, _ in pairs)
     assert code["plain"] == "def plain(a, b):\n    return a + b"
     assert code["decorated"].startswith("@functools.cache\ndef decorated(x):\n    y = x * x")
     assert code["Box.get"].startswith("def get(self):\n    def inner():") and "Nested" in code["Box.get"]
+    assert code["Box.page"] == 'def page(self):\n    return f"""<html>\n<body>{self}</body>"""'  # dedented, still Python
+    for c in code.values():
+        ast.parse(c)
 
 
-def test_the_stdlib_pairs_are_split_by_module_and_held_out_of_the_pretraining_corpus():
+def test_data_docstrings_writes_pairs_split_by_module_and_held_out_of_the_pretraining_corpus(tmp_path, capsys):
+    from scratchllm import cli
     from scratchllm.text.data import stdlib_files
-    from scratchllm.text.docstrings import _module, _summary, docstring_examples
+    from scratchllm.text.docstrings import _module, _summary
 
-    examples = docstring_examples()
+    out = tmp_path / "pairs.jsonl"
+    assert cli.main(["data", "docstrings", f"--out={out}"]) == 0
+    assert "val from" in capsys.readouterr().err
+    examples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(set(e) == {"prompt", "response", "module", "function", "split"} and len(e["prompt"]) <= 1000
+               for e in examples)
     val = [e for e in examples if e["split"] == "val"]
     assert len(examples) > 1000 and 0.03 < len(val) / len(examples) < 0.3
     assert not {e["module"] for e in val} & {e["module"] for e in examples if e["split"] == "train"}
     root = Path(sysconfig.get_paths()["stdlib"])
     corpus = {_module(p, root) for p in stdlib_files()}  # the default corpus's modules
     assert corpus and not {e["module"] for e in val} & corpus
-    for e in examples[::7]:
+    for e in examples:
         tree = ast.parse(e["prompt"])
         assert ast.get_docstring(tree.body[0]) is None and _summary(e["response"])  # no docstring left
-
-
-def test_data_docstrings_cli(tmp_path, capsys):
-    from scratchllm import cli
-
-    out = tmp_path / "pairs.jsonl"
-    assert cli.main(["data", "docstrings", f"--out={out}", "--max_source_chars=200"]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert all(len(r["prompt"]) <= 200 and set(r) == {"prompt", "response", "module", "function", "split"}
-               for r in rows)
-    assert "val from" in capsys.readouterr().err
-    for args in ([f"--out={tmp_path}"], [f"--out={tmp_path / 'no' / 'p.jsonl'}"], [f"--out={out}", "--max_source_chars=0"]):
+    for args in ([f"--out={tmp_path}"], [f"--out={tmp_path / 'no' / 'p.jsonl'}"], [f"--out={out}", "--max_source_chars=0"],
+                 [f"--out={out}", "--max_source_chars=10"]):
         assert cli.main(["data", "docstrings", *args]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
 

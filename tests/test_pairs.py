@@ -2,6 +2,8 @@
 with their line number, and the proof that masked positions contribute nothing (float64)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -192,3 +194,36 @@ def test_what_a_users_try_found(tmp_path, capsys):
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature must be a finite number"):
             generate_ids(model, [1, 2], 2, temperature=bad)
+
+
+def test_what_a_second_users_try_found(tmp_path, capsys):
+    """A literal <|endoftext|> in pairs or chat text stays text (only the template ends a response); chat checks its
+    sampling options before reading a line; --format=pairs needs --data; a resumed run names the line whose
+    character its vocabulary lacks; the summary counts the steps this call ran."""
+    from scratchllm import cli
+    from scratchllm.chat import conversation_ids
+
+    examples = read_pairs(write(tmp_path, [{"prompt": "a <|endoftext|> b", "response": "c <|endoftext|>"}]))
+    bpe = ByteBPETokenizer.train("a b c <|endoftext|> " * 20, vocab_size=280)
+    tokens, mask = encode_pairs(examples, bpe)
+    assert tokens.tolist().count(bpe.eot_id) == 1 and tokens[-2] == bpe.eot_id and mask[-2]  # the template's only
+    ids = conversation_ids(bpe, [("user", "x <|endoftext|>")], 100, 1)
+    assert bpe.eot_id not in ids and "<|endoftext|>" in bpe.decode(ids)
+    run = tmp_path / "run"
+    small = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--block_size=16", "--batch_size=4", "--eval_iters=1",
+             "--sample_tokens=0", "--progress=false", "--nproc=1", f"--out_dir={run}"]
+    data = write(tmp_path, [{"prompt": "abc" * 5, "response": "cba" * 5}] * 10, "ok.jsonl")
+    assert cli.main(["train", f"--data={data}", "--format=pairs", "--max_iters=4", "--eval_interval=2", *small]) == 0
+    assert "trained 4 steps in" in capsys.readouterr().err
+    assert cli.main(["train", f"--data={data}", "--format=pairs", "--max_iters=6", "--resume", *small]) == 0
+    assert "trained 2 steps (to step 6) in" in capsys.readouterr().err
+    new = write(tmp_path, [{"prompt": "abc", "response": "cba"}] * 3 + [{"prompt": "abé", "response": "b"}], "new.jsonl")
+    assert cli.main(["train", f"--data={new}", "--format=pairs", "--max_iters=8", "--resume", *small]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "new.jsonl line 4: character 'é'" in err and "--init_from extends" in err
+    assert cli.main(["train", "--format=pairs", "--nproc=1", f"--out_dir={tmp_path / 'o'}"]) == 2
+    assert "--format=pairs needs --data=FILE.jsonl" in capsys.readouterr().err
+    for bad in ("--temperature=-1", "--top_p=2", "--top_k=-3", "--max_new_tokens=-1"):
+        done = subprocess.run([sys.executable, "-m", "scratchllm", "chat", f"--ckpt={run}", bad], input="a\nb\n",
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and not done.stdout, bad

@@ -15,7 +15,6 @@ import inspect
 import json
 import os
 import sysconfig
-import textwrap
 from pathlib import Path
 
 from .data import DEFAULT_CAP_BYTES, stdlib_files
@@ -58,7 +57,8 @@ def _pair(node, lines):
             node.body[1].lineno <= expr.end_lineno:
         return None
     kept = lines[start - 1:expr.lineno - 1] + lines[expr.end_lineno:node.end_lineno]
-    code = textwrap.dedent("".join(kept)).rstrip()
+    indent = " " * node.col_offset  # a method's: cut from every line that has it (not from a string at column 0)
+    code = "".join(line[len(indent):] if line.startswith(indent) else line for line in kept).rstrip()
     return code, first
 
 
@@ -105,6 +105,10 @@ def write_docstring_pairs(out, max_source_chars: int = MAX_SOURCE_CHARS, cap_byt
     if max_source_chars < 1:
         raise ValueError(f"max_source_chars must be >= 1; got {max_source_chars}")
     examples = docstring_examples(max_source_chars, cap_bytes)
+    splits = {split: sum(ex["split"] == split for ex in examples) for split in ("train", "val")}
+    if not all(splits.values()):
+        raise ValueError(f"max_source_chars={max_source_chars} leaves {splits['train']} train and {splits['val']} "
+                         "val pairs; both need some")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -28,7 +28,7 @@ ROLES = ("system", "user", "assistant")
 def read_pairs(path) -> list:
     """Each example of a pairs file as a list of ``(role, content)`` turns. A malformed line raises ValueError
     naming the file, its line number and what is missing or wrong."""
-    return [turns for turns, _ in _read(path)]
+    return [turns for turns, _, _ in _read(path)]
 
 
 def split_examples(path) -> tuple:
@@ -36,24 +36,30 @@ def split_examples(path) -> tuple:
     split. When a line has ``"split": "train" | "val"``, every line's split says where it goes (``scratchllm data
     docstrings`` writes them, split by module); otherwise the last tenth of the examples is the validation split."""
     examples = _read(path)
-    if all(split is None for _, split in examples):
+    if all(split is None for _, split, _ in examples):
+        if len(examples) < 2:
+            raise ValueError(f"{path} holds one example; it needs two or more (the last tenth, at least one, is "
+                             "held out for validation), or lines with \"split\"")
         cut = max(1, len(examples) // 10)
-        turns = [t for t, _ in examples]
-        return turns[:-cut] or turns, turns[-cut:], "the last tenth for validation"
-    train = [t for t, split in examples if split == "train"]
-    val = [t for t, split in examples if split == "val"]
-    if not train or not val or len(train) + len(val) < len(examples):
-        raise ValueError(f"{path}: when a line has \"split\", every line needs one, and both \"train\" and "
-                         f"\"val\" need examples; got {len(train)} train, {len(val)} val, "
-                         f"{len(examples) - len(train) - len(val)} without")
+        turns = [t for t, _, _ in examples]
+        return turns[:-cut], turns[-cut:], "the last tenth for validation"
+    for _, split, where in examples:
+        if split is None:
+            raise ValueError(f"{where}: missing key 'split' (other lines have one)")
+    train = [t for t, split, _ in examples if split == "train"]
+    val = [t for t, split, _ in examples if split == "val"]
+    if not train or not val:
+        raise ValueError(f"{path}: both splits need examples; its lines say {len(train)} train, {len(val)} val")
     return train, val, "split as its lines say"
 
 
 def _read(path) -> list:
-    """``[(turns, split or None), ...]`` (``read_pairs``)."""
+    """``[(turns, split or None, "FILE line N"), ...]`` (``read_pairs``)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory; --format=pairs reads one JSONL file")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (--format=pairs reads one JSONL file)")
     examples = []
     for n, raw in enumerate(path.read_bytes().splitlines(), 1):
         where = f"{path} line {n}"
@@ -69,6 +75,8 @@ def _read(path) -> list:
             raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'response', or 'messages'")
+        if "messages" in obj and ("prompt" in obj or "response" in obj):
+            raise ValueError(f"{where}: has both 'messages' and 'prompt'/'response'; a line takes one form")
         if "messages" in obj:
             turns = obj["messages"]
             if not isinstance(turns, list) or not turns:
@@ -79,21 +87,24 @@ def _read(path) -> list:
                                      f"'content'; got {json.dumps(t)[:80]}")
             if not any(t["role"] == "assistant" for t in turns):
                 raise ValueError(f"{where}: 'messages' has no assistant turn (nothing to learn)")
-            examples.append((_checked([(t["role"], t["content"]) for t in turns], where), _split(obj, where)))
+            examples.append((_checked([(t["role"], t["content"]) for t in turns], where), _split(obj, where), where))
             continue
         for key in ("prompt", "response"):
             if not isinstance(obj.get(key), str):
                 raise ValueError(f"{where}: missing key {key!r}" if key not in obj else
                                  f"{where}: {key!r} must be a string")
-        examples.append((_checked([("user", obj["prompt"]), ("assistant", obj["response"])], where), _split(obj, where)))
+        examples.append((_checked([("user", obj["prompt"]), ("assistant", obj["response"])], where), _split(obj, where),
+                         where))
     if not examples:
         raise ValueError(f"{path} holds no examples")
     return examples
 
 
 def _split(obj, where):
-    split = obj.get("split")
-    if split not in (None, "train", "val"):
+    if "split" not in obj:
+        return None
+    split = obj["split"]
+    if split not in ("train", "val"):
         raise ValueError(f"{where}: 'split' must be \"train\" or \"val\"; got {json.dumps(split)[:40]}")
     return split
 
@@ -116,21 +127,35 @@ def render(turns, end: str) -> list:
     return segments
 
 
-def end_text(tokenizer) -> str:
-    """What closes a response for ``tokenizer``: its end-of-text token's text, or END_CHAR."""
+def encode_turns(turns, tokenizer) -> tuple:
+    """``(ids, mask)`` of one example in the template: each segment encoded as ordinary text (a literal
+    ``<|endoftext|>`` in the data stays text, as ``\x04`` is refused), and each response closed by the end: the
+    tokenizer's end-of-text id, or END_CHAR's. ``mask`` is True on response tokens and their end."""
     eot = getattr(tokenizer, "eot_id", None)
-    return tokenizer.decode([eot]) if eot is not None else END_CHAR
+    ids, mask = [], []
+    for text, is_response in render(turns, END_CHAR if eot is None else ""):
+        piece = tokenizer.encode(text) + ([eot] if is_response and eot is not None else [])
+        ids.extend(piece)
+        mask.extend([is_response] * len(piece))
+    return ids, mask
 
 
 def encode_pairs(examples, tokenizer) -> tuple:
-    """``(tokens, mask)``: every example rendered and encoded, packed one after another (int32 and bool arrays of
-    one length); ``mask[i]`` is True when token i is response text (or its end token)."""
-    end = end_text(tokenizer)
-    special = "all" if getattr(tokenizer, "eot_id", None) is not None else None
+    """``(tokens, mask)``: every example rendered and encoded (``encode_turns``), packed one after another (int32
+    and bool arrays of one length); ``mask[i]`` is True when token i is response text (or its end token)."""
     tokens, mask = [], []
     for turns in examples:
-        for text, is_response in render(turns, end):
-            ids = tokenizer.encode(text, allowed_special=special) if special else tokenizer.encode(text)
-            tokens.extend(ids)
-            mask.extend([is_response] * len(ids))
+        ids, m = encode_turns(turns, tokenizer)
+        tokens.extend(ids)
+        mask.extend(m)
     return np.asarray(tokens, dtype=np.int32), np.asarray(mask, dtype=bool)
+
+
+def unencodable(path, tokenizer) -> str | None:
+    """The first line of a pairs file that ``tokenizer`` cannot encode, as ``"FILE line N: why"``; None if none."""
+    for turns, _, where in _read(path):
+        try:
+            encode_turns(turns, tokenizer)
+        except ValueError as e:
+            return f"{where}: {str(e).splitlines()[0]}"
+    return None
