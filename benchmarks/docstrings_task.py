@@ -53,8 +53,10 @@ def measure(model, tokenizer, train, val, prompts, refs, max_new_tokens):
     loss = response_loss(model, tokens, mask, model.context)
     t_loss = time.perf_counter() - t
     t = time.perf_counter()
-    outs = [o.strip() for o in replies(model, tokenizer, prompts, max_new_tokens)]
-    return {"loss": loss, "rouge_l": rouge_l(outs, refs), "replies": outs, "loss_s": t_loss,
+    raw = replies(model, tokenizer, prompts, max_new_tokens)
+    outs = [o.strip() for o in raw]
+    stopped = sum(len(tokenizer.encode(o)) < max_new_tokens for o in raw) / len(raw)  # ended by the end token
+    return {"loss": loss, "rouge_l": rouge_l(outs, refs), "stopped": stopped, "replies": outs, "loss_s": t_loss,
             "reply_s": time.perf_counter() - t}
 
 
@@ -113,8 +115,8 @@ def main() -> None:
               "val_modules": len({r["module"] for r in val_rows}), "pretrained": "the cpu preset" if not a.pretrained
               else str(pre), "unit": unit, "context": model.context, "iters": run["max_iters"],
               "lr": run["learning_rate"], "batch_size": run["batch_size"], "python": platform.python_version(),
-              "before": {k: v for k, v in before.items() if k != "replies"},
-              "after": {k: v for k, v in after.items() if k != "replies"}, "baselines": baselines, "times_s": times,
+              "before": before, "after": after, "baselines": baselines, "times_s": times,
+              "references": refs, "functions": [f"{r['module']}.{r['function']}" for r in held],
               "samples": [{"function": f"{p['module']}.{p['function']}", "real": p["response"],
                            "before": before["replies"][held.index(p)], "after": after["replies"][held.index(p)]}
                           for p in picks]}
@@ -131,10 +133,11 @@ def report(r: dict) -> str:
              f"{r['pairs']} pairs; held out: {r['val']} functions of {r['val_modules']} modules the pre-training "
              f"corpus does not read (ROUGE-L over {r['replied']} of them). Started from {r['pretrained']}, a context "
              f"of {r['context']} {u}s; fine-tuned {r['iters']} steps at lr {r['lr']:g}, batch {r['batch_size']}.",
-             "", f"| model | response val loss (nats/{u}) | ROUGE-L F1 (greedy) |", "|---|---|---|",
-             f"| pre-trained only ({r['pretrained']}) | {b['loss']:.3f} | {b['rouge_l']:.3f} |",
-             f"| fine-tuned on the pairs | {f['loss']:.3f} | {f['rouge_l']:.3f} |"]
-    lines += [f"| baseline: {name} | | {v:.3f} |" for name, v in r["baselines"].items()]
+             "", f"| model | response val loss (nats/{u}) | ROUGE-L F1 (greedy) | replies that stopped |",
+             "|---|---|---|---|",
+             f"| pre-trained only ({r['pretrained']}) | {b['loss']:.3f} | {b['rouge_l']:.3f} | {b['stopped']:.0%} |",
+             f"| fine-tuned on the pairs | {f['loss']:.3f} | {f['rouge_l']:.3f} | {f['stopped']:.0%} |"]
+    lines += [f"| baseline: {name} | | {v:.3f} | |" for name, v in r["baselines"].items()]
     lines += ["", "| step | wall time |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} s |" for k, v in t.items()]
     lines += [f"| evaluation of the {w} model: the response loss, {r['replied']} greedy replies | "

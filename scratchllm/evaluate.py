@@ -23,14 +23,18 @@ def response_loss(model, tokens, mask, block_size: int, stride: int | None = Non
 
     Windows of ``block_size`` tokens advance by ``stride`` (default half a window); a window scores only the
     targets no earlier window scored, so after the first window each token is predicted with at least
-    ``block_size - stride`` tokens before it (Hugging Face's strided perplexity).
+    ``block_size - stride + 1`` tokens before it (Hugging Face's strided perplexity). The last window ends at the
+    split's end.
     """
     tokens, mask = np.asarray(tokens), np.asarray(mask, dtype=bool)
     if tokens.ndim != 1 or mask.shape != tokens.shape:
         raise ValueError(f"tokens and mask must be 1-D of one length; got {tokens.shape} and {mask.shape}")
-    stride, batch = stride or max(1, block_size // 2), batch or max(1, ROWS_TOKENS // block_size)
-    if not 1 <= stride <= block_size:
-        raise ValueError(f"stride must be in [1, block_size={block_size}]; got {stride}")
+    if not 1 <= block_size <= model.context:
+        raise ValueError(f"block_size must be in [1, the model's context {model.context}]; got {block_size}")
+    stride = max(1, block_size // 2) if stride is None else stride
+    batch = max(1, ROWS_TOKENS // block_size) if batch is None else batch
+    if not 1 <= stride <= block_size or batch < 1:
+        raise ValueError(f"stride must be in [1, block_size={block_size}] and batch >= 1; got {stride} and {batch}")
     n = len(tokens) - 1  # targets 1..n
     windows, scored = [], 0
     for start in range(0, max(n - block_size, 0) + stride, stride):
@@ -48,7 +52,7 @@ def response_loss(model, tokens, mask, block_size: int, stride: int | None = Non
     try:
         for i in range(0, len(windows), batch):
             group = windows[i:i + batch]
-            for T in sorted({len(x) for x, _ in group}):  # the last window may be shorter
+            for T in sorted({len(x) for x, _ in group}):  # one length, unless the split is shorter than a window
                 xs = np.stack([x for x, _ in group if len(x) == T])
                 ys = np.stack([y for x, y in group if len(x) == T])
                 k = int((ys >= 0).sum())
@@ -64,14 +68,19 @@ def response_loss(model, tokens, mask, block_size: int, stride: int | None = Non
 
 
 def replies(model, tokenizer, prompts, max_new_tokens: int = 100, batch: int | None = None) -> list:
-    """The greedy reply to each prompt, a one-turn conversation in the pairs template: what ``chat.reply(...,
-    temperature=0, room=1)`` writes for each alone (the prompt's last tokens fill the context, the window slides as
-    the reply grows), computed for many prompts at once. Each step runs the last ``context`` tokens of every
+    """The greedy reply to each prompt, a one-turn conversation in the pairs template: what ``chat.reply(p,
+    max_new_tokens, temperature=0, room=1)`` writes for each alone (the prompt's last tokens fill the context, the
+    window slides as the reply grows; equal up to float near-ties, as that one runs a KV cache), computed for many
+    prompts at once. Each step runs the last ``context`` tokens of every
     unfinished reply, ``batch`` at a time among those of one length (no KV cache: fast for a small model's short
     context, slow for GPT-2's), and appends each one's most likely token; an end token finishes a reply."""
+    stop = stop_ids(tokenizer)
+    if not stop:
+        raise ValueError("this tokenizer has no end token (<|endoftext|> or \\x04): replies come from a model "
+                         "fine-tuned with --format=pairs")
     seqs = [conversation_ids(tokenizer, [("user", p)], model.context, 1) for p in prompts]
-    batch = batch or max(1, ROWS_TOKENS // model.context)
-    outs, stop, active = [[] for _ in seqs], stop_ids(tokenizer), list(range(len(seqs)))
+    batch = max(1, ROWS_TOKENS // model.context) if batch is None else batch
+    outs, active = [[] for _ in seqs], list(range(len(seqs)))
     was_training = model.training
     model.eval()
     try:

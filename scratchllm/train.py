@@ -113,7 +113,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
             text, description = load_text(cfg.data, cfg.data_cap_bytes)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    grown = tokenizer.extended(text) if not fresh and not resume and isinstance(tokenizer, CharTokenizer) else None
+    init_char = not resume and cfg.init_from and isinstance(tokenizer, CharTokenizer)  # a char model to fine-tune
+    grown = tokenizer.extended(text) if init_char else None
     if grown is not None and grown is not tokenizer:  # characters the --init_from model lacks, e.g. \x04 for pairs
         old, tokenizer = tokenizer.vocab_size, grown
         model.resize_token_embeddings(tokenizer.vocab_size)

@@ -103,6 +103,14 @@ SOURCE = textwrap.dedent('''
     def stub():
         """Only a docstring: left out."""
 
+    def wrapped(a):
+        """Return a summary that
+        wraps onto a second line.
+
+        Details.
+        """
+        return a
+
     def one_line(): "shares the line"; return 1
 
     def no_doc(x):
@@ -128,6 +136,7 @@ def test_function_pairs_strip_the_docstring_and_keep_the_code():
 
     pairs = function_pairs(SOURCE)
     assert [(n, first) for n, _, first in pairs] == [("plain", "Add two numbers."), ("decorated", "Square it."),
+                                                     ("wrapped", "Return a summary that"),  # the first line
                                                      ("Box.get", "Return the content."),
                                                      ("Box.page", "A string at column 0 inside.")]
     code = dict((n, c) for n, c, _ in pairs)
@@ -137,6 +146,8 @@ def test_function_pairs_strip_the_docstring_and_keep_the_code():
     assert code["Box.page"] == 'def page(self):\n    return f"""<html>\n<body>{self}</body>"""'  # dedented, still Python
     for c in code.values():
         ast.parse(c)
+    feed = 'x = 1\n\x0c\ndef f(a):\n    """Return the answer."""\n    y = a\n    return y\n'  # \f: not a line for ast
+    assert function_pairs(feed) == [("f", "def f(a):\n    y = a\n    return y", "Return the answer.")]
 
 
 def test_data_docstrings_writes_pairs_split_by_module_and_held_out_of_the_pretraining_corpus(tmp_path, capsys):
@@ -152,10 +163,15 @@ def test_data_docstrings_writes_pairs_split_by_module_and_held_out_of_the_pretra
                for e in examples)
     val = [e for e in examples if e["split"] == "val"]
     assert len(examples) > 1000 and 0.03 < len(val) / len(examples) < 0.3
-    assert not {e["module"] for e in val} & {e["module"] for e in examples if e["split"] == "train"}
+    train = [e for e in examples if e["split"] == "train"]
+    assert not {e["module"] for e in val} & {e["module"] for e in train}
+    assert not {e["prompt"] for e in val} & {e["prompt"] for e in train}  # no function, no summary in both
+    assert not {e["response"] for e in val} & {e["response"] for e in train}
     root = Path(sysconfig.get_paths()["stdlib"])
     corpus = {_module(p, root) for p in stdlib_files()}  # the default corpus's modules
     assert corpus and not {e["module"] for e in val} & corpus
+    text = "".join(p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files())
+    assert not any(e["response"] in text for e in val)  # no held-out summary was in the pre-training text
     for e in examples:
         tree = ast.parse(e["prompt"])
         assert ast.get_docstring(tree.body[0]) is None and _summary(e["response"])  # no docstring left
@@ -182,8 +198,11 @@ def test_response_loss_scores_each_response_token_once_with_its_window(stride):
         z = logits[0, -1]
         want.append(np.log(np.exp(z - z.max()).sum()) + z.max() - z[tokens[j]])
     assert response_loss(model, tokens, mask, T, stride=stride, batch=3) == pytest.approx(np.mean(want), rel=1e-12)
-    with pytest.raises(ValueError, match="stride must be in"):
-        response_loss(model, tokens, mask, T, stride=T + 1)
+    for bad in (dict(stride=T + 1), dict(stride=0), dict(batch=0)):
+        with pytest.raises(ValueError, match="stride must be in"):
+            response_loss(model, tokens, mask, T, **bad)
+    with pytest.raises(ValueError, match="block_size must be in"):
+        response_loss(model, tokens, mask, T + 1)
 
 
 def test_rouge_l():
@@ -242,6 +261,8 @@ def test_batched_greedy_replies_equal_chat_replies_one_by_one():
     want = [reply(model, tok, [("user", p)], 30, temperature=0.0, room=1) for p in prompts]
     assert replies(model, tok, prompts, 30, batch=2) == want
     assert {len(w) for w in want} != {30} and max(len(w) for w in want) == 30
+    with pytest.raises(ValueError, match="no end token"):
+        replies(model, CharTokenizer.train("### User:\nAssistant" + "abcdefgh xyz\n" + "\x05"), prompts)
 
 
 def test_the_recipe_from_a_hugging_face_gpt2_directory(tmp_path, capsys):
@@ -299,5 +320,6 @@ def test_the_worked_task_script_runs_end_to_end_on_small_data(tmp_path):
     result = json.loads((tmp_path / "w" / "results.json").read_text())
     assert result["replied"] == 6 and result["val"] > 6 and result["context"] == 32
     assert result["after"]["loss"] < result["before"]["loss"]  # 20 steps on the pairs already help
-    assert all(0 <= result[k]["rouge_l"] <= 1 for k in ("before", "after"))
+    assert all(0 <= result[k]["rouge_l"] <= 1 and 0 <= result[k]["stopped"] <= 1 and len(result[k]["replies"]) == 6
+               for k in ("before", "after"))
     assert "| fine-tuned on the pairs |" in (tmp_path / "r.md").read_text()

@@ -220,7 +220,7 @@ def test_what_a_second_users_try_found(tmp_path, capsys):
     new = write(tmp_path, [{"prompt": "abc", "response": "cba"}] * 3 + [{"prompt": "abé", "response": "b"}], "new.jsonl")
     assert cli.main(["train", f"--data={new}", "--format=pairs", "--max_iters=8", "--resume", *small]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "new.jsonl line 4: character 'é'" in err and "--init_from extends" in err
+    assert len(err.splitlines()) == 1 and "new.jsonl line 4: in the user's text, character 'é'" in err and "--init_from extends" in err
     assert cli.main(["train", "--format=pairs", "--nproc=1", f"--out_dir={tmp_path / 'o'}"]) == 2
     assert "--format=pairs needs --data=FILE.jsonl" in capsys.readouterr().err
     for bad in ("--temperature=-1", "--top_p=2", "--top_k=-3", "--max_new_tokens=-1"):

@@ -78,6 +78,8 @@ class CausalLM:
         optimizer after this."""
         if isinstance(new_num_tokens, bool) or not isinstance(new_num_tokens, (int, np.integer)) or new_num_tokens < 1:
             raise ValueError(f"new_num_tokens must be an int >= 1; got {new_num_tokens!r}")
+        if not self.vocab_params:
+            raise NotImplementedError(f"{type(self).__name__} names no vocab_params: the rows to resize")
         n, arrays = int(new_num_tokens), {k: to_numpy(v) for k, v in self.params.items()}
         for k in self.vocab_params:
             old = arrays[k]

@@ -1,10 +1,12 @@
 """A worked fine-tuning task from the default corpus: (a function's source without its docstring, the docstring's
 first line) pairs from the Python standard library, found with ``ast`` (``scratchllm data docstrings``).
 
-The split is by module, so no function is in both splits, and the validation modules are files the default
-pre-training corpus did not read (``data.stdlib_files`` stops at ``data_cap_bytes``): the held-out functions, and
-their docstrings, are new to a model pre-trained on the default corpus. Each line of the JSONL carries
-``"split"`` ("train" | "val"), which ``train --format=pairs`` honours (``pairs.split_examples``).
+The split is by module, so no module is in both splits, and the validation modules are files the default
+pre-training corpus (``data.stdlib_files`` at the default ``data_cap_bytes``) did not read. A validation pair is
+dropped when its source or its first line is also in the training split, or its first line appears in that corpus: the
+held-out functions and their docstrings are new to a model pre-trained on the default corpus and fine-tuned on the
+training split. Each line of the JSONL carries ``"split"`` ("train" | "val"), which ``train --format=pairs``
+honours (``pairs.split_examples``).
 """
 
 from __future__ import annotations
@@ -21,15 +23,19 @@ from .data import DEFAULT_CAP_BYTES, stdlib_files
 
 ALL_OF_IT = 1 << 40  # a cap that reads every file of the standard library
 MAX_SOURCE_CHARS = 1000  # longer functions are left out: a small model's window sees only the end of one
+MAX_SUMMARY_CHARS = 160  # longer first lines are left out
 VAL_SHARE = 6  # one in VAL_SHARE of the modules the pre-training corpus left out is held out
 
 
 def function_pairs(source: str) -> list:
-    """``(qualified name, source without docstring, first docstring line)`` for every function and method of a
-    module's ``source`` that has a docstring (functions inside functions are part of their outer one's source).
-    A function whose docstring is its whole body, or shares a line with the code, is left out."""
+    """``(qualified name, source without docstring, summary)`` for every function of a module's ``source`` that has
+    a docstring: those at the top level and the methods of classes (not those under an ``if`` or ``try``; functions
+    inside functions are part of their outer one's source). The summary is the docstring's first line (cut at the
+    line's end when the sentence wraps; joining the paragraph was tried: the small model then learned longer
+    replies and no longer stopped). A function whose docstring is its whole body, or shares a line with the code,
+    is left out."""
     tree = ast.parse(source)
-    lines = source.splitlines(keepends=True)
+    lines = [line + "\n" for line in source.split("\n")]  # as ast numbers them (not str.splitlines: \f, \x1c, ...)
     pairs = []
 
     def visit(body, prefix):
@@ -49,23 +55,22 @@ def _pair(node, lines):
     doc = ast.get_docstring(node, clean=False)
     if doc is None or len(node.body) < 2:
         return None
-    first = inspect.cleandoc(doc).strip().splitlines()
-    first = first[0].strip() if first else ""
+    summary = inspect.cleandoc(doc).strip().split("\n")[0].strip()  # the first line, as the task is defined
     expr = node.body[0]
     start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-    if not first or expr.lineno == node.body[-1].lineno or expr.lineno <= node.lineno or \
+    if not summary or expr.lineno == node.body[-1].lineno or expr.lineno <= node.lineno or \
             node.body[1].lineno <= expr.end_lineno:
         return None
     kept = lines[start - 1:expr.lineno - 1] + lines[expr.end_lineno:node.end_lineno]
     indent = " " * node.col_offset  # a method's: cut from every line that has it (not from a string at column 0)
     code = "".join(line[len(indent):] if line.startswith(indent) else line for line in kept).rstrip()
-    return code, first
+    return code, summary
 
 
-def _summary(first: str) -> bool:
-    """A first line that reads as a summary: it starts with a letter and has two words or more (not ``>>> ...``,
-    ``+`` or a lone ``Deprecated``)."""
-    return first[:1].isalpha() and len(first.split()) >= 2
+def _summary(summary: str) -> bool:
+    """A summary worth learning: it starts with a letter, has two words or more (not ``>>> ...``, ``+`` or a lone
+    ``Deprecated``) and at most MAX_SUMMARY_CHARS characters."""
+    return summary[:1].isalpha() and len(summary.split()) >= 2 and len(summary) <= MAX_SUMMARY_CHARS
 
 
 def _module(path: Path, root: Path) -> str:
@@ -80,11 +85,13 @@ def is_val_module(module: str) -> bool:
 
 
 def docstring_examples(max_source_chars: int = MAX_SOURCE_CHARS, cap_bytes: int = DEFAULT_CAP_BYTES) -> list:
-    """Every pair of the standard library as a dict: ``prompt`` (the source), ``response`` (the first docstring
-    line), ``module``, ``function`` and ``split``; modules in sorted path order, train before val. A module in
-    the first ``cap_bytes`` of the default corpus is always train."""
+    """Every pair of the standard library as a dict: ``prompt`` (the source), ``response`` (the summary),
+    ``module``, ``function`` and ``split``; modules in ``stdlib_files``' order (``os.walk``'s), train before val. A
+    module in the first ``cap_bytes`` of the default corpus is always train; a val pair that repeats a train
+    source or summary, or whose summary is in that corpus, is dropped (module docstring)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    seen = set(stdlib_files(cap_bytes))
+    read = stdlib_files(cap_bytes)
+    seen, corpus = set(read), "".join(p.read_text(encoding="utf-8", errors="replace") for p in read)
     train, val = [], []
     for path in stdlib_files(ALL_OF_IT):
         try:
@@ -93,10 +100,13 @@ def docstring_examples(max_source_chars: int = MAX_SOURCE_CHARS, cap_bytes: int 
             continue  # a file this Python cannot parse (bad_*.py fixtures, other encodings)
         module = _module(path, root)
         held_out = path not in seen and is_val_module(module)
-        for name, code, first in pairs:
-            if len(code) <= max_source_chars and _summary(first) and "\x04" not in code + first:
-                (val if held_out else train).append({"prompt": code, "response": first, "module": module,
+        for name, code, summary in pairs:
+            if len(code) <= max_source_chars and _summary(summary) and "\x04" not in code + summary:
+                (val if held_out else train).append({"prompt": code, "response": summary, "module": module,
                                                      "function": name, "split": "val" if held_out else "train"})
+    known = {ex["prompt"] for ex in train} | {ex["response"] for ex in train}
+    val = [ex for ex in val if ex["prompt"] not in known and ex["response"] not in known
+           and ex["response"] not in corpus]
     return train + val
 
 

@@ -6,7 +6,7 @@ A pairs file holds one JSON object per line: ``{"prompt": ..., "response": ...}`
 
     ### System:\\n{content}\\n          (a system turn, if any)
     ### User:\\n{content}\\n            (the prompt)
-    ### Assistant:\\n{content}<end>    (the response; <end>: the tokenizer's end-of-text token, or END_CHAR)
+    ### Assistant:\\n{content}<end>\\n  (the response; <end>: the tokenizer's end-of-text token, or END_CHAR)
 
 and the examples are packed one after another into a single token stream, with a parallel boolean mask that is
 True on the tokens a target may be: the assistant's content and its end token. Training takes windows of the
@@ -17,6 +17,7 @@ cross-entropy ignores: a masked position contributes nothing to the loss or to a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -152,10 +153,13 @@ def encode_pairs(examples, tokenizer) -> tuple:
 
 
 def unencodable(path, tokenizer) -> str | None:
-    """The first line of a pairs file that ``tokenizer`` cannot encode, as ``"FILE line N: why"``; None if none."""
+    """The first line of a pairs file that ``tokenizer`` cannot encode, as ``"FILE line N: why"`` naming the turn
+    (the user's, the assistant's, ...); None if every line encodes."""
     for turns, _, where in _read(path):
-        try:
-            encode_turns(turns, tokenizer)
-        except ValueError as e:
-            return f"{where}: {str(e).splitlines()[0]}"
+        for role, content in turns:
+            try:
+                tokenizer.encode(content)
+            except ValueError as e:
+                why = re.sub(r" at position \d+", "", str(e).splitlines()[0])
+                return f"{where}: in the {role}'s text, {why}"
     return None

@@ -92,7 +92,8 @@ def _check_ids(ids, vocab_size: int) -> list:
 
 
 class CharTokenizer:
-    """One id per character; the vocabulary is the sorted set of the training text's characters.
+    """One id per character; the vocabulary is the sorted set of the training text's characters (and, after
+    ``extended``, the characters added in fine-tuning, after them).
 
     No special tokens (``eot_id`` is None). ``encode`` raises ``ValueError`` for a character outside the
     vocabulary, so every id sequence decodes back to exactly the text that made it.
