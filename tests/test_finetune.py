@@ -175,10 +175,18 @@ def test_data_docstrings_writes_pairs_split_by_module_and_held_out_of_the_pretra
     for e in examples:
         tree = ast.parse(e["prompt"])
         assert ast.get_docstring(tree.body[0]) is None and _summary(e["response"])  # no docstring left
-    for args in ([f"--out={tmp_path}"], [f"--out={tmp_path / 'no' / 'p.jsonl'}"], [f"--out={out}", "--max_source_chars=0"],
-                 [f"--out={out}", "--max_source_chars=10"]):
+    for args in ([f"--out={tmp_path}"], [f"--out={tmp_path / 'no' / 'p.jsonl'}"], [f"--out={out}", "--max_source_chars=0"]):
         assert cli.main(["data", "docstrings", *args]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_data_docstrings_refuses_an_empty_split(tmp_path, monkeypatch, capsys):
+    from scratchllm import cli
+    from scratchllm.text import docstrings
+
+    monkeypatch.setattr(docstrings, "docstring_examples", lambda *a: [{"prompt": "p", "response": "r", "split": "train"}])
+    assert cli.main(["data", "docstrings", f"--out={tmp_path / 'p.jsonl'}", "--max_source_chars=10"]) == 2
+    assert "leaves 1 train and 0 val pairs" in capsys.readouterr().err and not (tmp_path / "p.jsonl").exists()
 
 
 @pytest.mark.parametrize("stride", [1, 3, 8])
