@@ -71,9 +71,9 @@ def replies(model, tokenizer, prompts, max_new_tokens: int = 100, batch: int | N
     """The greedy reply to each prompt, a one-turn conversation in the pairs template: what ``chat.reply(p,
     max_new_tokens, temperature=0, room=1)`` writes for each alone (the prompt's last tokens fill the context, the
     window slides as the reply grows; equal up to float near-ties, as that one runs a KV cache), computed for many
-    prompts at once. Each step runs the last ``context`` tokens of every
-    unfinished reply, ``batch`` at a time among those of one length (no KV cache: fast for a small model's short
-    context, slow for GPT-2's), and appends each one's most likely token; an end token finishes a reply."""
+    prompts at once. Each step runs the last ``context`` tokens of every unfinished reply, ``batch`` at a time among
+    those of one length (no KV cache: fast for a small model's short context, slow for GPT-2's), and appends each
+    one's most likely token; an end token finishes a reply."""
     stop = stop_ids(tokenizer)
     if not stop:
         raise ValueError("this tokenizer has no end token (<|endoftext|> or \\x04): replies come from a model "
