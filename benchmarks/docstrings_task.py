@@ -23,7 +23,7 @@ from pathlib import Path
 
 from scratchllm.evaluate import replies, response_loss, rouge_l
 from scratchllm.io.checkpoint import resolve_checkpoint
-from scratchllm.io.pretrained import load_pretrained
+from scratchllm.io.pretrained import fit_vocabulary, load_pretrained
 from scratchllm.text.pairs import END_CHAR, encode_pairs, render, split_examples
 
 
@@ -44,10 +44,8 @@ def name_words(function: str) -> str:
 
 def measure(model, tokenizer, train, val, prompts, refs, max_new_tokens):
     """Response loss on val (all of it) and the replies' ROUGE-L, for one model."""
-    tokenizer = tokenizer.extended("".join(t for ex in train + val for t, _ in render(ex, END_CHAR))) \
-        if hasattr(tokenizer, "extended") else tokenizer  # the vocabulary fine-tuning starts from
-    if tokenizer.vocab_size != model.cfg.vocab_size:
-        model.resize_token_embeddings(tokenizer.vocab_size)
+    text = "".join(t for ex in train + val for t, _ in render(ex, END_CHAR))
+    tokenizer, _ = fit_vocabulary(model, tokenizer, text)  # as train --init_from does: the vocabulary it starts from
     tokens, mask = encode_pairs(val, tokenizer)
     t = time.perf_counter()
     loss = response_loss(model, tokens, mask, model.context)
@@ -56,6 +54,7 @@ def measure(model, tokenizer, train, val, prompts, refs, max_new_tokens):
     raw = replies(model, tokenizer, prompts, max_new_tokens)
     outs = [o.strip() for o in raw]
     stopped = sum(len(tokenizer.encode(o)) < max_new_tokens for o in raw) / len(raw)  # ended by the end token
+    # (a reply's tokens counted by encoding it again: exact for characters, near for BPE)
     return {"loss": loss, "rouge_l": rouge_l(outs, refs), "stopped": stopped, "replies": outs, "loss_s": t_loss,
             "reply_s": time.perf_counter() - t}
 

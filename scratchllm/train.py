@@ -66,13 +66,13 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
     from .text.data import get_batch, load_text, prepare_tokens
     from .text.pairs import END_CHAR, encode_pairs, render, split_examples, unencodable
     from .generate import generate_text
-    from .io.pretrained import load_pretrained
+    from .io.pretrained import fit_vocabulary, load_pretrained
     from .models import ARCHS
     from .optim import clip_grad_norm, get_lr
     from .parallel import DataParallel
     from .parallel.mpi import MPIDataParallel, share_cpus, world
     from .parallel.nccl import use_gpu_of_rank
-    from .text.tokenizer import CharTokenizer, train_tokenizer
+    from .text.tokenizer import train_tokenizer
 
     comm = world()  # the MPI ranks, when mpirun started more than one
     lead = comm is None or comm.Get_rank() == 0  # rank 0 alone logs and writes metrics, checkpoints, samples
@@ -113,14 +113,13 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None)
             text, description = load_text(cfg.data, cfg.data_cap_bytes)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    init_char = not resume and cfg.init_from and isinstance(tokenizer, CharTokenizer)  # a char model to fine-tune
-    grown = tokenizer.extended(text) if init_char else None
-    if grown is not None and grown is not tokenizer:  # characters the --init_from model lacks, e.g. \x04 for pairs
-        old, tokenizer = tokenizer.vocab_size, grown
-        model.resize_token_embeddings(tokenizer.vocab_size)
-        cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
-        origin += (f"; vocabulary extended from {old} to {tokenizer.vocab_size} characters for {cfg.data}: "
-                   f"{''.join(tokenizer.chars[old:])!r}, each a new row at the mean of the embeddings")
+    if not resume and cfg.init_from:  # characters a char --init_from model lacks (e.g. \x04 for pairs) get rows
+        old = tokenizer.vocab_size
+        tokenizer, added = fit_vocabulary(model, tokenizer, text)
+        if added:
+            cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size)
+            origin += (f"; vocabulary extended from {old} to {tokenizer.vocab_size} characters for {cfg.data}: "
+                       f"{added!r}, each a new row at the mean of the embeddings")
     if fresh:
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size or (None if cfg.tokenizer == "char" else 1024))
     if not lead:

@@ -50,3 +50,18 @@ def load_pretrained(path, dtype=None, backend="auto"):
         return model, tokenizer
     model, tokenizer, _ = load_checkpoint(path, backend=backend, dtype=dtype)
     return model, tokenizer
+
+
+def fit_vocabulary(model, tokenizer, text: str):
+    """``(tokenizer, added)`` for fine-tuning ``model`` on ``text``: a character tokenizer gains the characters of
+    ``text`` it lacks (``CharTokenizer.extended``) and the model a row for each (``resize_token_embeddings``, in
+    place); ``added`` is the string of new characters ("" when none, or for a byte-level BPE, which encodes any
+    text)."""
+    from ..text.tokenizer import CharTokenizer
+
+    if not isinstance(tokenizer, CharTokenizer):
+        return tokenizer, ""
+    grown = tokenizer.extended(text)
+    if grown is not tokenizer:
+        model.resize_token_embeddings(grown.vocab_size)
+    return grown, "".join(grown.chars[tokenizer.vocab_size:])
